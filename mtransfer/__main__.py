@@ -1,0 +1,3 @@
+from mtransfer.cli import main
+
+main()

@@ -1,0 +1,3 @@
+"""Imports each sub-command module so that it registers itself on the app."""
+
+from mtransfer.cli import flow  # noqa: F401

@@ -1,0 +1,88 @@
+"""Backward warping and the occlusion masks of a flow (convention: see ``mtransfer.flows``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pixel_grid(height: int, width: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Pixel-centre coordinates as a ``(2, H, W)`` tensor: channel 0 is x (column), channel 1 is y (row)."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, device=device, dtype=dtype),
+        torch.arange(width, device=device, dtype=dtype),
+        indexing="ij",
+    )
+    return torch.stack((xs, ys))
+
+
+def _batched(flow: torch.Tensor) -> torch.Tensor:
+    if flow.dim() == 3:
+        flow = flow[None]
+    if flow.dim() != 4 or flow.shape[1] != 2:
+        raise ValueError(f"a flow must be (2, H, W) or (B, 2, H, W), got {tuple(flow.shape)}")
+    return flow
+
+
+def sample_at(image: torch.Tensor, positions: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Bilinearly sample ``image`` (B, C, H, W) at pixel ``positions`` (B, 2, H', W') given as (x, y)."""
+    height, width = image.shape[-2:]
+    x = positions[:, 0] * (2.0 / max(width - 1, 1)) - 1.0
+    y = positions[:, 1] * (2.0 / max(height - 1, 1)) - 1.0
+    grid = torch.stack((x, y), dim=-1).to(image.dtype)
+    return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+
+
+def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+    """Backward-warp ``image`` onto the flow's source grid: ``out(p) = image(p + flow(p))``.
+
+    With ``flow`` the motion from a source to ``image``, the result looks like the source wherever the
+    motion is right; this is what the colour loss compares. Differentiable in both arguments.
+    """
+    squeeze = image.dim() == 3
+    image = image[None] if squeeze else image
+    flow = _batched(flow)
+    if flow.shape[0] == 1 and image.shape[0] > 1:
+        flow = flow.expand(image.shape[0], -1, -1, -1)
+    grid = pixel_grid(*flow.shape[-2:], device=flow.device, dtype=flow.dtype)
+    out = sample_at(image, grid + flow, padding_mode)
+    return out[0] if squeeze else out
+
+
+def _destination_index(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest destination pixel index of each source pixel and whether it lands inside the frame."""
+    height, width = flow.shape[-2:]
+    dest = (pixel_grid(height, width, device=flow.device, dtype=flow.dtype) + flow).round()
+    inside = (dest[:, 0] >= 0) & (dest[:, 0] <= width - 1) & (dest[:, 1] >= 0) & (dest[:, 1] <= height - 1)
+    x = dest[:, 0].clamp(0, width - 1).long()
+    y = dest[:, 1].clamp(0, height - 1).long()
+    return (y * width + x).flatten(1), inside.flatten(1)
+
+
+@torch.no_grad()
+def occlusion_mask(flow: torch.Tensor, tolerance: float = 0.5) -> torch.Tensor:
+    """Where source pixels stay visible after the motion: ``(B, 1, H, W)`` on the source grid, 1 = visible.
+
+    A source pixel is hidden when it leaves the frame, or when it lands on a pixel that a faster-moving
+    source pixel also lands on (moving content is assumed to pass in front of slower content). These are
+    the pixels the colour loss must ignore: the edit legitimately shows something else there.
+    """
+    flow = _batched(flow)
+    batch, _, height, width = flow.shape
+    index, inside = _destination_index(flow)
+    speed = flow.norm(dim=1).flatten(1)
+    fastest = torch.full((batch, height * width), -1.0, device=flow.device, dtype=flow.dtype)
+    fastest = fastest.scatter_reduce(1, index, torch.where(inside, speed, -1.0), reduce="amax")
+    covered = fastest.gather(1, index) > speed + tolerance
+    return (inside & ~covered).to(flow.dtype).view(batch, 1, height, width)
+
+
+@torch.no_grad()
+def disocclusion_mask(flow: torch.Tensor) -> torch.Tensor:
+    """Destination pixels that no source pixel lands on (newly revealed): ``(B, 1, H, W)``, 1 = revealed."""
+    flow = _batched(flow)
+    batch, _, height, width = flow.shape
+    index, inside = _destination_index(flow)
+    hits = torch.zeros((batch, height * width), device=flow.device, dtype=flow.dtype)
+    hits = hits.scatter_add(1, index, inside.to(flow.dtype))
+    return (hits == 0).to(flow.dtype).view(batch, 1, height, width)
