@@ -1,0 +1,59 @@
+"""Optical-flow estimators behind one interface (``FlowEstimator``) and one loader.
+
+- ``raft-large`` / ``raft-small``: torchvision RAFT, differentiable, needs trained weights (see ``raft.py``).
+- ``tvl1`` / ``ilk``: scikit-image, no weights, not differentiable; offline flow extraction.
+- ``pyramid``: weight-free differentiable coarse-to-fine Lucas-Kanade in torch; offline guidance and tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mtransfer.errors import MtransferError
+from mtransfer.estimators.base import FlowEstimator
+from mtransfer.estimators.classical import ILKEstimator, TVL1Estimator
+from mtransfer.estimators.pyramid import PyramidEstimator
+from mtransfer.estimators.raft import RaftEstimator, load_raft
+
+ESTIMATORS = ("raft-large", "raft-small", "tvl1", "ilk", "pyramid")
+
+
+def load_estimator(
+    name: str,
+    *,
+    device: str | torch.device = "cpu",
+    weights: str | Path | None = None,
+    iterations: int | None = None,
+) -> FlowEstimator:
+    """The estimator called ``name`` (one of ``ESTIMATORS``).
+
+    ``weights`` only applies to RAFT (a ``.pth`` path or ``"random"``). ``iterations`` is each estimator's
+    own count of refinement steps: RAFT's recurrent updates, the pyramid's warp-and-solve steps per level,
+    TV-L1's ``num_iter`` and ILK's ``num_warp``; ``None`` keeps each default. Weight-free estimators work
+    on whatever device their inputs are on, so ``device`` only moves RAFT.
+    """
+    if name not in ESTIMATORS:
+        raise MtransferError(f"unknown flow estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+    if name.startswith("raft-"):
+        return load_raft(name, device=device, weights=weights, iterations=iterations)
+    if weights is not None:
+        raise MtransferError(f"{name} needs no weights; --weights only applies to raft-large and raft-small")
+    if name == "tvl1":
+        return TVL1Estimator() if iterations is None else TVL1Estimator(num_iter=iterations)
+    if name == "ilk":
+        return ILKEstimator() if iterations is None else ILKEstimator(num_warp=iterations)
+    return PyramidEstimator() if iterations is None else PyramidEstimator(iterations=iterations)
+
+
+__all__ = [
+    "ESTIMATORS",
+    "FlowEstimator",
+    "ILKEstimator",
+    "PyramidEstimator",
+    "RaftEstimator",
+    "TVL1Estimator",
+    "load_estimator",
+    "load_raft",
+]

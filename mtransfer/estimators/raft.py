@@ -1,0 +1,145 @@
+"""RAFT (Teed & Deng, ECCV 2020) from torchvision, wrapped as a differentiable ``FlowEstimator``.
+
+Motion Guidance backpropagates the flow loss through RAFT into the image being edited, so nothing here
+runs under ``no_grad``; callers decide. The network's own parameters are frozen because only the image
+is ever optimised.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.optical_flow import RAFT, Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
+from torchvision.models._api import WeightsEnum
+
+from mtransfer.errors import MtransferError, input_error
+
+WEIGHTS_ENV = "MTRANSFER_RAFT_WEIGHTS"
+"""Environment variable naming a local ``.pth`` state dict, used when no ``weights`` option is given."""
+
+RANDOM_WEIGHTS = "random"
+"""``weights`` value for an untrained network: shapes and gradients are real, the flow is not."""
+
+DEFAULT_ITERATIONS = 12
+"""RAFT's own default number of recurrent updates, used for flow extraction (guidance uses fewer)."""
+
+_MIN_SIZE = 128
+"""torchvision's correlation pyramid needs feature maps of at least 16x16 at 1/8 resolution."""
+
+_VARIANTS: dict[str, tuple[Callable[..., RAFT], type[WeightsEnum]]] = {
+    "raft-large": (raft_large, Raft_Large_Weights),
+    "raft-small": (raft_small, Raft_Small_Weights),
+}
+
+
+class RaftEstimator(torch.nn.Module):
+    """RAFT as a ``FlowEstimator``: images in [0, 1], any size, flow from ``source`` to ``target``."""
+
+    differentiable = True
+
+    def __init__(self, model: RAFT, name: str, iterations: int = DEFAULT_ITERATIONS) -> None:
+        super().__init__()
+        if iterations < 1:
+            raise MtransferError(f"{name}: iterations must be at least 1, got {iterations}")
+        self.model = model.eval().requires_grad_(False)
+        self.name = name
+        self.iterations = iterations
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        height, width = source.shape[-2:]
+        padded_height = max(_MIN_SIZE, -(-height // 8) * 8)
+        padded_width = max(_MIN_SIZE, -(-width // 8) * 8)
+        # Replicate-pad right and bottom so the network sees a valid size and the crop keeps the grid.
+        images = F.pad(
+            torch.cat((source, target)) * 2.0 - 1.0,
+            (0, padded_width - width, 0, padded_height - height),
+            mode="replicate",
+        )
+        first, second = images.chunk(2)
+        flow = self.model(first, second, num_flow_updates=self.iterations)[-1]
+        return flow[..., :height, :width]
+
+
+def load_raft(
+    name: str = "raft-large",
+    *,
+    device: str | torch.device = "cpu",
+    weights: str | Path | None = None,
+    iterations: int | None = None,
+) -> RaftEstimator:
+    """Build RAFT-large or RAFT-small with trained weights.
+
+    ``weights`` is a local ``.pth`` state dict, ``"random"`` for an untrained network, or ``None``: then
+    the file named by ``$MTRANSFER_RAFT_WEIGHTS``, else torchvision's default weights (from the torch hub
+    cache, downloaded once when online). Weights that cannot be had raise a one-line ``MtransferError``.
+    """
+    if name not in _VARIANTS:
+        raise MtransferError(f"unknown RAFT variant {name!r}; choose one of {', '.join(_VARIANTS)}")
+    build, weights_enum = _VARIANTS[name]
+    model = build(weights=None)
+    choice = str(weights) if weights is not None else os.environ.get(WEIGHTS_ENV) or None
+    if choice != RANDOM_WEIGHTS:
+        if choice is None:
+            path, state = _default_state_dict(name, weights_enum.DEFAULT)
+        else:
+            origin = "--weights" if weights is not None else f"${WEIGHTS_ENV}"
+            path = Path(choice)
+            if not path.is_file():
+                raise input_error(
+                    path, f"no such {name} weights file (given by {origin}); point it at a local .pth state dict"
+                )
+            state = _read_state_dict(path, name)
+        _load_checked(model, state, path, name)
+    estimator = RaftEstimator(model, name, DEFAULT_ITERATIONS if iterations is None else iterations)
+    return estimator.to(device)
+
+
+def _default_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[str, torch.Tensor]]:
+    """torchvision's default weights from the hub cache; only a missing cache file touches the network."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.is_file():
+        return cached, _read_state_dict(cached, name, hint="delete it so it is downloaded again")
+    try:
+        return cached, weights.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError, http.client.HTTPException) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise input_error(
+            cached,
+            f"{name} weights missing and download failed ({reason}); on a connected machine fetch "
+            f"{weights.url} into that path, or give a local .pth with --weights PATH or ${WEIGHTS_ENV}, "
+            "or use --estimator tvl1 (no download needed)",
+        ) from None
+
+
+def _read_state_dict(
+    path: Path, name: str, hint: str = "give a torchvision RAFT .pth state dict"
+) -> Mapping[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many unrelated types for corrupt or foreign files
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise input_error(path, f"not a readable {name} state dict ({reason}); {hint}") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise input_error(path, f"not a {name} state dict (expected a mapping of tensors); {hint}")
+    return state
+
+
+def _load_checked(model: RAFT, state: Mapping[str, torch.Tensor], path: Path, name: str) -> None:
+    """Load ``state`` strictly, turning a key or shape mismatch into a one-line error about ``path``."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        problems = [
+            f"{len(keys)} {kind} keys (e.g. {keys[0]!r})"
+            for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrongly shaped", reshaped))
+            if keys
+        ]
+        raise input_error(path, f"weights do not fit {name}: {', '.join(problems)}; is it the other RAFT variant?")
+    model.load_state_dict(state)
