@@ -1,0 +1,306 @@
+"""A one-line language for target motions, so the command line can say which motion it wants.
+
+Grammar::
+
+    spec   := term ("|" term)*                 a | b  means "a, then b" (flows chained with compose)
+    term   := name "(" [arg ("," arg)*] ")" ["*" number]
+    arg    := value | key "=" value            positional arguments first, then keywords
+    value  := number ["%"]                     or, for mask=, a file path (quotes optional)
+
+Motions and their arguments (``=`` gives the default; angles in degrees, counter-clockwise on screen)::
+
+    translate(dx, dy=0)
+    rotate(degrees, cx=50%, cy=50%)
+    scale(factor, cx=50%, cy=50%)
+    stretch(factor, angle=0, cx=50%, cy=50%)
+    shear(shx, shy=0, cx=50%, cy=50%)
+    twirl(degrees, radius=50%, cx=50%, cy=50%)
+    bulge(strength, radius=50%, cx=50%, cy=50%)
+    wobble(amplitude, wavelength=50%, seed=0)
+    homography(x1, y1, x2, y2, x3, y3, x4, y4)   where the corners top-left, top-right,
+                                                 bottom-right, bottom-left go
+    homography(h11, h12, h13, h21, h22, h23, h31, h32, h33)   a pixel-coordinate matrix
+
+Percentages: positions (``cx``, ``x1`` ...) are a share of the span between the first and last pixel
+centres, so ``cx=50%`` is the image centre and ``x2=100%`` the last column; horizontal lengths
+(``dx``) are a share of the width, vertical ones (``dy``) of the height, and ``radius``,
+``amplitude`` and ``wavelength`` of the shorter side. Other arguments take plain numbers.
+
+Every term also takes ``mask=path.png`` (the motion only where the mask is white, soft in between;
+resized to the image) and an optional trailing ``* strength`` that scales its displacements.
+
+Examples::
+
+    translate(10, 0)
+    rotate(20, cx=50%, cy=40%) | translate(10, 0)
+    twirl(90, radius=30%) * 0.5
+    scale(1.2, mask=cat_mask.png) | bulge(0.3, radius=20%, cx=60%, cy=30%)
+    homography(0, 5%, 100%, 0, 95%, 100%, 5%, 95%)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from mtransfer.errors import MtransferError, input_error
+from mtransfer.flows import elementary
+from mtransfer.flows.io import FLOW_SUFFIXES, read_flow, read_mask
+from mtransfer.flows.ops import compose, restrict, scale_motion
+
+# How a percentage is resolved for each kind of argument (see the module docstring).
+_PLAIN, _X, _Y, _DX, _DY, _SIDE = "plain", "x", "y", "dx", "dy", "side"
+
+
+@dataclass(frozen=True)
+class _Param:
+    name: str
+    kind: str = _PLAIN
+    default: str | None = None  # written in the spec language itself; None = required
+
+
+@dataclass(frozen=True)
+class _Motion:
+    params: tuple[_Param, ...]
+    build: Callable[..., torch.Tensor]  # (height, width, **resolved arguments, device=) -> (2, H, W)
+
+
+_CENTER = (_Param("cx", _X, "50%"), _Param("cy", _Y, "50%"))
+
+
+def _centred(function: Callable[..., torch.Tensor], *names: str) -> Callable[..., torch.Tensor]:
+    """Adapt an elementary flow whose trailing ``center`` is given as the two arguments ``cx, cy``."""
+
+    def build(height: int, width: int, cx: float, cy: float, device=None, **arguments: float) -> torch.Tensor:
+        values = [arguments[name] for name in names]
+        return function(height, width, *values, center=(cx, cy), device=device)
+
+    return build
+
+
+def _wobble(height: int, width: int, amplitude: float, wavelength: float, seed: float, device=None) -> torch.Tensor:
+    if seed != int(seed):
+        raise ValueError(f"seed must be a whole number, got {seed}")
+    return elementary.wobble(height, width, amplitude, wavelength, int(seed), device=device)
+
+
+MOTIONS: dict[str, _Motion] = {
+    "translate": _Motion((_Param("dx", _DX), _Param("dy", _DY, "0")), elementary.translation),
+    "rotate": _Motion((_Param("degrees"), *_CENTER), _centred(elementary.rotation, "degrees")),
+    "scale": _Motion((_Param("factor"), *_CENTER), _centred(elementary.scaling, "factor")),
+    "stretch": _Motion(
+        (_Param("factor"), _Param("angle", default="0"), *_CENTER), _centred(elementary.stretch, "factor", "angle")
+    ),
+    "shear": _Motion((_Param("shx"), _Param("shy", default="0"), *_CENTER), _centred(elementary.shear, "shx", "shy")),
+    "twirl": _Motion(
+        (_Param("degrees"), _Param("radius", _SIDE, "50%"), *_CENTER), _centred(elementary.twirl, "degrees", "radius")
+    ),
+    "bulge": _Motion(
+        (_Param("strength"), _Param("radius", _SIDE, "50%"), *_CENTER),
+        _centred(elementary.bulge, "strength", "radius"),
+    ),
+    "wobble": _Motion(
+        (_Param("amplitude", _SIDE), _Param("wavelength", _SIDE, "50%"), _Param("seed", default="0")), _wobble
+    ),
+}
+ALIASES = {"translation": "translate", "rotation": "rotate", "scaling": "scale"}
+_HOMOGRAPHY_USAGE = "homography(x1, y1, ..., x4, y4) or homography(h11, ..., h33)"
+
+_TERM = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*(?:\*\s*([^()*]+?))?\s*$", re.DOTALL)
+
+
+def motion_usage() -> str:
+    """Every motion with its arguments, for error messages and ``--help`` texts."""
+    signatures = []
+    for name, motion in MOTIONS.items():
+        args = ", ".join(p.name if p.default is None else f"{p.name}={p.default}" for p in motion.params)
+        signatures.append(f"{name}({args})")
+    return ", ".join([*signatures, _HOMOGRAPHY_USAGE])
+
+
+def parse_flow_spec(spec: str, height: int, width: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """The ``(2, H, W)`` float32 flow that ``spec`` describes for an image of ``height`` x ``width`` pixels."""
+    terms = _split_top_level(spec, "|")
+    if not spec.strip() or any(not term.strip() for term in terms):
+        raise _spec_error(spec, "empty motion; write e.g. 'rotate(20) | translate(10, 0)'", usage=True)
+    flow = None
+    for term in terms:
+        term_flow = _parse_term(spec, term, height, width, device)
+        flow = term_flow if flow is None else compose(flow, term_flow)
+    return flow
+
+
+def load_flow(
+    file_or_spec: str | Path, height: int, width: int, *, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """A target flow from a ``.flo``/``.npy``/KITTI ``.png`` file or from a spec, checked to be ``height`` x ``width``.
+
+    Anything with parentheses is a spec. Otherwise it is a file, and a name ending in a flow suffix
+    that does not exist is reported as a missing file rather than as a bad spec.
+    """
+    text = str(file_or_spec).strip()
+    if "(" in text:
+        return parse_flow_spec(text, height, width, device=device)
+    path = Path(text)
+    if path.suffix.lower() not in FLOW_SUFFIXES:
+        if path.is_file():
+            raise input_error(path, f"unknown flow file type '{path.suffix}'; use .flo, .npy or KITTI .png")
+        raise _spec_error(text, "not a flow file or a motion like 'rotate(20)'", usage=True)
+    flow = read_flow(path)
+    if tuple(flow.shape[-2:]) != (height, width):
+        raise input_error(
+            path,
+            f"flow is {flow.shape[-2]}x{flow.shape[-1]} (height x width) but the image is {height}x{width}; "
+            "the flow must be on the image's pixel grid",
+        )
+    return flow.to(device)
+
+
+def _spec_error(spec: str, problem: str, usage: bool = False) -> MtransferError:
+    tail = f"; valid motions: {motion_usage()}" if usage else ""
+    return MtransferError(f"flow spec '{spec}': {problem}{tail}")
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """Split on ``separator`` where it is outside parentheses and quotes."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return parts
+
+
+def _parse_term(spec: str, term: str, height: int, width: int, device) -> torch.Tensor:
+    match = _TERM.match(term)
+    if not match:
+        raise _spec_error(spec, f"cannot read '{term.strip()}', expected name(arguments)", usage=True)
+    name, body, strength_text = match.groups()
+    name = ALIASES.get(name.lower(), name.lower())
+    if name != "homography" and name not in MOTIONS:
+        raise _spec_error(spec, f"unknown motion '{name}'", usage=True)
+    positional, keywords = _split_arguments(spec, name, body)
+    mask_path = keywords.pop("mask", None)
+    resolve = _Resolver(spec, name, height, width)
+    try:
+        if name == "homography":
+            if keywords:
+                raise _spec_error(spec, f"homography takes positional numbers only, not '{next(iter(keywords))}='")
+            flow = _homography(resolve, positional, height, width, device)
+        else:
+            arguments = _bind(resolve, MOTIONS[name], positional, keywords)
+            flow = MOTIONS[name].build(height, width, **arguments, device=device)
+    except ValueError as exc:
+        raise _spec_error(spec, f"{name}: {exc}") from None
+    if mask_path is not None:
+        flow = restrict(flow, read_mask(mask_path, size=(height, width)).to(flow.device))
+    if strength_text is not None:
+        flow = scale_motion(flow, resolve.number("strength", strength_text))
+    return flow
+
+
+def _split_arguments(spec: str, name: str, body: str) -> tuple[list[str], dict[str, str]]:
+    """Positional value texts and keyword value texts of one term; quotes around values are removed."""
+    positional, keywords = [], {}
+    if not body.strip():
+        return positional, keywords
+    for raw in _split_top_level(body, ","):
+        key, sep, value = raw.partition("=")
+        is_keyword = bool(sep) and re.fullmatch(r"\s*[A-Za-z_]\w*\s*", key) is not None
+        text = _unquote(value if is_keyword else raw)
+        if not text:
+            raise _spec_error(spec, f"{name}: empty argument in '{body.strip()}'")
+        if is_keyword:
+            key = key.strip().lower()
+            if key in keywords:
+                raise _spec_error(spec, f"{name}: '{key}' given twice")
+            keywords[key] = text
+        elif keywords:
+            raise _spec_error(spec, f"{name}: positional argument '{raw.strip()}' after a keyword argument")
+        else:
+            positional.append(text)
+    return positional, keywords
+
+
+def _unquote(text: str) -> str:
+    text = text.strip()
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
+def _bind(resolve: _Resolver, motion: _Motion, positional: list[str], keywords: dict[str, str]) -> dict[str, float]:
+    """Match argument texts to a motion's parameters (defaults filled in) and resolve them to numbers."""
+    names = [p.name for p in motion.params]
+    if len(positional) > len(names):
+        raise ValueError(f"takes at most {len(names)} arguments ({', '.join(names)}), got {len(positional)}")
+    texts = dict(zip(names, positional))
+    for key, value in keywords.items():
+        if key not in names:
+            raise ValueError(f"unknown argument '{key}'; it takes {', '.join(names)} and mask")
+        if key in texts:
+            raise ValueError(f"'{key}' given both by position and by name")
+        texts[key] = value
+    values = {}
+    for param in motion.params:
+        text = texts.get(param.name, param.default)
+        if text is None:
+            raise ValueError(f"missing argument '{param.name}'")
+        values[param.name] = resolve.value(param.name, param.kind, text)
+    return values
+
+
+def _homography(resolve: _Resolver, positional: list[str], height: int, width: int, device) -> torch.Tensor:
+    """Either where the four image corners go (8 coordinates) or the 3x3 matrix itself (9 entries)."""
+    if len(positional) == 8:
+        corners = [[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0], [0.0, height - 1.0]]
+        coords = [resolve.value(f"coordinate {i + 1}", _X if i % 2 == 0 else _Y, t) for i, t in enumerate(positional)]
+        targets = [coords[i : i + 2] for i in range(0, 8, 2)]
+        matrix = elementary.homography_from_points(corners, targets)
+    elif len(positional) == 9:
+        matrix = [[resolve.number(f"entry {3 * r + c + 1}", positional[3 * r + c]) for c in range(3)] for r in range(3)]
+    else:
+        raise ValueError(f"takes 8 corner coordinates or 9 matrix entries, got {len(positional)}: {_HOMOGRAPHY_USAGE}")
+    return elementary.homography(height, width, matrix, device=device)
+
+
+class _Resolver:
+    """Turns argument texts into pixels/numbers for one image size, with errors that name the spec."""
+
+    def __init__(self, spec: str, motion: str, height: int, width: int) -> None:
+        self.spec, self.motion = spec, motion
+        self.share_of = {
+            _X: width - 1,
+            _Y: height - 1,
+            _DX: width,
+            _DY: height,
+            _SIDE: min(height, width),
+        }
+
+    def number(self, name: str, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _spec_error(self.spec, f"{self.motion}: {name} must be a number, got '{text.strip()}'") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise _spec_error(self.spec, f"{self.motion}: {name} must be finite, got '{text.strip()}'")
+        return value
+
+    def value(self, name: str, kind: str, text: str) -> float:
+        text = text.strip()
+        if not text.endswith("%"):
+            return self.number(name, text)
+        if kind == _PLAIN:
+            raise _spec_error(self.spec, f"{self.motion}: {name} takes a plain number, not a percentage")
+        return self.number(name, text[:-1]) / 100.0 * self.share_of[kind]
