@@ -1,0 +1,51 @@
+"""Diffusion models behind one small interface, and the DDIM math the guided sampler is built from.
+
+- ``ddim``: pure functions (``predict_x0``, ``ddim_step``, ``renoise``, ``forward_noise``, ``ddim_timesteps``,
+  ``alpha_bars``).
+- ``backends``: the ``DiffusionBackend`` protocol.
+- ``stable_diffusion``: ``load_stable_diffusion`` (HF id, local folder, or ``"tiny"``), ``real_config``.
+- ``exact``: ``FiniteSetBackend`` (exact denoiser over a set of images) and ``motion_family``.
+- ``inversion``: ``ddim_invert``.
+
+The Stable Diffusion names are imported on first use, so code that only needs the math or the exact
+backend does not pay for importing diffusers and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mtransfer.diffusion.backends import DiffusionBackend, straight_through_clamp
+from mtransfer.diffusion.ddim import alpha_bars, ddim_step, ddim_timesteps, forward_noise, predict_x0, renoise
+from mtransfer.diffusion.exact import FiniteSetBackend, motion_family
+from mtransfer.diffusion.inversion import ddim_invert
+
+_LAZY = {
+    "StableDiffusionBackend": "mtransfer.diffusion.stable_diffusion",
+    "load_stable_diffusion": "mtransfer.diffusion.stable_diffusion",
+    "random_stable_diffusion": "mtransfer.diffusion.stable_diffusion",
+    "real_config": "mtransfer.diffusion.stable_diffusion",
+    "sd_alphas_cumprod": "mtransfer.diffusion.stable_diffusion",
+}
+
+__all__ = [
+    "DiffusionBackend",
+    "FiniteSetBackend",
+    "alpha_bars",
+    "ddim_invert",
+    "ddim_step",
+    "ddim_timesteps",
+    "forward_noise",
+    "motion_family",
+    "predict_x0",
+    "renoise",
+    "straight_through_clamp",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

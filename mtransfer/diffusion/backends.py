@@ -1,0 +1,48 @@
+"""The small interface the guidance sampler needs from a diffusion model.
+
+A backend owns a latent space and a noise predictor; samplers own the loop (classifier-free guidance,
+guidance gradients, recursion). Two implementations: ``StableDiffusionBackend`` (real or tiny random SD
+v1) and ``FiniteSetBackend`` (an exact denoiser over a handful of images, for offline demos and tests).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class DiffusionBackend(Protocol):
+    """An eps-predicting diffusion model with a differentiable decoder.
+
+    - ``alphas_cumprod``: 1-D tensor of the training schedule's alpha bars (1000 entries for SD v1).
+    - ``latent_size(height, width)``: ``(C, h, w)`` of the latent of an image of that size.
+    - ``encode(images)``: ``(B, 3, H, W)`` in [0, 1] → latents, deterministically (no posterior sampling).
+    - ``decode(latents)``: latents → ``(B, 3, H, W)`` in [0, 1], differentiable (see ``straight_through_clamp``).
+    - ``condition(prompts)``: one conditioning tensor per prompt, batched along dim 0.
+    - ``eps(z, t, cond)``: one denoiser call at training timestep ``t``; no classifier-free guidance here.
+    """
+
+    alphas_cumprod: torch.Tensor
+    device: torch.device
+    dtype: torch.dtype
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int, int]: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def condition(self, prompts: list[str]) -> torch.Tensor: ...
+
+    def eps(self, z: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor: ...
+
+
+def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] in the forward pass but pass gradients through unchanged.
+
+    Decoders overshoot [0, 1] a little. A plain clamp would zero the guidance gradient on every
+    saturated pixel (often whole highlights), so the values are clamped and the gradient is not.
+    """
+    return images + (images.clamp(0, 1) - images).detach()
