@@ -20,6 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from mtransfer.errors import input_error, require_file
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it."""
@@ -30,6 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
