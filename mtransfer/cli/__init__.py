@@ -19,6 +19,11 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+@app.callback()
+def _root() -> None:
+    """Keeps sub-command names mandatory even while only one command is registered."""
+
+
 def main() -> None:
     """Entry point: user-fixable problems become one red line and exit status 2, never a traceback."""
     from mtransfer.cli import commands  # noqa: F401  (registers the sub-commands)
@@ -35,10 +40,6 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except typer.TyperException as exc:  # usage errors (bad option values, missing arguments)
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -23,7 +23,7 @@ EPILOG = (
 )
 
 
-@app.command(epilog=EPILOG, rich_help_panel="Flows")
+@app.command(epilog=EPILOG)
 def motion(
     spec: Annotated[str, typer.Argument(help="Inline motion spec (see below) or a flow file to preview.")],
     onto: Annotated[Optional[Path], typer.Option(help="Image to size the flow on and to preview the motion with.")] = None,
