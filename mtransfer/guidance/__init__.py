@@ -1,0 +1,41 @@
+"""Motion guidance (Geng & Owens, ICLR 2024): guided DDIM sampling that makes an image move by a flow.
+
+- ``config``: ``GuidanceConfig``, the sampler's settings with the paper's defaults.
+- ``energy``: ``motion_energy``, flow L1 + occlusion-masked colour L1 (+ optional reconstruction term).
+- ``sampler``: ``cfg_eps``, ``guided_eps``, ``motion_guided_step``, ``sample_motion_guided`` (pure functions).
+- ``edit``: ``prepare_source``, ``edit_image``, ``generate``: the image-level entry points.
+- ``outputs``: ``write_edit``, the files of one edit (images, loss curves, previews, ``run.json``).
+"""
+
+from __future__ import annotations
+
+from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.edit import EditResult, SourceState, edit_image, generate, prepare_source
+from mtransfer.guidance.energy import EnergyWeights, motion_energy
+from mtransfer.guidance.sampler import (
+    GuidanceDiverged,
+    GuidedEps,
+    MotionTarget,
+    cfg_eps,
+    guided_eps,
+    motion_guided_step,
+    sample_motion_guided,
+)
+
+__all__ = [
+    "EditResult",
+    "EnergyWeights",
+    "GuidanceConfig",
+    "GuidanceDiverged",
+    "GuidedEps",
+    "MotionTarget",
+    "SourceState",
+    "cfg_eps",
+    "edit_image",
+    "generate",
+    "guided_eps",
+    "motion_energy",
+    "motion_guided_step",
+    "prepare_source",
+    "sample_motion_guided",
+]

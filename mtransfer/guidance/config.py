@@ -1,0 +1,113 @@
+"""Settings of the motion-guided sampler, with the paper's defaults, validated where they enter.
+
+Defaults are those of Geng & Owens (ICLR 2024): 500 DDIM steps, 10 recursions per step, classifier-free
+guidance 7.5, guidance weight 300, flow weight 3, colour weight 100, gradient clip 200, occlusion masking on.
+The flow estimator's own settings (e.g. RAFT iterations) live with the estimator, not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from mtransfer.errors import MtransferError
+
+SOURCE_NOISE = ("inversion", "random")
+"""Where an edit starts and what the edit-mask copy pastes outside the editable region:
+
+- ``inversion``: DDIM inversion of the source gives the start noise and the source latent at every level
+  (the paper's setting for real images; deterministic).
+- ``random``: start from Gaussian noise drawn from ``seed``; outside the mask, paste the source latent
+  forward-noised with that same fixed noise (no inversion cost, less faithful to the source).
+"""
+
+SCHEDULES = ("constant", "early", "linear")
+"""Per-step guidance weights (step 0 is the noisiest):
+
+- ``constant``: 1 at every step (the paper).
+- ``early``: 1 for the first ``schedule_fraction`` of the steps, then 0 (plain DDIM finishes the details).
+- ``linear``: decays linearly from 1 at the first step to 0 at ``schedule_fraction`` of the steps.
+"""
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Everything the guided sampler needs besides the models and the images.
+
+    ``recon_weight`` adds reconstruction guidance: an L1 term pulling the edit towards the source outside
+    the edit mask (0 = off, as in the paper; without an edit mask the term is empty). ``clip_grad`` bounds
+    the norm of the guidance added to the noise estimate (0 = no clipping). ``max_latent_std`` is the
+    divergence bound: a latent whose standard deviation exceeds it stops the run.
+    """
+
+    steps: int = 500
+    recursions: int = 10
+    cfg_scale: float = 7.5
+    guidance_weight: float = 300.0
+    flow_weight: float = 3.0
+    color_weight: float = 100.0
+    recon_weight: float = 0.0
+    clip_grad: float = 200.0
+    occlusion_masking: bool = True
+    schedule: str = "constant"
+    schedule_fraction: float = 1.0
+    source_noise: str = "inversion"
+    seed: int = 0
+    preview_every: int = 50
+    max_latent_std: float = 50.0
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            _check_type(field.name, getattr(self, field.name), field.type)
+            if field.type == "float":  # TOML and flags may give 300 for 300.0
+                object.__setattr__(self, field.name, float(getattr(self, field.name)))
+        _require(self.steps >= 1, "steps", "must be at least 1", self.steps)
+        _require(self.recursions >= 1, "recursions", "must be at least 1", self.recursions)
+        _require(self.cfg_scale >= 0, "cfg_scale", "must be >= 0", self.cfg_scale)
+        for name in ("guidance_weight", "flow_weight", "color_weight", "recon_weight", "clip_grad"):
+            _require(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        _require(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}", self.schedule)
+        _require(
+            self.source_noise in SOURCE_NOISE, "source_noise", f"must be one of {', '.join(SOURCE_NOISE)}",
+            self.source_noise,
+        )
+        _require(0 < self.schedule_fraction <= 1, "schedule_fraction", "must be in (0, 1]", self.schedule_fraction)
+        _require(self.preview_every >= 0, "preview_every", "must be >= 0 (0 = no previews)", self.preview_every)
+        _require(self.max_latent_std > 0, "max_latent_std", "must be > 0", self.max_latent_std)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> GuidanceConfig:
+        """Build from a preset's ``[guidance]`` table; unknown keys and bad values name the key."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MtransferError(f"guidance.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    def step_weights(self) -> list[float]:
+        """The guidance schedule: one weight per DDIM step, noisiest step first (see ``SCHEDULES``)."""
+        guided_steps = self.schedule_fraction * self.steps
+        if self.schedule == "early":
+            return [1.0 if i < guided_steps else 0.0 for i in range(self.steps)]
+        if self.schedule == "linear":
+            return [max(0.0, 1.0 - i / guided_steps) for i in range(self.steps)]
+        return [1.0] * self.steps
+
+    def replace(self, **changes: Any) -> GuidanceConfig:
+        """A copy with some settings changed, validated like the original."""
+        return self.from_mapping({**dataclasses.asdict(self), **changes})
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    accepted = _TYPES[annotation]
+    if isinstance(value, bool) and annotation != "bool" or not isinstance(value, accepted):
+        raise MtransferError(f"guidance.{name}: expected {annotation}, got {value!r}")
+
+
+def _require(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise MtransferError(f"guidance.{name}: {rule}, got {value!r}")

@@ -1,0 +1,226 @@
+"""Editing one image with motion guidance: prepare the source once, then edit it under any target flow.
+
+``prepare_source`` does the work that depends only on the source image and the prompt (encoding, text
+embeddings, DDIM inversion), so a video pipeline that edits the same image under many flows pays for it
+once. ``edit_image`` runs the guided sampler and turns a divergence into a result labelled as such.
+``generate`` makes an image from a prompt and keeps its noise trajectory so it can be edited afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from mtransfer.diffusion import DiffusionBackend, alpha_bars, ddim_invert, ddim_step, ddim_timesteps, forward_noise
+from mtransfer.errors import MtransferError
+from mtransfer.estimators.base import FlowEstimator
+from mtransfer.flows import occlusion_mask
+from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.energy import EnergyWeights
+from mtransfer.guidance.sampler import GuidanceDiverged, GuidedEps, MotionTarget, cfg_eps, sample_motion_guided
+
+Progress = Callable[[], None]
+"""Called once per unit of work: per inversion/generation step, per guided pass (steps x recursions)."""
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """Everything about the source an edit reuses.
+
+    ``references[i]`` is the source latent at the noise level of ``timesteps[i]`` (pasted outside the
+    edit mask at step ``i``); ``references[-1]`` is the clean latent. ``start`` is where sampling begins.
+    ``origin`` says where the references come from: ``inversion``, ``random`` or ``generation``.
+    """
+
+    image: torch.Tensor
+    prompt: str
+    latent: torch.Tensor
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    timesteps: list[int]
+    references: list[torch.Tensor]
+    start: torch.Tensor
+    origin: str
+
+
+@dataclass
+class EditResult:
+    """An edit and its record. When ``diverged``, ``image`` is the last finite clean estimate (or the
+    source's reconstruction if there was none) and ``divergence`` says what went wrong."""
+
+    image: torch.Tensor
+    latent: torch.Tensor
+    achieved_flow: torch.Tensor
+    losses: list[dict]
+    previews: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+    diverged: bool = False
+    divergence: str | None = None
+
+
+def _schedule(backend: DiffusionBackend, steps: int) -> list[int]:
+    return ddim_timesteps(len(backend.alphas_cumprod), steps)
+
+
+def prepare_source(
+    backend: DiffusionBackend,
+    image: torch.Tensor,
+    prompt: str,
+    config: GuidanceConfig,
+    *,
+    trajectory: list[torch.Tensor] | None = None,
+    progress: Progress | None = None,
+) -> SourceState:
+    """Encode ``image`` ``(3, H, W)`` in [0, 1], embed ``prompt`` and find the source latent at every level.
+
+    With ``trajectory`` (from ``generate``) the generation's own latents are the references: unguided
+    sampling from its start retraces them exactly, so nothing is inverted. Otherwise
+    ``config.source_noise`` decides: DDIM inversion (conditioned on the prompt, no CFG, as the inversion
+    approximation is only faithful without it) or forward noising with noise fixed by ``config.seed``.
+    """
+    batch = image[None].to(backend.device, backend.dtype)
+    cond, uncond = backend.condition([prompt]), backend.condition([""])
+    timesteps = _schedule(backend, config.steps)
+    if trajectory is not None:
+        if len(trajectory) != len(timesteps) + 1:
+            raise MtransferError(
+                f"the generation trajectory has {len(trajectory) - 1} steps but guidance.steps is {config.steps}"
+            )
+        return SourceState(
+            batch, prompt, trajectory[-1], cond, uncond, timesteps, trajectory, trajectory[0], "generation"
+        )
+    latent = backend.encode(batch)
+    if config.source_noise == "inversion":
+        references = ddim_invert(
+            lambda z, t: backend.eps(z, t, cond), latent, timesteps, backend.alphas_cumprod, progress=progress
+        )
+        return SourceState(batch, prompt, latent, cond, uncond, timesteps, references, references[0], "inversion")
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed)).to(latent)
+    levels = [a_t for a_t, _ in alpha_bars(backend.alphas_cumprod, timesteps)]
+    references = [forward_noise(latent, a_t, noise) for a_t in levels] + [latent]
+    return SourceState(batch, prompt, latent, cond, uncond, timesteps, references, noise, "random")
+
+
+@torch.no_grad()
+def generate(
+    backend: DiffusionBackend,
+    prompt: str,
+    config: GuidanceConfig,
+    *,
+    size: tuple[int, int] = (512, 512),
+    progress: Progress | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Plain CFG DDIM from noise drawn with ``config.seed``: ``(image (3, H, W), noise, latents)``.
+
+    ``latents`` has ``config.steps + 1`` entries aligned like an inversion (``latents[0]`` is the noise,
+    ``latents[-1]`` the clean latent); pass it as ``prepare_source(..., trajectory=latents)`` to edit the
+    image along its own trajectory.
+    """
+    shape = (1, *backend.latent_size(*size))
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(config.seed)).to(backend.device, backend.dtype)
+    cond, uncond = backend.condition([prompt]), backend.condition([""])
+    timesteps = _schedule(backend, config.steps)
+    latents = [noise]
+    for t, (a_t, a_prev) in zip(timesteps, alpha_bars(backend.alphas_cumprod, timesteps)):
+        eps = cfg_eps(backend, latents[-1], t, cond, uncond, config.cfg_scale)
+        latents.append(ddim_step(latents[-1], eps, a_t, a_prev))
+        if progress is not None:
+            progress()
+    return backend.decode(latents[-1])[0].float(), noise, latents
+
+
+def edit_image(
+    backend: DiffusionBackend,
+    estimator: FlowEstimator,
+    state: SourceState,
+    target_flow: torch.Tensor,
+    config: GuidanceConfig,
+    *,
+    edit_mask: torch.Tensor | None = None,
+    init_latent: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> EditResult:
+    """Move the source by ``target_flow`` ``(2, H, W)`` with motion guidance.
+
+    ``edit_mask`` ``(H, W)`` or ``(1, H, W)`` in [0, 1] marks the editable region (1); outside it the
+    sampler pastes the source's latent at every step (a latent cell is editable if any of its pixels
+    is), and ``config.recon_weight`` pulls the image towards the source there. ``init_latent``
+    replaces ``state.start`` as the starting latent. Previews are taken every ``config.preview_every``
+    steps at the first recursion.
+    """
+    height, width = state.image.shape[-2:]
+    if state.timesteps != _schedule(backend, config.steps):
+        raise MtransferError(
+            f"the source was prepared for {len(state.timesteps)} steps but guidance.steps is {config.steps}"
+        )
+    if target_flow.shape != (2, height, width):
+        raise MtransferError(
+            f"target flow has shape {tuple(target_flow.shape)}, expected (2, {height}, {width}) to match the image"
+        )
+    flow = target_flow[None].to(backend.device, torch.float32)
+    source = state.image.float()
+    keep = copy_mask = None
+    if edit_mask is not None:
+        mask = _edit_mask(edit_mask, height, width).to(backend.device, torch.float32)
+        keep = 1 - mask
+        editable = F.adaptive_max_pool2d(mask, tuple(state.latent.shape[-2:])) > 0
+        copy_mask = ~editable
+    target = MotionTarget(
+        source=source,
+        flow=flow,
+        occlusion=occlusion_mask(flow) if config.occlusion_masking else None,
+        keep=keep,
+        weights=EnergyWeights(config.flow_weight, config.color_weight, config.recon_weight),
+    )
+    previews: list[tuple[int, torch.Tensor]] = []
+
+    def on_pass(step: int, recursion: int, guided: GuidedEps) -> None:
+        if progress is not None:
+            progress()
+        if config.preview_every and recursion == 0 and step % config.preview_every == 0:
+            with torch.no_grad():
+                image = guided.image if guided.image is not None else backend.decode(guided.x0).float()
+            previews.append((step, image[0].cpu()))
+
+    generator = torch.Generator(device=backend.device).manual_seed(config.seed)
+    started = time.perf_counter()
+    diverged = None
+    try:
+        latent, losses = sample_motion_guided(
+            backend, estimator, state.start if init_latent is None else init_latent, state.timesteps,
+            state.cond, state.uncond, target, config,
+            generator=generator, references=state.references, copy_mask=copy_mask, callback=on_pass,
+        )
+    except GuidanceDiverged as exc:
+        diverged = exc
+        latent, losses = (exc.x0 if exc.x0 is not None else state.latent), exc.history
+    elapsed = time.perf_counter() - started
+    with torch.no_grad():
+        image = backend.decode(latent).float()
+        achieved = estimator(source, image)
+    passes = max(len(losses), 1)
+    return EditResult(
+        image=image[0],
+        latent=latent,
+        achieved_flow=achieved[0],
+        losses=losses,
+        previews=previews,
+        timing={"sampling_s": elapsed, "seconds_per_pass": elapsed / passes},
+        diverged=diverged is not None,
+        divergence=None if diverged is None else str(diverged),
+    )
+
+
+def _edit_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """An edit mask as ``(1, 1, H, W)`` float, or a one-line error when its size is wrong."""
+    if mask.dim() == 2:
+        mask = mask[None]
+    if mask.dim() != 3 or mask.shape[0] != 1 or tuple(mask.shape[-2:]) != (height, width):
+        raise MtransferError(
+            f"edit mask has shape {tuple(mask.shape)}, expected ({height}, {width}) to match the image"
+        )
+    return mask[None].float()

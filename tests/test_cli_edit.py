@@ -1,0 +1,137 @@
+"""``mtransfer edit``: the whole path on the tiny random SD (the same loading code as real models), its
+files, and one-line errors with exit status 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtransfer.cli import main
+from mtransfer.files import save_image
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the tiny model gets built (once) instead of the user's cache."""
+    return tmp_path_factory.mktemp("mtransfer-cache")
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 80x96 picture, a mask drawn on it, and a working folder; the tiny model's cache is private."""
+    monkeypatch.setenv("MTRANSFER_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    save_image(tmp_path / "photo.png", torch.rand(3, 80, 96, generator=torch.Generator().manual_seed(0)))
+    mask = np.zeros((80, 96), np.uint8)
+    mask[20:60, 20:70] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    return tmp_path
+
+
+TINY = ["--model", "tiny", "--estimator", "pyramid", "--size", "64x64", "--device", "cpu", "--steps", "3",
+        "--recursions", "2", "--guidance-weight", "30", "--clip", "20"]
+
+
+def run_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arguments: str) -> tuple[int, str]:
+    """``mtransfer ARGUMENTS`` through the real entry point (error handling included), in this process."""
+    monkeypatch.setattr(sys, "argv", ["mtransfer", *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        raise SystemExit(0)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+def test_edit_on_the_tiny_model_writes_every_output(inputs: Path, cache: Path) -> None:
+    environment = {**os.environ, "MTRANSFER_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mtransfer", "edit", "photo.png", "--flow", "translate(3, 1) | rotate(5)",
+         "--mask", "mask.png", "--prompt", "a cat", "--seed", "4", *TINY, "--set", "guidance.preview_every=1"],
+        cwd=inputs, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "done" in result.stderr
+
+    out = inputs / "outputs" / "photo-edit"
+    for name in ("edited.png", "source.png", "target_flow.png", "achieved_flow.png"):
+        assert read_png(out / name).shape == (64, 64, 3), name
+    comparison = read_png(out / "comparison.png")
+    assert comparison.shape[1] > 4 * comparison.shape[0] // 2  # four panels side by side
+    curves = read_png(out / "loss.png")
+    assert curves.shape[0] > 200 and (curves != 255).any()
+    assert sorted(p.name for p in (out / "previews").iterdir()) == ["step_0000.png", "step_0001.png", "step_0002.png"]
+    edited = read_png(out / "edited.png").astype(float)
+    assert edited.std() > 1  # a picture, not a constant
+
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "ok" and record["divergence"] is None
+    assert record["guidance"]["steps"] == 3 and record["guidance"]["recursions"] == 2
+    assert record["guidance"]["guidance_weight"] == 30.0 and record["seed"] == 4
+    assert record["model"]["model"] == "tiny" and record["model"]["prompt"] == "a cat"
+    assert record["estimator"]["name"] == "pyramid" and record["device"] == "cpu" and record["size"] == [64, 64]
+    assert {"mtransfer", "torch", "diffusers", "torchvision"} <= set(record["versions"])
+    assert set(record["final_losses"]) >= {"total", "flow", "color", "grad_norm"}
+    assert record["passes"] == 6 and record["timing"]["sampling_s"] > 0
+    losses = json.loads((out / "losses.json").read_text())
+    assert [(h["step"], h["recursion"]) for h in losses] == [(s, r) for s in range(3) for r in range(2)]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["missing.png", "--flow", "translate(1, 0)"], "missing.png: no such image"),
+        (["photo.png", "--flow", "spin(3)"], "flow spec 'spin(3)'"),
+        (["photo.png", "--flow", "small.npy"], "small.npy: flow is 32x32 (height x width) but the image is 64x64"),
+        (["photo.png", "--flow", "translate(1, 0)", "--mask", "tiny_mask.png"], "tiny_mask.png: mask is 10x12"),
+        (["photo.png", "--flow", "translate(1, 0)", "--model", "no/such/folder"], "no such model folder"),
+        (["photo.png", "--flow", "translate(1, 0)", "--estimator", "tvl1"], "'tvl1' is not differentiable"),
+        (["photo.png", "--flow", "translate(1, 0)", "--set", "guidance.stepz=3"], "guidance.stepz: unknown setting"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, arguments: list[str], message: str
+) -> None:
+    np.save(inputs / "small.npy", np.zeros((32, 32, 2), np.float32))
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(inputs / "tiny_mask.png")
+    tiny = [a for a in TINY if a not in ("--model", "tiny")] if "--model" in arguments else TINY
+    tiny = [a for a in tiny if a not in ("--estimator", "pyramid")] if "--estimator" in arguments else tiny
+    code, stderr = run_in_process(monkeypatch, capsys, "edit", *arguments, *tiny)
+    assert code == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (inputs / "outputs").exists()  # nothing is written for rejected input
+
+
+def test_a_diverged_edit_is_written_labelled_and_exits_2(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    code, stderr = run_in_process(
+        monkeypatch, capsys, "edit", "photo.png", "--flow", "translate(2, 0)", *TINY, "--out", "diverged",
+        "--set", "guidance.max_latent_std=0.01",
+    )
+    assert code == 2 and "guidance diverged at step 0" in stderr and "Traceback" not in stderr
+    record = json.loads((inputs / "diverged" / "run.json").read_text())
+    assert record["status"] == "diverged" and "standard deviation" in record["divergence"]
+    assert read_png(inputs / "diverged" / "edited.png").shape == (64, 64, 3)
