@@ -1,0 +1,306 @@
+"""Fitting a driving video's motion onto a target image of another size and layout.
+
+The driving flow of frame t (frame 0 → frame t, on the video's grid) becomes a target flow on the
+image's grid in five steps, each a pure tensor function below:
+
+1. ``crop_flow``: keep a box of the driving frame (``source_region``); vectors are unchanged by a crop.
+2. ``fit_flow``: map that box onto the destination region's size (``stretch`` / ``cover`` / ``contain``),
+   rescaling the vectors with the pixels so a motion across the whole box stays across the whole region.
+3. ``smooth_flow``: optional Gaussian blur, to remove estimator noise before it becomes a guidance target.
+4. ``place_flow``: paste the fitted flow into the region of the target canvas, zero motion elsewhere, then
+   weight it by the region's (optionally feathered) mask and the motion strength.
+5. ``smooth_over_time``: optional exponential or Gaussian smoothing over the frames.
+
+``motion_mask`` turns an aligned flow into the guidance edit mask: pixels that move, the pixels they move
+onto, and a safety margin around both. Everything outside is copied from the source image.
+Boxes are ``(x0, y0, x1, y1)`` with exclusive ends, in pixels; sizes are ``(height, width)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from mtransfer.errors import MtransferError
+from mtransfer.flows.ops import resize_flow, restrict, scale_motion
+from mtransfer.flows.warp import _batched, pixel_grid
+
+FITS = ("stretch", "cover", "contain")
+TEMPORAL = ("none", "ema", "gaussian")
+
+PixelBox = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """How the driving motion is laid onto the target image (the ``[align]`` section of a pipeline).
+
+    - ``fit``: ``stretch`` (ignore aspect), ``cover`` (fill the region, crop the overflow, centred) or
+      ``contain`` (fit inside the region, pad with zero motion, centred).
+    - ``region``: where the motion goes on the target: ``[x0, y0, x1, y1]`` in pixels, or in fractions of
+      the width/height when all four values lie in [0, 1]; or the path of a mask image (white = motion).
+      Empty = the whole image.
+    - ``source_region``: the box of the driving frame to take the motion from (same units); empty = all.
+    - ``feather``: width in target pixels of a linear ramp that fades the motion in at the region's edge.
+    - ``strength``: multiplies every displacement (1 = the video's motion, 0.5 = half as far).
+    - ``spatial_sigma``: Gaussian blur of the fitted flow, in target pixels (0 = off).
+    - ``temporal`` / ``temporal_amount``: ``ema`` keeps ``amount`` of the previous smoothed flow per frame
+      (in [0, 1)); ``gaussian`` blurs over time with sigma ``amount`` frames. Frame 0 stays the reference.
+    - ``mask_threshold`` / ``mask_margin``: a pixel is edited when it, or a pixel moving onto it, moves
+      more than ``mask_threshold`` px; the edit region is then grown by ``mask_margin`` px.
+    - ``edit_mask``: false lets guidance change the whole image (the paper's setting for single edits).
+    """
+
+    fit: str = "cover"
+    region: tuple[float, float, float, float] | str | None = None
+    source_region: tuple[float, float, float, float] | None = None
+    feather: int = 0
+    strength: float = 1.0
+    spatial_sigma: float = 0.0
+    temporal: str = "none"
+    temporal_amount: float = 0.0
+    mask_threshold: float = 0.5
+    mask_margin: int = 8
+    edit_mask: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.fit in FITS, "fit", f"must be one of {', '.join(FITS)}", self.fit)
+        _require(self.temporal in TEMPORAL, "temporal", f"must be one of {', '.join(TEMPORAL)}", self.temporal)
+        if self.temporal == "ema":
+            _require(0 <= self.temporal_amount < 1, "temporal_amount", "must be in [0, 1) for ema", self.temporal_amount)
+        _require(self.temporal_amount >= 0, "temporal_amount", "must be >= 0", self.temporal_amount)
+        for name in ("feather", "mask_margin"):
+            value = getattr(self, name)
+            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
+                     "must be a whole number of pixels >= 0", value)
+        for name in ("strength", "spatial_sigma", "mask_threshold"):
+            value = getattr(self, name)
+            _require(isinstance(value, (int, float)) and not isinstance(value, bool), name, "must be a number", value)
+        _require(self.spatial_sigma >= 0, "spatial_sigma", "must be >= 0", self.spatial_sigma)
+        _require(self.mask_threshold >= 0, "mask_threshold", "must be >= 0", self.mask_threshold)
+        _require(isinstance(self.edit_mask, bool), "edit_mask", "must be true or false", self.edit_mask)
+        for name in ("region", "source_region"):
+            value = getattr(self, name)
+            if value is None or (name == "region" and isinstance(value, str)):
+                continue
+            ok = (isinstance(value, (list, tuple)) and len(value) == 4
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+            _require(ok, name, "must be [x0, y0, x1, y1] (pixels or fractions)"
+                     + (" or a mask image path" if name == "region" else ""), value)
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> AlignConfig:
+        """Build from a pipeline's ``[align]`` table; ``""`` and ``[]`` mean "not set" (TOML has no null)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MtransferError(f"align.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+        cleaned = {k: (None if v in ("", []) else v) for k, v in values.items()}
+        return cls(**cleaned)
+
+
+def _require(ok: bool, name: str, rule: str, value: object) -> None:
+    if not ok:
+        raise MtransferError(f"align.{name}: {rule}, got {value!r}")
+
+
+def pixel_box(box: Sequence[float], height: int, width: int, what: str = "region") -> PixelBox:
+    """``[x0, y0, x1, y1]`` in pixels, or in fractions when all values are in [0, 1], as a pixel box.
+
+    Raises a one-line error when the box is empty or reaches outside the ``height`` x ``width`` image.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
+        x0, x1, y0, y1 = x0 * width, x1 * width, y0 * height, y1 * height
+    pixels = (round(x0), round(y0), round(x1), round(y1))
+    if pixels[0] < 0 or pixels[1] < 0 or pixels[2] > width or pixels[3] > height:
+        raise MtransferError(f"{what} {list(box)} reaches outside the {width}x{height} (width x height) image")
+    if pixels[2] <= pixels[0] or pixels[3] <= pixels[1]:
+        raise MtransferError(f"{what} {list(box)} is empty: need x0 < x1 and y0 < y1")
+    return pixels
+
+
+def mask_box(mask: torch.Tensor) -> PixelBox:
+    """The bounding box of the non-zero pixels of a ``(1, H, W)`` mask (it must have some)."""
+    ys, xs = torch.nonzero(mask[0] > 0, as_tuple=True)
+    if ys.numel() == 0:
+        raise MtransferError("the region mask is empty (all black): paint the moving region white")
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def crop_flow(flow: torch.Tensor, box: PixelBox) -> torch.Tensor:
+    """The part of a flow inside ``box``; displacements are in pixels, so they need no change."""
+    x0, y0, x1, y1 = box
+    return flow[..., y0:y1, x0:x1]
+
+
+def fit_flow(flow: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tensor:
+    """Resample a flow to ``size`` = (height, width) with vectors rescaled, under a ``fit`` policy.
+
+    ``stretch`` scales each axis independently. ``cover`` scales both axes by the larger factor and
+    centre-crops, so motion fills the region. ``contain`` scales by the smaller factor and centre-pads
+    with zero motion, so the whole driving motion is kept.
+    """
+    height, width = flow.shape[-2:]
+    new_height, new_width = size
+    if fit == "stretch":
+        return resize_flow(flow, size)
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+    scale = (max if fit == "cover" else min)(new_height / height, new_width / width)
+    scaled_height = max(1, round(height * scale))
+    scaled_width = max(1, round(width * scale))
+    if fit == "cover":
+        scaled_height, scaled_width = max(scaled_height, new_height), max(scaled_width, new_width)
+    else:
+        scaled_height, scaled_width = min(scaled_height, new_height), min(scaled_width, new_width)
+    scaled = resize_flow(flow, (scaled_height, scaled_width))
+    top = abs(scaled_height - new_height) // 2
+    left = abs(scaled_width - new_width) // 2
+    if fit == "cover":
+        return crop_flow(scaled, (left, top, left + new_width, top + new_height))
+    return F.pad(scaled, (left, new_width - scaled_width - left, top, new_height - scaled_height - top))
+
+
+def _gaussian_kernel(sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return kernel / kernel.sum()
+
+
+def _blur_last_axis(values: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur along the last axis with edge values repeated, for any leading shape."""
+    kernel = _gaussian_kernel(sigma, values.dtype, values.device)
+    radius = (kernel.numel() - 1) // 2
+    rows = values.reshape(-1, 1, values.shape[-1])
+    rows = F.pad(rows, (radius, radius), mode="replicate")
+    return F.conv1d(rows, kernel.view(1, 1, -1)).view(values.shape)
+
+
+def smooth_flow(flow: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a flow over space (sigma in pixels); ``sigma = 0`` returns it unchanged."""
+    if sigma <= 0:
+        return flow
+    blurred = _blur_last_axis(flow, sigma)
+    return _blur_last_axis(blurred.transpose(-1, -2), sigma).transpose(-1, -2)
+
+
+def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
+    """Fade a ``(..., 1, H, W)`` mask in over ``feather`` pixels from its edge (the image border is no edge).
+
+    The mean of the mask eroded 0, 1, ..., feather-1 times is a linear ramp: 1/feather on the outermost
+    pixel of the region, 1 from ``feather`` pixels inside. Soft masks keep their values as a ceiling.
+    """
+    if feather <= 0:
+        return mask
+    batched = mask.reshape(-1, 1, *mask.shape[-2:])
+    eroded, total = batched, torch.zeros_like(batched)
+    for _ in range(feather):
+        total = total + eroded
+        eroded = -F.max_pool2d(-eroded, kernel_size=3, stride=1, padding=1)  # padding is -inf: border ignored
+    return (total / feather).view(mask.shape)
+
+
+def place_flow(flow: torch.Tensor, box: PixelBox, size: tuple[int, int]) -> torch.Tensor:
+    """Paste a flow fitted to ``box``'s size into a zero-motion canvas of ``size`` = (height, width)."""
+    x0, y0, x1, y1 = box
+    if flow.shape[-2:] != (y1 - y0, x1 - x0):
+        raise ValueError(f"flow of size {tuple(flow.shape[-2:])} does not fit box {box}")
+    height, width = size
+    return F.pad(flow, (x0, width - x1, y0, height - y1))
+
+
+def region_weight(size: tuple[int, int], box: PixelBox, mask: torch.Tensor | None, feather: int) -> torch.Tensor:
+    """``(1, H, W)`` weight of the motion: the box (or the mask, when given), feathered at its edge."""
+    if mask is None:
+        weight = place_flow(torch.ones(1, box[3] - box[1], box[2] - box[0]), box, size)
+    else:
+        weight = mask.float()
+    return feather_mask(weight, feather)
+
+
+def align_flow(
+    flow: torch.Tensor,
+    size: tuple[int, int],
+    config: AlignConfig,
+    region_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One driving flow ``(..., 2, h, w)`` → the target flow ``(..., 2, H, W)`` for an image of ``size``.
+
+    ``region_mask`` ``(1, H, W)`` is the loaded mask image when ``config.region`` names one.
+    """
+    height, width = size
+    source_box = (0, 0, flow.shape[-1], flow.shape[-2])
+    if config.source_region is not None:
+        source_box = pixel_box(config.source_region, *flow.shape[-2:], what="source_region")
+    if region_mask is not None:
+        box = mask_box(region_mask)
+    elif isinstance(config.region, tuple):
+        box = pixel_box(config.region, height, width)
+    else:
+        box = (0, 0, width, height)
+    fitted = fit_flow(crop_flow(flow, source_box), (box[3] - box[1], box[2] - box[0]), config.fit)
+    placed = place_flow(smooth_flow(fitted, config.spatial_sigma), box, size)
+    weight = region_weight(size, box, region_mask, config.feather).to(placed)
+    return scale_motion(restrict(placed, weight), config.strength)
+
+
+def smooth_over_time(flows: torch.Tensor, method: str, amount: float) -> torch.Tensor:
+    """Smooth a clip's flows ``(T, 2, H, W)`` over time; frame 0 (the reference, zero motion) is kept.
+
+    ``ema``: ``s_t = amount * s_(t-1) + (1 - amount) * f_t`` from ``s_1 = f_1`` (causal, lags slightly).
+    ``gaussian``: a Gaussian of sigma ``amount`` frames over frames 1..T-1, ends repeated (no lag).
+    """
+    if method == "none" or amount == 0 or flows.shape[0] < 3:
+        return flows
+    moving = flows[1:]
+    if method == "ema":
+        smoothed = [moving[0]]
+        for flow in moving[1:]:
+            smoothed.append(amount * smoothed[-1] + (1 - amount) * flow)
+        moving = torch.stack(smoothed)
+    elif method == "gaussian":
+        moving = _blur_last_axis(moving.movedim(0, -1), amount).movedim(-1, 0)
+    else:
+        raise ValueError(f"temporal smoothing must be one of {TEMPORAL}, got {method!r}")
+    return torch.cat((flows[:1], moving))
+
+
+def align_flows(
+    flows: torch.Tensor,
+    size: tuple[int, int],
+    config: AlignConfig,
+    region_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A clip's driving flows ``(T, 2, h, w)`` (frame 0 first) → target flows ``(T, 2, H, W)``."""
+    aligned = align_flow(flows, size, config, region_mask)
+    return smooth_over_time(aligned, config.temporal, config.temporal_amount)
+
+
+def motion_mask(flow: torch.Tensor, threshold: float = 0.5, margin: int = 8) -> torch.Tensor:
+    """The edit mask of a flow: ``(B, 1, H, W)``, 1 where guidance may change the image.
+
+    A pixel is in it when it moves more than ``threshold`` px, or when a moving pixel lands on it (the
+    up to four pixels around each destination, so stretching motion leaves no holes); then the mask is dilated by
+    ``margin`` px so the edit can blend into the copied background.
+    """
+    batched = _batched(flow)
+    batch, _, height, width = batched.shape
+    moving = batched.norm(dim=1) > threshold
+    landed = torch.zeros(batch, height * width, dtype=batched.dtype, device=batched.device)
+    destination = pixel_grid(height, width, device=batched.device, dtype=batched.dtype) + batched
+    for x in (destination[:, 0].floor(), destination[:, 0].ceil()):
+        for y in (destination[:, 1].floor(), destination[:, 1].ceil()):
+            hits = moving & (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+            index = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).long().flatten(1)
+            landed = landed.scatter_add(1, index, hits.flatten(1).to(batched.dtype))
+    mask = (moving | (landed.view(batch, height, width) > 0)).to(batched.dtype)[:, None]
+    if margin > 0:
+        mask = F.max_pool2d(mask, kernel_size=2 * margin + 1, stride=1, padding=margin)
+    return mask

@@ -1,0 +1,297 @@
+"""Fast paths for the guided step: switches that change how it is executed, never what it computes.
+
+The guided step (``mtransfer.guidance.sampler.guided_eps``) is a CFG UNet forward, a VAE-decoder forward,
+a RAFT forward and the backward pass through all three. Each switch below keeps that update rule and only
+changes precision, kernels, memory layout or what is recomputed:
+
+- ``autocast`` (``"bf16"``/``"fp16"``): the UNet, the decoder and the flow estimator run under autocast;
+  their outputs are cast back to fp32, so ``x0``, the energy's reductions and the gradient clipping stay fp32.
+- ``tf32``: TF32 tensor cores for fp32 matmuls and convolutions. Off means IEEE fp32 everywhere, the
+  reference drift is measured against (PyTorch's own default already runs cuDNN convolutions in TF32).
+- ``sdpa``: diffusers' ``AttnProcessor2_0`` (``scaled_dot_product_attention``, flash/memory-efficient
+  kernels) in the UNet and the VAE; off means the classic ``AttnProcessor`` that materialises the
+  attention matrix, as diffusers did when the paper was written.
+- ``channels_last``: NHWC weights, so cuDNN picks its tensor-core convolution kernels without transposes.
+- ``cache_source``: RAFT's source-side work (the source's feature map, the context encoder, the initial
+  hidden state) is computed once per source image instead of once per pass, and only the final RAFT
+  iteration's flow is upsampled (the energy reads no other). See ``SourceCachedRaft``.
+- ``checkpointing``: diffusers' gradient checkpointing in the UNet and the VAE: less memory, more time.
+- ``compile``: ``torch.compile`` of the UNet, the decode call and the estimator.
+
+``fast_path(backend, estimator, switches)`` applies a set of switches for the duration of a ``with``
+block and undoes the ones that modify shared modules on exit, so one set of models serves every variant.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torchvision.models.optical_flow import RAFT
+from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
+
+from mtransfer.errors import MtransferError
+from mtransfer.estimators.base import FlowEstimator
+from mtransfer.estimators.raft import RaftEstimator
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Which speed switches are on (see the module docstring); the default is the fp32 paper baseline."""
+
+    autocast: str | None = None
+    tf32: bool = False
+    sdpa: bool = False
+    channels_last: bool = False
+    cache_source: bool = False
+    checkpointing: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
+            raise MtransferError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+
+    @property
+    def label(self) -> str:
+        """The canonical spec of these switches, e.g. ``bf16+sdpa``; ``baseline`` when none is on."""
+        names = [name for name, change in SWITCHES.items() if len(change) == 1 and _is_on(self, change)]
+        return "+".join(names) or "baseline"
+
+
+SWITCHES: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "bf16": {"autocast": "bf16"},
+    "fp16": {"autocast": "fp16"},
+    "tf32": {"tf32": True},
+    "sdpa": {"sdpa": True},
+    "channels-last": {"channels_last": True},
+    "cache-source": {"cache_source": True},
+    "checkpoint": {"checkpointing": True},
+    "compile": {"compile": True},
+    "fast": {"autocast": "bf16", "sdpa": True, "channels_last": True, "cache_source": True},
+}
+"""Names usable in a variant spec. ``fast`` is every switch that pays on a GPU without changing memory
+behaviour or needing a compiler: bf16 autocast, SDPA, channels-last and the RAFT source cache."""
+
+
+def _is_on(switches: FastPath, change: dict[str, Any]) -> bool:
+    return all(getattr(switches, key) == value for key, value in change.items())
+
+
+def parse_fast_path(spec: str) -> FastPath:
+    """``"bf16+sdpa"`` → ``FastPath(autocast="bf16", sdpa=True)``; names are the keys of ``SWITCHES``."""
+    values: dict[str, Any] = {}
+    for name in (part.strip() for part in spec.split("+")):
+        if name not in SWITCHES:
+            raise MtransferError(f"unknown speed switch {name!r} in {spec!r}; choose from {', '.join(SWITCHES)}")
+        for key, value in SWITCHES[name].items():
+            if values.get(key, value) != value:
+                raise MtransferError(f"speed switches in {spec!r} disagree about {key}: {values[key]} vs {value}")
+            values[key] = value
+    return FastPath(**values)
+
+
+@contextmanager
+def fast_path(
+    backend: Any, estimator: FlowEstimator, switches: FastPath
+) -> Iterator[tuple[Any, FlowEstimator]]:
+    """Yield ``(backend, estimator)`` running with ``switches``; the originals are restored afterwards.
+
+    ``backend`` is a ``StableDiffusionBackend`` (anything with ``unet``, ``vae``, ``eps`` and ``decode``).
+    The yielded backend is a shallow copy whose ``eps``/``decode`` calls carry autocast and compilation;
+    attention processors, memory format and checkpointing are set on the shared modules and undone on exit.
+    """
+    for needed in ("unet", "vae"):
+        if not hasattr(backend, needed):
+            raise MtransferError(f"speed switches need a Stable Diffusion backend, got {type(backend).__name__}")
+    with ExitStack() as stack:
+        stack.enter_context(_float32_precision(switches.tf32))
+        stack.enter_context(_attention(backend, sdpa=switches.sdpa))
+        if switches.channels_last:
+            stack.enter_context(_channels_last([backend.unet, backend.vae, *_modules(estimator)]))
+        if switches.checkpointing:
+            stack.enter_context(_checkpointing(backend))
+        if switches.cache_source:
+            estimator = source_cached(estimator)
+        yield _fast_backend(backend, switches), _fast_estimator(estimator, switches)
+
+
+def source_cached(estimator: FlowEstimator) -> RaftEstimator:
+    """The same RAFT estimator with its source-side work cached (``SourceCachedRaft``).
+
+    Its flow and its gradient with respect to the target are RAFT's; the source gets no gradient.
+    """
+    if not isinstance(estimator, RaftEstimator):
+        raise MtransferError(f"cache-source only applies to RAFT, not to the {estimator.name} estimator")
+    return RaftEstimator(SourceCachedRaft(estimator.model), estimator.name, estimator.iterations)
+
+
+class SourceCachedRaft(torch.nn.Module):
+    """torchvision's ``RAFT.forward`` with the work that depends only on ``image1`` done once.
+
+    In the guided step ``image1`` is always the source image and only ``image2`` (the decoded estimate)
+    changes, so the source's feature map, the context features and the initial hidden state are reused
+    while ``image1`` is unchanged (checked by value: one comparison of the input images per call). The
+    feature encoder uses instance normalisation, so encoding the two images apart gives the same maps as
+    RAFT's batched call. Only the last iteration's flow is upsampled: the energy reads no other, and
+    earlier upsampled flows never enter the graph. Returns a one-element list like RAFT returns a list.
+
+    ``image1`` is treated as a constant: no gradient flows back into it (the guidance optimises the
+    edited image only). Do not use this where the gradient with respect to the first image is needed.
+    """
+
+    def __init__(self, raft: RAFT) -> None:
+        super().__init__()
+        self.raft = raft
+        self._source: torch.Tensor | None = None
+        self._source_side: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _encode_source(self, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._source is None or self._source.shape != image1.shape or not torch.equal(self._source, image1):
+            with torch.no_grad():
+                self._source_side = self._source_features(image1)
+            self._source = image1.detach().clone()
+        return self._source_side
+
+    def _source_features(self, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The feature map of ``image1``, RAFT's initial hidden state and its context features."""
+        raft = self.raft
+        context_out = raft.context_encoder(image1)
+        hidden_size = raft.update_block.hidden_state_size
+        hidden, context = context_out.split([hidden_size, context_out.shape[1] - hidden_size], dim=1)
+        return raft.feature_encoder(image1), torch.tanh(hidden), F.relu(context)
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor, num_flow_updates: int = 12) -> list[torch.Tensor]:
+        raft = self.raft
+        batch, _, height, width = image1.shape
+        fmap1, hidden, context = self._encode_source(image1)
+        fmap2 = raft.feature_encoder(image2)
+        raft.corr_block.build_pyramid(fmap1, fmap2)
+        coords0 = make_coords_grid(batch, height // 8, width // 8).to(fmap1.device)
+        coords1 = coords0.clone()
+        for _ in range(num_flow_updates):
+            coords1 = coords1.detach()  # as RAFT: no gradient through the coordinates, only the correlations
+            corr = raft.corr_block.index_pyramid(centroids_coords=coords1)
+            hidden, delta = raft.update_block(hidden, context, corr, coords1 - coords0)
+            coords1 = coords1 + delta
+        up_mask = None if raft.mask_predictor is None else raft.mask_predictor(hidden)
+        return [upsample_flow(flow=coords1 - coords0, up_mask=up_mask)]
+
+
+def _modules(estimator: FlowEstimator) -> list[torch.nn.Module]:
+    return [estimator] if isinstance(estimator, torch.nn.Module) else []
+
+
+def _autocast(call: Callable[..., torch.Tensor], device_type: str, dtype: torch.dtype) -> Callable[..., torch.Tensor]:
+    """``call`` under autocast with its result cast back to fp32 (what follows it stays fp32)."""
+
+    @functools.wraps(call)
+    def run(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=dtype):
+            return call(*args, **kwargs).float()
+
+    return run
+
+
+def _fast_backend(backend: Any, switches: FastPath) -> Any:
+    """A shallow copy of ``backend`` whose ``eps`` and ``decode`` carry compilation and autocast."""
+    fast = copy.copy(backend)
+    if switches.compile:
+        fast.unet = torch.compile(backend.unet)
+        fast.decode = torch.compile(fast.decode)
+    if switches.autocast is not None:
+        device_type, dtype = backend.device.type, AUTOCAST_DTYPES[switches.autocast]
+        fast.eps = _autocast(fast.eps, device_type, dtype)
+        fast.decode = _autocast(fast.decode, device_type, dtype)
+    return fast
+
+
+class _AutocastEstimator(torch.nn.Module):
+    """A differentiable estimator run under autocast, returning an fp32 flow."""
+
+    differentiable = True
+
+    def __init__(self, inner: torch.nn.Module, device_type: str, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner, self.name, self.device_type, self.dtype = inner, inner.name, device_type, dtype
+
+    def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.inner(source, target).float()
+
+
+def _fast_estimator(estimator: FlowEstimator, switches: FastPath) -> FlowEstimator:
+    if not isinstance(estimator, torch.nn.Module):  # classical estimators: nothing to speed up here
+        return estimator
+    if switches.compile:  # RAFT's network only: its padding's backward trips inductor (torch 2.14)
+        estimator = (
+            RaftEstimator(torch.compile(estimator.model), estimator.name, estimator.iterations)
+            if isinstance(estimator, RaftEstimator)
+            else torch.compile(estimator)
+        )
+    if switches.autocast is not None:
+        device = next(estimator.parameters()).device
+        estimator = _AutocastEstimator(estimator, device.type, AUTOCAST_DTYPES[switches.autocast])
+    return estimator
+
+
+@contextmanager
+def _float32_precision(tf32: bool) -> Iterator[None]:
+    """Allow or forbid TF32 in fp32 matmuls and cuDNN convolutions, restoring the previous flags.
+
+    The ``allow_tf32`` flags are used rather than the newer ``fp32_precision`` ones because reading the
+    former after setting the latter raises, and some of torch (inductor's conv templates) still reads them.
+    """
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    previous = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = previous
+
+
+@contextmanager
+def _attention(backend: Any, *, sdpa: bool) -> Iterator[None]:
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    models = (backend.unet, backend.vae)
+    previous = [model.attn_processors for model in models]
+    for model in models:
+        model.set_attn_processor(AttnProcessor2_0() if sdpa else AttnProcessor())
+    try:
+        yield
+    finally:
+        for model, processors in zip(models, previous):
+            model.set_attn_processor(processors)
+
+
+@contextmanager
+def _channels_last(modules: list[torch.nn.Module]) -> Iterator[None]:
+    for module in modules:
+        module.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.to(memory_format=torch.contiguous_format)
+
+
+@contextmanager
+def _checkpointing(backend: Any) -> Iterator[None]:
+    models = (backend.unet, backend.vae)
+    for model in models:
+        model.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        for model in models:
+            model.disable_gradient_checkpointing()
+

@@ -1,0 +1,237 @@
+"""The staged pipeline: manifest, resume after an interruption, refusing to mix settings, --restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+import mtransfer.pipeline.stages as stages
+from mtransfer.errors import MtransferError
+from mtransfer.files import load_image
+from mtransfer.flows.io import read_flow
+from mtransfer.pipeline.manifest import LOCK, Manifest
+from mtransfer.pipeline.runner import RunRequest, run_pipeline
+from mtransfer.pipeline.settings import RunSettings
+from mtransfer.pipeline.stages import previous_frame_start
+from mtransfer.presets import PIPELINES_DIR, available_pipelines, load_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+VIDEO = ROOT / "sample_videos" / "translate.mp4"
+IMAGE = ROOT / "sample_videos" / "cat.png"
+PRESET = str(Path(__file__).resolve().parent / "data" / "run-test.toml")
+QUIET = Console(file=open(os.devnull, "w"), width=100)
+
+
+def run(out: Path, *overrides: str, restart: bool = False, flow_only: bool = False) -> Path:
+    request = RunRequest(VIDEO, IMAGE, PRESET, tuple(overrides), out, restart=restart, flow_only=flow_only)
+    return run_pipeline(request, QUIET)
+
+
+def frames_of(folder: Path) -> torch.Tensor:
+    return torch.stack([load_image(p) for p in sorted((folder / "frames").glob("*.png"))])
+
+
+class Interrupt(Exception):
+    """Stands in for a kill: raised from inside a stage after some frames were finished."""
+
+
+def counting(monkeypatch, name: str, stop_after: int | None = None) -> list[int]:
+    """Wrap ``stages.<name>`` to count its calls (or yielded items) and raise ``Interrupt`` after ``stop_after``."""
+    calls: list[int] = []
+    original = getattr(stages, name)
+    original = getattr(original, "__wrapped__", original)  # never wrap a wrapper
+
+    def edit_wrapper(*args, **kwargs):
+        if stop_after is not None and len(calls) >= stop_after:
+            raise Interrupt
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    def flows_wrapper(*args, **kwargs):
+        for item in original(*args, **kwargs):
+            if stop_after is not None and len(calls) >= stop_after:
+                raise Interrupt
+            calls.append(1)
+            yield item
+
+    wrapper = flows_wrapper if name == "video_flows" else edit_wrapper
+    wrapper.__wrapped__ = original
+    monkeypatch.setattr(stages, name, wrapper)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """One uninterrupted run that resumed runs must reproduce exactly."""
+    return run(tmp_path_factory.mktemp("reference") / "run")
+
+
+def test_every_shipped_preset_is_valid():
+    assert {"paper", "preview", "offline-demo", "tiny"} <= set(available_pipelines())
+    for name in available_pipelines():
+        settings = RunSettings.from_config(load_pipeline(name))
+        assert settings.video.flow in ("direct", "chained")
+    paper = RunSettings.from_config(load_pipeline("paper"))
+    assert (paper.guidance.steps, paper.guidance.recursions, paper.model.size) == (500, 10, (512, 512))
+    assert "CHANGES THE MATH" in (PIPELINES_DIR / "preview.toml").read_text()
+
+
+def test_manifest_records_config_inputs_versions_and_every_frame(reference):
+    manifest = json.loads((reference / "manifest.json").read_text())
+    assert manifest["config"]["model"]["model"] == "exact"
+    assert manifest["inputs"]["video"]["bytes"] == VIDEO.stat().st_size
+    assert len(manifest["inputs"]["image"]["sha256_first_mib"]) == 64
+    assert manifest["versions"]["torch"] == torch.__version__.split("+")[0] or manifest["versions"]["torch"]
+    for stage, count in (("decode", 4), ("flow", 3), ("align", 4), ("guide", 4)):
+        assert manifest["stages"][stage]["status"] == "done"
+        assert len(manifest["stages"][stage]["frames"]) == count
+    assert manifest["stages"]["guide"]["frames"]["0000"] == {"still": True}
+    assert manifest["stages"]["guide"]["settings"]["guidance"]["steps"] == 3
+    assert not (reference / LOCK).exists()
+    # Frame 0 is the source image itself; the others were edited, and say how well.
+    assert torch.equal(frames_of(reference)[0], load_image(reference / "source.png"))
+    for index in ("0001", "0002", "0003"):
+        record = manifest["stages"]["guide"]["frames"][index]
+        assert record["seconds"] > 0 and record["flow_error_px"] >= 0 and record["diverged"] is False
+
+
+def test_rerunning_a_finished_run_computes_nothing(reference, monkeypatch):
+    edits = counting(monkeypatch, "edit_image")
+    flows = counting(monkeypatch, "video_flows")
+    before = (reference / "result.mp4").stat().st_mtime_ns
+    run(reference)
+    assert edits == [] and flows == []
+    assert (reference / "result.mp4").stat().st_mtime_ns == before
+
+
+def test_an_interrupted_run_resumes_with_only_the_missing_frames(reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    edits = counting(monkeypatch, "edit_image", stop_after=2)
+    with pytest.raises(Interrupt):
+        run(out)
+    assert len(edits) == 2
+    assert Manifest.open(out).done_frames("guide") == {0, 1, 2}
+    assert not (out / LOCK).exists()
+
+    edits = counting(monkeypatch, "edit_image")
+    flows = counting(monkeypatch, "video_flows")
+    run(out)
+    assert len(edits) == 1 and flows == []  # only frame 3 was left; flows were all done
+    assert torch.equal(frames_of(out), frames_of(reference))
+
+
+def test_chained_flow_resumes_mid_stage_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    steps = counting(monkeypatch, "video_flows", stop_after=2)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "a", "video.flow=\"chained\"", flow_only=True)
+    assert Manifest.open(tmp_path / "a").done_frames("flow") == {1, 2}
+
+    steps = counting(monkeypatch, "video_flows")
+    run(tmp_path / "a", "video.flow=\"chained\"", flow_only=True)
+    assert len(steps) == 1
+    monkeypatch.undo()
+    run(tmp_path / "b", "video.flow=\"chained\"", flow_only=True)
+    for index in range(1, 4):
+        name = f"cache/driving_flow/{index:04d}.flo"
+        assert torch.equal(read_flow(tmp_path / "a" / name), read_flow(tmp_path / "b" / name))
+
+
+def test_init_previous_resumes_identically(tmp_path, monkeypatch):
+    counting(monkeypatch, "edit_image", stop_after=2)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "a", "video.init=\"previous\"")
+    monkeypatch.undo()
+    run(tmp_path / "a", "video.init=\"previous\"")
+    run(tmp_path / "b", "video.init=\"previous\"")
+    assert torch.equal(frames_of(tmp_path / "a"), frames_of(tmp_path / "b"))
+
+
+def test_a_killed_process_resumes_without_corrupt_or_repeated_frames(reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "mtransfer", "run", str(VIDEO), "--onto", str(IMAGE), "-p", PRESET,
+               "--out", str(out), "--set", "guidance.steps=40"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / "manifest.json"
+    try:
+        while process.poll() is None:  # kill as soon as the first edited frame is recorded
+            if manifest.exists() and "0001" in json.loads(manifest.read_text()).get("stages", {}).get("guide", {}).get("frames", {}):
+                break
+            time.sleep(0.01)
+        process.kill()
+    finally:
+        process.wait()
+    done = Manifest.open(out).done_frames("guide")
+    assert {0, 1} <= done
+    edits = counting(monkeypatch, "edit_image")
+    run(out, "guidance.steps=40")
+    assert len(edits) == 4 - len(done)
+    monkeypatch.undo()
+    run(tmp_path / "whole", "guidance.steps=40")
+    assert torch.equal(frames_of(out), frames_of(tmp_path / "whole"))
+
+
+def test_changed_settings_are_refused_then_restart_moves_only_the_affected_stages(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(out)
+    old_result = (out / "frames" / "0003.png").read_bytes()
+    manifest_before = (out / "manifest.json").read_bytes()
+    with pytest.raises(MtransferError, match=r"guidance\.steps: 3 → 4.*--restart"):
+        run(out, "guidance.steps=4")
+    assert (out / "manifest.json").read_bytes() == manifest_before
+
+    flows = counting(monkeypatch, "video_flows")
+    edits = counting(monkeypatch, "edit_image")
+    run(out, "guidance.steps=4", restart=True)
+    assert flows == [] and len(edits) == 3  # the flows were still valid; every moving frame was redone
+    (moved,) = (out / "superseded").iterdir()
+    assert (moved / "frames" / "0003.png").read_bytes() == old_result
+    assert not (moved / "cache" / "driving_flow").exists()
+    assert json.loads((out / "manifest.json").read_text())["stages"]["guide"]["settings"]["guidance"]["steps"] == 4
+
+
+def test_changed_input_content_is_refused(tmp_path):
+    image = tmp_path / "image.png"
+    image.write_bytes(IMAGE.read_bytes())
+    request = RunRequest(VIDEO, image, PRESET, (), tmp_path / "run", flow_only=True)
+    run_pipeline(request, QUIET)
+    from PIL import Image
+
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(image)
+    with pytest.raises(MtransferError, match="inputs.image"):
+        run_pipeline(request, QUIET)
+
+
+def test_a_live_run_lock_is_respected_and_a_stale_one_taken_over(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (out / LOCK).write_text(str(sleeper.pid))
+        with pytest.raises(MtransferError, match="another mtransfer run"):
+            run(out, flow_only=True)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    run(out, flow_only=True)  # the owner is gone: the lock is stale
+    assert (out / "flow.mp4").exists() and not (out / LOCK).exists()
+
+
+def test_previous_frame_start_is_the_shared_start_when_nothing_moved():
+    from mtransfer.diffusion.exact import FiniteSetBackend
+    from mtransfer.guidance import GuidanceConfig, prepare_source
+
+    image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    backend = FiniteSetBackend(torch.stack((image, image.flip(-1))))
+    state = prepare_source(backend, image, "", GuidanceConfig(steps=5, recursions=1, cfg_scale=1.0))
+    assert torch.equal(previous_frame_start(state, state.latent, backend.alphas_cumprod), state.start)
+    moved = previous_frame_start(state, state.latent + 1.0, backend.alphas_cumprod)
+    shift = (moved - state.start).mean().item()
+    assert shift == pytest.approx(float(backend.alphas_cumprod[state.timesteps[0]]) ** 0.5, rel=1e-4)
