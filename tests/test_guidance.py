@@ -404,3 +404,16 @@ def test_inversion_state_lines_up_with_the_sampling_steps(tiny: sd.StableDiffusi
     random_start = prepare_source(tiny, textured(64, 64), "", config.replace(source_noise="random"))
     assert random_start.origin == "random" and torch.equal(random_start.references[-1], random_start.latent)
     assert not torch.equal(random_start.start, state.start)
+
+
+def test_outside_the_edit_mask_the_result_is_the_sources_clean_latent(tiny: sd.StableDiffusionBackend) -> None:
+    config = GuidanceConfig(steps=3, recursions=2, guidance_weight=50.0, preview_every=0)
+    state = prepare_source(tiny, textured(64, 64), "", config)
+    mask = torch.zeros(64, 64)
+    mask[16:40, 8:32] = 1
+    result = edit_image(tiny, PyramidEstimator(levels=3, iterations=1), state, box_flow(64, 3.0, 0.0), config,
+                        edit_mask=mask)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[2:5, 1:4] = False  # latent cells touched by the mask (factor 8)
+    assert torch.equal(result.latent[0][:, outside], state.latent[0][:, outside])
+    assert (result.latent[0][:, ~outside] - state.latent[0][:, ~outside]).abs().max() > 1e-3

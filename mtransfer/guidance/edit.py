@@ -198,6 +198,8 @@ def edit_image(
     except GuidanceDiverged as exc:
         diverged = exc
         latent, losses = (exc.x0 if exc.x0 is not None else state.latent), exc.history
+    if copy_mask is not None:  # the last paste: the source's own clean latent outside the edit region
+        latent = torch.where(copy_mask, state.references[-1], latent)
     elapsed = time.perf_counter() - started
     with torch.no_grad():
         image = backend.decode(latent).float()
