@@ -115,7 +115,7 @@ def test_source_cached_raft_gives_raft_flow_and_gradient_and_reuses_the_source()
         (got_grad,) = torch.autograd.grad(got.square().mean(), target)
         assert got.shape == expected.shape == (1, 2, 40, 48)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-3, atol=1e-8)
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-3, atol=1e-4 * float(expected_grad.abs().max()))
     assert len(calls) == 3  # raft(): 2 calls; cached: the source's context once for both targets
     cached(source + 0.1, target)
     assert len(calls) == 4  # a new source is encoded again

@@ -95,8 +95,8 @@ def run(
 ) -> None:
     """Transfer the motion of VIDEO onto the image given with --onto (motion-guided diffusion per frame).
 
-    Writes frames/, flow/, flow_color/, result.mp4, result.gif, side_by_side.mp4, flow.mp4, report.html
-    and manifest.json into the run folder.
+    Writes frames/, flow/, flow_color/, result.mp4, result.gif, side_by_side.mp4, flow.mp4, report.html and
+    manifest.json into the run folder.
     """
     if flow_only and init is not None:
         raise MtransferError("--init only affects the guide stage, which --flow-only skips; drop one of them")

@@ -152,7 +152,9 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
+        """Write the manifest atomically, the (long) per-stage records last so the header reads first."""
         self.record["updated"] = _now()
+        self.record["stages"] = self.record.pop("stages")
         write_json(self.path, self.record)
 
     # -- stages -------------------------------------------------------------------------------------
@@ -164,10 +166,10 @@ class Manifest:
         """Stages holding results made with other settings than ``settings``, with what changed."""
         stale = {}
         for name, wanted in settings.items():
-            recorded = self.record["stages"].get(name)
-            if recorded and recorded.get("settings") is not None and recorded.get("frames") is not None:
-                changes = _differences(recorded["settings"], wanted)
-                if changes and (recorded["frames"] or recorded.get("status") == "done"):
+            recorded = self.record["stages"].get(name, {})
+            if recorded.get("frames") or recorded.get("status") == "done":
+                changes = _differences(recorded.get("settings"), wanted)
+                if changes:
                     stale[name] = changes
         return stale
 
@@ -208,7 +210,12 @@ class Manifest:
             if not path.exists():
                 continue
             if moved_to is None:
-                moved_to = self.folder / SUPERSEDED / _now().replace(":", "-")
+                stamp = _now().replace(":", "-")
+                moved_to = self.folder / SUPERSEDED / stamp
+                for attempt in range(2, 1000):
+                    if not moved_to.exists():
+                        break
+                    moved_to = self.folder / SUPERSEDED / f"{stamp}-{attempt}"
             target = moved_to / path.relative_to(self.folder)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(path), str(target))

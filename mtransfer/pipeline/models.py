@@ -42,7 +42,7 @@ def cpu_warning(settings: ModelSettings, device: torch.device, passes_per_frame:
     height, width = settings.size or (512, 512)
     seconds = CPU_SECONDS_PER_SD_PASS * passes_per_frame * max(frames, 1) * (height * width) / 512**2
     return (
-        f"Stable Diffusion on the CPU: about {CPU_SECONDS_PER_SD_PASS * height * width / 512**2:.0f} s per guided "
+        f"Stable Diffusion on the CPU: about {CPU_SECONDS_PER_SD_PASS * height * width / 512**2:.2g} s per guided "
         f"pass, {passes_per_frame} passes per frame, {frames} frame(s) to edit: roughly {seconds / 3600:.1f} hours. "
         "Use --device cuda on a GPU, or --pipeline preview (fewer steps) or --pipeline offline-demo (no download, minutes)."
     )

@@ -138,8 +138,9 @@ def decode_stage(ctx: RunContext) -> Clip:
     task = ctx.progress.add_task("decode", total=ctx.frame_count, completed=ctx.frame_count - len(pending))
     if pending:
         frames = iter_frames(ctx.video, stride=video.stride, max_frames=ctx.frame_count, size=video.resize)
+        wanted = set(pending)
         for index, frame in enumerate(frames):
-            if index in pending:
+            if index in wanted:
                 save_image(ctx.file(DRIVING, index, ".png"), frame)
                 ctx.manifest.frame_done("decode", index)
                 ctx.count("decode")
