@@ -42,18 +42,19 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.measure import PeakMemory, PhaseTimer, device_info, median, peak_tflops, timed
 from mtransfer.diffusion import ddim_timesteps, forward_noise
-from mtransfer.diffusion.stable_diffusion import StableDiffusionBackend, random_stable_diffusion
+from mtransfer.diffusion.stable_diffusion import StableDiffusionBackend, load_stable_diffusion, random_stable_diffusion
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import load_raft
 from mtransfer.estimators.raft import RaftEstimator
 from mtransfer.files import write_json
 from mtransfer.flows import occlusion_mask, rotation
-from mtransfer.guidance import GuidanceConfig, GuidanceDiverged, MotionTarget, guided_eps, sample_motion_guided
+from mtransfer.guidance import GuidanceConfig, MotionTarget, guided_eps, sample_motion_guided
 from mtransfer.speed import FastPath, fast_path, parse_fast_path
 
 GPU_VARIANTS = ("baseline", "tf32", "bf16", "sdpa", "channels-last", "cache-source", "checkpoint", "fast")
 CPU_VARIANTS = ("baseline", "sdpa", "cache-source", "fast")
 GPU_SIZE, CPU_SIZE = 512, 64
+RANDOM_MODELS = ("real", "tiny")
 PAPER = GuidanceConfig()
 SCHEDULE_POSITION = 0.5
 """Where in the paper's 500-step schedule the timed pass and the short run sit (0 = noisiest)."""
@@ -61,7 +62,12 @@ SCHEDULE_POSITION = 0.5
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What to measure. ``model`` is ``"real"`` (SD v1.4 architecture) or ``"tiny"`` (for tests)."""
+    """What to measure.
+
+    ``model`` is ``"real"`` (SD v1.4 architecture, random weights), ``"tiny"`` (random, for tests) or a
+    diffusers folder / Hugging Face id of trained weights (to check drift on a real model);
+    ``raft_weights`` is ``"random"`` or a RAFT ``.pth`` file.
+    """
 
     device: str
     size: int
@@ -71,6 +77,7 @@ class BenchSettings:
     model: str = "real"
     raft: str = "raft-large"
     raft_iterations: int = 5
+    raft_weights: str = "random"
     run_steps: int = 2
     run_recursions: int = 2
     cfg_scale: float = PAPER.cfg_scale
@@ -82,8 +89,6 @@ class BenchSettings:
             raise MtransferError(f"--size must be a multiple of 64 (SD v1 latents are 1/8, UNet needs /8), got {self.size}")
         if self.repeats < 1 or self.warmup < 0 or self.run_steps < 1 or self.run_recursions < 1:
             raise MtransferError("--repeats, --run-steps and --run-recursions must be >= 1 and --warmup >= 0")
-        if self.model not in ("real", "tiny"):
-            raise MtransferError(f"--model must be 'real' or 'tiny', got {self.model!r}")
         for spec in self.variants:
             parse_fast_path(spec)
 
@@ -102,9 +107,14 @@ class Problem:
 
 
 def build_models(settings: BenchSettings) -> tuple[StableDiffusionBackend, RaftEstimator]:
-    """SD v1.4 (UNet, VAE, CLIP text encoder) and RAFT with random weights on the benchmark device."""
-    backend = random_stable_diffusion(settings.model, seed=settings.seed, device=settings.device)
-    estimator = load_raft(settings.raft, device=settings.device, weights="random", iterations=settings.raft_iterations)
+    """SD v1.4 (UNet, VAE, CLIP text encoder) and RAFT on the benchmark device, random unless told otherwise."""
+    if settings.model in RANDOM_MODELS:
+        backend = random_stable_diffusion(settings.model, seed=settings.seed, device=settings.device)
+    else:
+        backend = load_stable_diffusion(settings.model, device=settings.device)
+    estimator = load_raft(
+        settings.raft, device=settings.device, weights=settings.raft_weights, iterations=settings.raft_iterations
+    )
     return backend, estimator
 
 
@@ -328,6 +338,12 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None) -> di
         notes.append(f"CPU smoke run at {settings.size}x{settings.size} (GPU default {GPU_SIZE}); CPU timings only check the harness")
     if settings.model == "tiny":
         notes.append("tiny SD configs: numbers are not representative of SD v1.4")
+    if settings.model in RANDOM_MODELS or settings.raft_weights == "random":
+        notes.append(
+            "random weights: timings are real, drift is only indicative (an untrained model amplifies "
+            "precision errors differently, e.g. CFG 7.5 magnifies cond-uncond differences); check drift "
+            "with trained weights (--model PATH, --raft-weights PATH) before adopting a lower precision"
+        )
     torch.manual_seed(settings.seed)
     (backend, estimator), build_s = timed(lambda: build_models(settings), device)
     problem, prepare = make_problem(backend, settings)
@@ -425,9 +441,13 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m benchmarks.gui
     parser.add_argument("--variants", help=f"comma-separated specs such as bf16+sdpa (default GPU: {','.join(GPU_VARIANTS)}; CPU: {','.join(CPU_VARIANTS)})")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per variant before timing")
-    parser.add_argument("--model", default="real", choices=("real", "tiny"), help="SD v1.4 architecture or a tiny one (tests)")
+    parser.add_argument(
+        "--model", default="real",
+        help="real (SD v1.4 architecture, random weights), tiny (tests), or a diffusers folder / HF id of trained weights",
+    )
     parser.add_argument("--raft", default="raft-large", choices=("raft-large", "raft-small"))
     parser.add_argument("--raft-iterations", type=int, default=5)
+    parser.add_argument("--raft-weights", default="random", help="random, or a local RAFT .pth state dict")
     parser.add_argument("--run-steps", type=int, default=2, help="DDIM steps of the short run used for latent drift")
     parser.add_argument("--run-recursions", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile on top of the fastest set (slow to warm up)")
@@ -439,8 +459,13 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m benchmarks.gui
         raise MtransferError(f"--device {device}: no CUDA device is visible to torch; use --device cpu")
     on_gpu = device.startswith("cuda")
     variants = tuple(args.variants.split(",")) if args.variants else (GPU_VARIANTS if on_gpu else CPU_VARIANTS)
-    if args.compile:
+    if args.compile and on_gpu:
         variants = (*variants, "fast+compile")
+    elif args.compile:
+        Console(stderr=True).print(
+            "[yellow]--compile ignored on the CPU:[/] compiling takes many minutes there and says nothing about "
+            "the GPU path (name a variant such as fast+compile in --variants to force it)"
+        )
     settings = BenchSettings(
         device=device,
         size=args.size or (GPU_SIZE if on_gpu else CPU_SIZE),
@@ -450,6 +475,7 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m benchmarks.gui
         model=args.model,
         raft=args.raft,
         raft_iterations=args.raft_iterations,
+        raft_weights=args.raft_weights,
         run_steps=args.run_steps,
         run_recursions=args.run_recursions,
     )

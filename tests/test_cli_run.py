@@ -9,7 +9,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from mtransfer.cli import main
@@ -21,15 +20,6 @@ VIDEO = ROOT / "sample_videos" / "translate.mp4"
 IMAGE = ROOT / "sample_videos" / "cat.png"
 PRESET = str(Path(__file__).resolve().parent / "data" / "run-test.toml")
 FRAMES, HEIGHT, WIDTH = 4, 32, 48  # from the test preset
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to other processes competing for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cli(capsys, *args: str) -> tuple[int, str]:

@@ -15,7 +15,6 @@ distinct that the posterior commits within the first few steps, so guidance is s
 
 from __future__ import annotations
 
-from typing import Iterator
 
 import pytest
 import torch
@@ -28,14 +27,6 @@ from mtransfer.guidance import GuidanceConfig, edit_image, prepare_source
 SIZE, SQUARE = 48, 20
 P0 = (12, 14)  # top-left corner (x, y) of the square in the source
 MOVE = (4, 2)  # the target motion (dx, dy) in pixels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _smooth_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

@@ -4,7 +4,6 @@ clipping, CFG, divergence handling, seeds, and the generate → edit round trip.
 from __future__ import annotations
 
 import math
-from typing import Iterator
 
 import pytest
 import torch
@@ -31,15 +30,6 @@ from mtransfer.guidance import (
 from mtransfer.guidance.outputs import loss_curves
 
 ALPHAS = torch.linspace(0.9999, 0.98, 1000).cumprod(0)  # a DDPM-like schedule without importing diffusers
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: one thread avoids oversubscribing the CPU when test files run side by side."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class ToyBackend:
