@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mtransfer.cli import app, console
+from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError, input_error
 from mtransfer.estimators import load_estimator
 from mtransfer.files import load_image
@@ -23,7 +23,6 @@ from mtransfer.pipeline.manifest import versions
 from mtransfer.pipeline.models import cpu_warning, load_backend
 from mtransfer.pipeline.settings import RunSettings
 from mtransfer.presets import available_pipelines, load_pipeline
-from mtransfer.video import parse_size
 
 GUIDANCE_ESTIMATORS = ("raft-large", "raft-small", "pyramid")
 
@@ -45,11 +44,6 @@ EXAMPLES = """\
 Writes edited.png, source.png, target_flow.png, achieved_flow.png, comparison.png, loss.png, losses.json,
 previews/step_XXXX.png and run.json into outputs/<image>-edit/ (or --out). Sizes are HEIGHTxWIDTH.
 """
-
-
-def _overrides(**flags: object) -> list[str]:
-    """Command-line flags as ``section.key=value`` preset overrides (values as TOML via JSON)."""
-    return [f"{key.replace('__', '.')}={json.dumps(value)}" for key, value in flags.items() if value is not None]
 
 
 def _progress() -> Progress:
@@ -116,20 +110,14 @@ def edit(
     ),
 ) -> None:
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
-    overrides = list(settings)
-    if size is not None:
-        parsed = parse_size(size)
-        if isinstance(parsed, int):
-            raise MtransferError(f"--size {size}: give the working size as HEIGHTxWIDTH, e.g. 512x512")
-        overrides.append(f"model.size=[{parsed[0]}, {parsed[1]}]")
-    overrides += _overrides(
-        model__model=model, model__prompt=prompt, model__device=device, model__dtype=dtype,
-        estimator__name=estimator, estimator__weights=raft_weights,
-        guidance__steps=steps, guidance__recursions=recursions, guidance__cfg_scale=cfg,
-        guidance__guidance_weight=guidance_weight, guidance__flow_weight=flow_weight,
-        guidance__color_weight=color_weight, guidance__clip_grad=clip, guidance__seed=seed,
-        guidance__occlusion_masking=False if no_occlusion else None,
-    )
+    overrides = preset_overrides(settings, {
+        "model.model": model, "model.prompt": prompt, "model.device": device, "model.dtype": dtype,
+        "estimator.name": estimator, "estimator.weights": raft_weights,
+        "guidance.steps": steps, "guidance.recursions": recursions, "guidance.cfg_scale": cfg,
+        "guidance.guidance_weight": guidance_weight, "guidance.flow_weight": flow_weight,
+        "guidance.color_weight": color_weight, "guidance.clip_grad": clip, "guidance.seed": seed,
+        "guidance.occlusion_masking": False if no_occlusion else None,
+    }, size)
     run = RunSettings.from_config(load_pipeline(pipeline, overrides))
     if run.estimator.name not in GUIDANCE_ESTIMATORS:
         raise MtransferError(

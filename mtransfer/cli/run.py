@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 
 from mtransfer.cli import app, console
+from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError
 from mtransfer.pipeline.runner import RunRequest, run_pipeline
 from mtransfer.pipeline.settings import FLOW_MODES, INIT_MODES
 from mtransfer.presets import available_pipelines
-from mtransfer.video import parse_size
 
 EXAMPLES = """\
 [bold]Examples[/]
@@ -100,20 +100,14 @@ def run(
     """
     if flow_only and init is not None:
         raise MtransferError("--init only affects the guide stage, which --flow-only skips; drop one of them")
-    overrides = list(settings)
-    if size is not None:
-        parsed = parse_size(size)
-        if isinstance(parsed, int):
-            raise MtransferError(f"--size {size}: give the working size as HEIGHTxWIDTH, e.g. 512x512")
-        overrides.append(f"model.size=[{parsed[0]}, {parsed[1]}]")
-    if region is not None:
-        overrides.append(_region_override(region))
     flags = {
         "guidance.steps": steps, "guidance.seed": seed, "video.max_frames": max_frames, "video.stride": stride,
         "model.device": device, "model.prompt": prompt, "align.strength": strength, "video.flow": flow_mode,
         "video.init": init,
     }
-    overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    overrides = preset_overrides(settings, flags, size)
+    if region is not None:
+        overrides.append(_region_override(region))
     request = RunRequest(
         video=video, image=onto, pipeline=pipeline, overrides=tuple(overrides), out=out,
         restart=restart, flow_only=flow_only,

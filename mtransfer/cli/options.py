@@ -1,0 +1,23 @@
+"""Turning command-line flags into preset overrides, shared by the commands that read presets."""
+
+from __future__ import annotations
+
+import json
+
+from mtransfer.errors import MtransferError
+from mtransfer.video import parse_size
+
+
+def preset_overrides(settings: list[str], flags: dict[str, object], size: str | None = None) -> list[str]:
+    """``--set`` values first, then ``--size`` and the dedicated flags, so that flags win over ``--set``.
+
+    ``flags`` maps ``section.key`` to a flag's value; flags left unset (None) change nothing.
+    """
+    overrides = list(settings)
+    if size is not None:
+        parsed = parse_size(size)
+        if isinstance(parsed, int):
+            raise MtransferError(f"--size {size}: give the working size as HEIGHTxWIDTH, e.g. 512x512")
+        overrides.append(f"model.size=[{parsed[0]}, {parsed[1]}]")
+    overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    return overrides
