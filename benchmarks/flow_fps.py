@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,9 @@ def measure_clip(
     """Frames/s (and end-point error where known) of one estimator on one clip."""
     frames, info = read_video(video, max_frames=max_frames, size=short_side)
     if frames.shape[0] < 3:
-        raise MtransferError(f"{video}: needs at least 3 frames (one warm-up pair, then timed pairs), has {frames.shape[0]}")
+        raise MtransferError(
+            f"{video}: needs at least 3 frames (one warm-up pair, then timed pairs), has {frames.shape[0]}"
+        )
     weights = "random" if estimator_name.startswith("raft") else None
     estimator = load_estimator(estimator_name, device=device, weights=weights, iterations=iterations)
     frames = frames.to(device)
@@ -80,8 +83,14 @@ def measure_clip(
 
 
 def run(
-    videos: Sequence[Path], estimators: Sequence[str], device: torch.device, *,
-    max_frames: int | None = None, short_side: int | None = None, batch_size: int = 4, iterations: int | None = None,
+    videos: Sequence[Path],
+    estimators: Sequence[str],
+    device: torch.device,
+    *,
+    max_frames: int | None = None,
+    short_side: int | None = None,
+    batch_size: int = 4,
+    iterations: int | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
     console = console or Console(stderr=True)
@@ -89,11 +98,23 @@ def run(
     for video in videos:
         for name in estimators:
             console.print(f"{video.name}: {name}", highlight=False)
-            rows.append(measure_clip(
-                video, name, device, max_frames=max_frames, short_side=short_side, batch_size=batch_size, iterations=iterations
-            ))
+            rows.append(
+                measure_clip(
+                    video,
+                    name,
+                    device,
+                    max_frames=max_frames,
+                    short_side=short_side,
+                    batch_size=batch_size,
+                    iterations=iterations,
+                )
+            )
     return {
-        "benchmark": "flow_fps", "device": device_info(device), "batch_size": batch_size, "iterations": iterations, "results": rows
+        "benchmark": "flow_fps",
+        "device": device_info(device),
+        "batch_size": batch_size,
+        "iterations": iterations,
+        "results": rows,
     }
 
 
@@ -102,15 +123,28 @@ def report_table(report: dict[str, Any]) -> Table:
     for column in ("video", "estimator", "frames", "size", "frames/s", "EPE px"):
         table.add_column(column, justify="left" if column in ("video", "estimator") else "right")
     for row in report["results"]:
-        epe = "n/a" if row["epe"] is None else f"{row['epe']:.2f}" + (" (random weights)" if row["random_weights"] else "")
-        table.add_row(row["video"], row["estimator"], str(row["frames"]), "x".join(map(str, row["size"])), f"{row['fps']:.3g}", epe)
+        epe = (
+            "n/a"
+            if row["epe"] is None
+            else f"{row['epe']:.2f}" + (" (random weights)" if row["random_weights"] else "")
+        )
+        table.add_row(
+            row["video"],
+            row["estimator"],
+            str(row["frames"]),
+            "x".join(map(str, row["size"])),
+            f"{row['fps']:.3g}",
+            epe,
+        )
     return table
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.flow_fps", description=__doc__.split("\n")[0])
     parser.add_argument("videos", nargs="*", type=Path, help="clips to time (default: sample_videos/*.mp4)")
-    parser.add_argument("--estimators", default=",".join(DEFAULT_ESTIMATORS), help=f"comma-separated, from {', '.join(ESTIMATORS)}")
+    parser.add_argument(
+        "--estimators", default=",".join(DEFAULT_ESTIMATORS), help=f"comma-separated, from {', '.join(ESTIMATORS)}"
+    )
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto")
     parser.add_argument("--max-frames", type=int, help="read at most this many frames per clip")
     parser.add_argument("--short-side", type=int, help="resize frames so the short side has this many pixels")
@@ -127,8 +161,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if name not in ESTIMATORS:
             raise MtransferError(f"unknown flow estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
     report = run(
-        videos, estimators, device, max_frames=args.max_frames, short_side=args.short_side,
-        batch_size=args.batch_size, iterations=args.iterations,
+        videos,
+        estimators,
+        device,
+        max_frames=args.max_frames,
+        short_side=args.short_side,
+        batch_size=args.batch_size,
+        iterations=args.iterations,
     )
     Console(width=max(Console().width, 100)).print(report_table(report))
     if args.json:

@@ -30,9 +30,10 @@ import argparse
 import dataclasses
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -86,9 +87,13 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size % 64:
-            raise MtransferError(f"--size must be a multiple of 64 (SD v1 latents are 1/8, UNet needs /8), got {self.size}")
-        if self.repeats < 1 or self.warmup < 0 or self.run_steps < 1 or self.run_recursions < 1:
-            raise MtransferError("--repeats, --run-steps and --run-recursions must be >= 1 and --warmup >= 0")
+            raise MtransferError(
+                f"--size must be a multiple of 64 (SD v1 latents are 1/8, UNet needs /8), got {self.size}"
+            )
+        if self.repeats < 1 or self.warmup < 0 or self.run_recursions < 1 or not 1 <= self.run_steps <= PAPER.steps:
+            raise MtransferError(
+                f"--repeats and --run-recursions must be >= 1, --warmup >= 0, --run-steps in [1, {PAPER.steps}]"
+            )
         for spec in self.variants:
             parse_fast_path(spec)
 
@@ -151,30 +156,55 @@ def make_problem(backend: StableDiffusionBackend, settings: BenchSettings) -> tu
     return problem, {"encode_source_s": encode_s, "text_embeddings_s": text_s, "occlusion_mask_s": occlusion_s}
 
 
-def guided_pass(backend: Any, estimator: Any, problem: Problem, settings: BenchSettings, guidance: float) -> torch.Tensor:
+def guided_pass(
+    backend: Any, estimator: Any, problem: Problem, settings: BenchSettings, guidance: float
+) -> torch.Tensor:
     """One pass of the real guided-eps computation; returns the (guided) noise estimate."""
     return guided_eps(
-        backend, estimator, problem.latent, problem.t, problem.a_t, problem.cond, problem.uncond, problem.target,
-        cfg_scale=settings.cfg_scale, guidance_scale=guidance, clip_grad=PAPER.clip_grad,
+        backend,
+        estimator,
+        problem.latent,
+        problem.t,
+        problem.a_t,
+        problem.cond,
+        problem.uncond,
+        problem.target,
+        cfg_scale=settings.cfg_scale,
+        guidance_scale=guidance,
+        clip_grad=PAPER.clip_grad,
     ).eps
 
 
 def short_run(backend: Any, estimator: Any, problem: Problem, settings: BenchSettings) -> torch.Tensor:
     """A few guided DDIM steps with recursions from the problem's latent, seeded; the final latent."""
     config = GuidanceConfig(
-        steps=settings.run_steps, recursions=settings.run_recursions, cfg_scale=settings.cfg_scale,
-        guidance_weight=settings.guidance_weight, seed=settings.seed,
+        steps=settings.run_steps,
+        recursions=settings.run_recursions,
+        cfg_scale=settings.cfg_scale,
+        guidance_weight=settings.guidance_weight,
+        seed=settings.seed,
     )
     generator = torch.Generator(device=problem.latent.device).manual_seed(settings.seed)
     latent, _ = sample_motion_guided(
-        backend, estimator, problem.latent, problem.run_timesteps, problem.cond, problem.uncond,
-        problem.target, config, generator=generator,
+        backend,
+        estimator,
+        problem.latent,
+        problem.run_timesteps,
+        problem.cond,
+        problem.uncond,
+        problem.target,
+        config,
+        generator=generator,
     )
     return latent
 
 
 def count_flops(
-    backend: StableDiffusionBackend, estimator: RaftEstimator, problem: Problem, settings: BenchSettings, switches: FastPath
+    backend: StableDiffusionBackend,
+    estimator: RaftEstimator,
+    problem: Problem,
+    settings: BenchSettings,
+    switches: FastPath,
 ) -> tuple[int, dict[str, int]]:
     """Model FLOPs of one guided pass and their split by component (eager, classic attention, fp32)."""
     math_only = FastPath(cache_source=switches.cache_source)
@@ -237,8 +267,12 @@ def measure_variant(
             guided()
             plain()
             short_run(fast_backend, fast_estimator, problem, settings)
-        timer = None if switches.compile else PhaseTimer(
-            {"unet": fast_backend.unet, "vae": fast_backend.vae.decoder, "flow": fast_estimator}, device
+        timer = (
+            None
+            if switches.compile
+            else PhaseTimer(
+                {"unet": fast_backend.unet, "vae": fast_backend.vae.decoder, "flow": fast_estimator}, device
+            )
         )
         times, splits = [], []
         with memory.measure():
@@ -311,20 +345,25 @@ def projections(report: dict[str, Any]) -> list[dict[str, Any]]:
         guided = config.recursions * sum(1 for w in weights if w > 0)
         plain = config.recursions * sum(1 for w in weights if w == 0)
         same = (config.steps, config.recursions, config.schedule, config.schedule_fraction) == (
-            PAPER.steps, PAPER.recursions, PAPER.schedule, PAPER.schedule_fraction
+            PAPER.steps,
+            PAPER.recursions,
+            PAPER.schedule,
+            PAPER.schedule_fraction,
         )
-        rows.append({
-            "preset": name,
-            "steps": config.steps,
-            "recursions": config.recursions,
-            "guided_passes": guided,
-            "plain_passes": plain,
-            "changes_math": not same,
-            **{
-                f"{variant['variant']}_edit_s": guided * variant["step_s"] + plain * variant["plain_cfg_s"]
-                for variant in (baseline, fastest)
-            },
-        })
+        rows.append(
+            {
+                "preset": name,
+                "steps": config.steps,
+                "recursions": config.recursions,
+                "guided_passes": guided,
+                "plain_passes": plain,
+                "changes_math": not same,
+                **{
+                    f"{variant['variant']}_edit_s": guided * variant["step_s"] + plain * variant["plain_cfg_s"]
+                    for variant in (baseline, fastest)
+                },
+            }
+        )
     return rows
 
 
@@ -335,7 +374,9 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None) -> di
     variants = list(dict.fromkeys(("baseline", *settings.variants)))
     notes = []
     if device.type == "cpu":
-        notes.append(f"CPU smoke run at {settings.size}x{settings.size} (GPU default {GPU_SIZE}); CPU timings only check the harness")
+        notes.append(
+            f"CPU smoke run at {settings.size}x{settings.size} (GPU default {GPU_SIZE}); CPU timings only check the harness"
+        )
     if settings.model == "tiny":
         notes.append("tiny SD configs: numbers are not representative of SD v1.4")
     if settings.model in RANDOM_MODELS or settings.raft_weights == "random":
@@ -344,6 +385,8 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None) -> di
             "precision errors differently, e.g. CFG 7.5 magnifies cond-uncond differences); check drift "
             "with trained weights (--model PATH, --raft-weights PATH) before adopting a lower precision"
         )
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # CUDA events in the phase timer are recorded on the current device
     torch.manual_seed(settings.seed)
     (backend, estimator), build_s = timed(lambda: build_models(settings), device)
     problem, prepare = make_problem(backend, settings)
@@ -360,8 +403,12 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None) -> di
     reference = None
     passes_per_variant = settings.warmup + settings.repeats + 1
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task("guided passes", total=passes_per_variant * len(variants))
         for spec in variants:
@@ -377,7 +424,9 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None) -> di
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-                report["variants"].append({"variant": spec, "label": switches.label, "status": "failed", "error": reason})
+                report["variants"].append(
+                    {"variant": spec, "label": switches.label, "status": "failed", "error": reason}
+                )
                 console.print(f"[yellow]variant {spec} failed:[/] {reason}", highlight=False)
                 continue
             flops, parts = flops_cache[switches.cache_source]
@@ -412,37 +461,63 @@ def report_table(report: dict[str, Any]) -> Table:
     """The variants side by side: time, speed-up, split, memory, TFLOP/s and drift."""
     device = report["device"]
     table = Table(title=f"guided pass at {report['settings']['size']}px on {device['name']} ({device['type']})")
-    for column in ("variant", "step s", "speed-up", "unet f/b s", "vae f/b s", "flow f/b s", "other s",
-                   "peak MiB", "TFLOP/s", "% peak", "cfg-eps drift", "eps drift", "latent drift"):
+    for column in (
+        "variant",
+        "step s",
+        "speed-up",
+        "unet f/b s",
+        "vae f/b s",
+        "flow f/b s",
+        "other s",
+        "peak MiB",
+        "TFLOP/s",
+        "% peak",
+        "cfg-eps drift",
+        "eps drift",
+        "latent drift",
+    ):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for v in report["variants"]:
         if v["status"] != "ok":
             table.add_row(v["variant"], f"failed: {v['error'][:60]}", *[""] * 11)
             continue
         split = v["split_s"]
-        pair = (lambda name: f"{_fmt(split[name + '_fwd'])}/{_fmt(split[name + '_bwd'])}") if split else (lambda name: "n/a")
+        pairs = [
+            f"{_fmt(split[m + '_fwd'])}/{_fmt(split[m + '_bwd'])}" if split else "n/a" for m in ("unet", "vae", "flow")
+        ]
         drift = v.get("drift", {})
         table.add_row(
-            v["variant"], _fmt(v["step_s"]), _fmt(v["speedup"]), pair("unet"), pair("vae"), pair("flow"),
+            v["variant"],
+            _fmt(v["step_s"]),
+            _fmt(v["speedup"]),
+            *pairs,
             _fmt(split["other"]) if split else "n/a",
-            _fmt(v["peak_memory_bytes"], 1 / 2**20, 5), _fmt(v["tflops"]), _fmt(v["utilisation"], 100),
+            _fmt(v["peak_memory_bytes"], 1 / 2**20, 5),
+            _fmt(v["tflops"]),
+            _fmt(v["utilisation"], 100),
             *(_fmt(drift[name]["relative"]) if drift else "-" for name in ("cfg_eps", "eps", "latent")),
         )
     return table
 
 
-def parse_args(argv: Sequence[str] | None, prog: str = "python -m benchmarks.guided_step") -> tuple[BenchSettings, argparse.Namespace]:
+def parse_args(
+    argv: Sequence[str] | None, prog: str = "python -m benchmarks.guided_step"
+) -> tuple[BenchSettings, argparse.Namespace]:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Time one motion-guided pass (random SD v1.4 + RAFT) for the baseline and fast variants.",
     )
     parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda if available)")
     parser.add_argument("--size", type=int, help=f"image side in pixels (default {GPU_SIZE} on GPU, {CPU_SIZE} on CPU)")
-    parser.add_argument("--variants", help=f"comma-separated specs such as bf16+sdpa (default GPU: {','.join(GPU_VARIANTS)}; CPU: {','.join(CPU_VARIANTS)})")
+    parser.add_argument(
+        "--variants",
+        help=f"comma-separated specs such as bf16+sdpa (default GPU: {','.join(GPU_VARIANTS)}; CPU: {','.join(CPU_VARIANTS)})",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per variant before timing")
     parser.add_argument(
-        "--model", default="real",
+        "--model",
+        default="real",
         help="real (SD v1.4 architecture, random weights), tiny (tests), or a diffusers folder / HF id of trained weights",
     )
     parser.add_argument("--raft", default="raft-large", choices=("raft-large", "raft-small"))
@@ -450,7 +525,9 @@ def parse_args(argv: Sequence[str] | None, prog: str = "python -m benchmarks.gui
     parser.add_argument("--raft-weights", default="random", help="random, or a local RAFT .pth state dict")
     parser.add_argument("--run-steps", type=int, default=2, help="DDIM steps of the short run used for latent drift")
     parser.add_argument("--run-recursions", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile on top of the fastest set (slow to warm up)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure torch.compile on top of the fastest set (slow to warm up)"
+    )
     parser.add_argument("--json", type=Path, help="write the full report here")
     parser.add_argument("--plot", type=Path, help="write a PNG of the per-variant split here")
     args = parser.parse_args(argv)
@@ -489,7 +566,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.gu
     settings, args = parse_args(argv, prog)
     status = Console(stderr=True)
     if settings.device == "cpu" and args.size is None:
-        status.print(f"[yellow]CPU run:[/] using {settings.size}x{settings.size} images instead of {GPU_SIZE}x{GPU_SIZE} (pass --size to change)")
+        status.print(
+            f"[yellow]CPU run:[/] using {settings.size}x{settings.size} images instead of {GPU_SIZE}x{GPU_SIZE} (pass --size to change)"
+        )
     report = run_benchmark(settings, status)
     out = Console(width=max(Console().width, 160))
     out.print(report_table(report))

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,9 +100,7 @@ def parse_fast_path(spec: str) -> FastPath:
 
 
 @contextmanager
-def fast_path(
-    backend: Any, estimator: FlowEstimator, switches: FastPath
-) -> Iterator[tuple[Any, FlowEstimator]]:
+def fast_path(backend: Any, estimator: FlowEstimator, switches: FastPath) -> Iterator[tuple[Any, FlowEstimator]]:
     """Yield ``(backend, estimator)`` running with ``switches``; the originals are restored afterwards.
 
     ``backend`` is a ``StableDiffusionBackend`` (anything with ``unet``, ``vae``, ``eps`` and ``decode``).
@@ -294,4 +293,3 @@ def _checkpointing(backend: Any) -> Iterator[None]:
     finally:
         for model in models:
             model.disable_gradient_checkpointing()
-

@@ -266,4 +266,14 @@ def test_offline_hub_id_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Mo
     message = str(error.value)
     assert "\n" not in message
     assert "CompVis/stable-diffusion-v1-4" in message
-    assert "huggingface-cli download" in message and "--model" in message and "HF_HUB_OFFLINE" in message
+    assert "huggingface-cli download" in message and "--model" in message and "cannot be reached (offline)" in message
+
+
+def test_unreachable_hub_is_cache_only_without_waiting_for_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(sd.socket, "getaddrinfo", lambda *args: (_ for _ in ()).throw(OSError("no DNS")))
+    assert sd._hub_options()["local_files_only"] is True
+    with pytest.raises(MtransferError, match="cannot be reached"):
+        sd.load_stable_diffusion("CompVis/stable-diffusion-v1-4")

@@ -209,7 +209,7 @@ def test_default_weights_offline_and_uncached_say_how_to_provide_them(offline_hu
     assert "\n" not in message
     assert str(offline_hub / "raft_large_C_T_SKHT_V2-ff5fadd5.pth") in message
     assert "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth" in message
-    for hint in ("--weights", WEIGHTS_ENV, "--estimator tvl1"):
+    for hint in ("--weights", WEIGHTS_ENV, "--estimator tvl1", "video.estimator"):
         assert hint in message
 
 

@@ -16,11 +16,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -167,12 +169,25 @@ def load_stable_diffusion(
 
 
 def _hub_options() -> dict[str, Any]:
-    """Offline mode and cache location read now, so settings made after import are honoured."""
+    """Offline mode and cache location read now, so settings made after import are honoured.
+
+    When the Hub's host name does not even resolve, the lookup is cache-only from the start: the same
+    model from the local cache, without half a minute of download retries before the inevitable error.
+    """
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
     cache = os.environ.get("HF_HUB_CACHE") or (
         str(Path(os.environ["HF_HOME"]).expanduser() / "hub") if os.environ.get("HF_HOME") else None
     )
-    return {"local_files_only": offline, "cache_dir": cache}
+    return {"local_files_only": offline or not _hub_resolves(), "cache_dir": cache}
+
+
+def _hub_resolves() -> bool:
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _load_components(
@@ -223,9 +238,9 @@ def _load_error(label: str, component: str, exc: Exception, hub: dict[str, Any])
     what = f"could not load the {component} of Stable Diffusion '{label}' ({type(exc).__name__}: {reason})"
     if not hub:  # a local folder
         return MtransferError(f"{what}; check that the folder is a complete diffusers save of an SD v1.x model")
-    where = "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache" if hub["local_files_only"] else (
-        "it could not be downloaded and is not in the Hugging Face cache"
-    )
+    where = "it is not in the Hugging Face cache and the Hub cannot be reached (offline)" if hub[
+        "local_files_only"
+    ] else "it could not be downloaded and is not in the Hugging Face cache"
     login = " after accepting its licence and `huggingface-cli login`" if "gated" in reason.lower() else ""
     return MtransferError(
         f"{what}: {where}; download it on a connected machine with "

@@ -112,7 +112,8 @@ def _default_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[
             cached,
             f"{name} weights missing and download failed ({reason}); on a connected machine fetch "
             f"{weights.url} into that path, or give a local .pth with --weights PATH or ${WEIGHTS_ENV}, "
-            "or use --estimator tvl1 (no download needed)",
+            "or use a weight-free estimator: --estimator tvl1 to extract flow, pyramid inside guidance "
+            "(in presets: video.estimator / estimator.name)",
         ) from None
 
 
