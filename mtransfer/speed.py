@@ -122,6 +122,16 @@ def fast_path(backend: Any, estimator: FlowEstimator, switches: FastPath) -> Ite
         yield _fast_backend(backend, switches), _fast_estimator(estimator, switches)
 
 
+@contextmanager
+def speed_switches(backend: Any, estimator: FlowEstimator, spec: str) -> Iterator[tuple[Any, FlowEstimator]]:
+    """The presets' ``model.speed``: ``""`` leaves the models exactly as loaded, else ``fast_path(spec)``."""
+    if not spec:
+        yield backend, estimator
+        return
+    with fast_path(backend, estimator, parse_fast_path(spec)) as pair:
+        yield pair
+
+
 def source_cached(estimator: FlowEstimator) -> RaftEstimator:
     """The same RAFT estimator with its source-side work cached (``SourceCachedRaft``).
 

@@ -23,6 +23,7 @@ from mtransfer.pipeline.manifest import versions
 from mtransfer.pipeline.models import cpu_warning, load_backend
 from mtransfer.pipeline.settings import RunSettings
 from mtransfer.presets import available_pipelines, load_pipeline
+from mtransfer.speed import speed_switches
 
 GUIDANCE_ESTIMATORS = ("raft-large", "raft-small", "pyramid")
 
@@ -146,7 +147,7 @@ def edit(
     warning = cpu_warning(run.model, torch_device, guidance.steps * guidance.recursions, 1)
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    with _progress() as progress:
+    with speed_switches(backend, flow_estimator, run.model.speed) as (backend, flow_estimator), _progress() as progress:
         started = time.perf_counter()
         task = progress.add_task(guidance.source_noise, total=guidance.steps)
         state = prepare_source(backend, source, run.model.prompt, guidance, progress=lambda: progress.advance(task))

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,11 +196,12 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
             "device": str(device),
             "flow_only": request.flow_only,
         })
-        with _progress(console) as progress:
+        with _progress(console) as progress, ExitStack() as resources:
             ctx = RunContext(
                 video=request.video, image=request.image, region_mask=inputs.region_mask, size=inputs.size,
                 frame_count=inputs.frame_count, fps=inputs.fps, folder=folder, settings=settings,
                 stage_settings=wanted, manifest=manifest, device=device, progress=progress, console=console,
+                resources=resources,
             )
             clip = decode_stage(ctx)
             driving = flow_stage(ctx, clip)

@@ -18,6 +18,7 @@ from mtransfer.estimators import ESTIMATORS
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.pipeline.align import AlignConfig
 from mtransfer.presets import section
+from mtransfer.speed import parse_fast_path
 
 FLOW_MODES = ("direct", "chained")
 INIT_MODES = ("shared", "previous")
@@ -65,6 +66,8 @@ class ModelSettings:
     ``mtransfer.diffusion.exact``; its ``family_*`` settings choose the motions). ``size`` is the working
     ``[height, width]``: the target image is resized to it; ``[]`` keeps the image's own size, which
     Stable Diffusion needs to be a multiple of 8. ``device = "auto"`` picks CUDA when available.
+    ``speed`` names execution switches of ``mtransfer.speed`` (e.g. ``"sdpa+cache-source"``; ``""`` runs
+    the models as loaded); see BENCHMARKS.md for what each costs and how far it drifts.
     """
 
     model: str = "CompVis/stable-diffusion-v1-4"
@@ -76,9 +79,12 @@ class ModelSettings:
     family_radius: int = 2
     family_rotations: Any = (0.0,)
     family_scales: Any = (1.0,)
+    speed: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", _size("model", self.size))
+        if self.speed:
+            parse_fast_path(self.speed)  # unknown or contradictory switches are refused before any work
         _check("model", "model", bool(self.model), "must name a model", self.model)
         _check("model", "dtype", self.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}", self.dtype)
         _check("model", "family_step", self.family_step >= 0, "must be >= 0 (0 = 1/16 of the short side)",

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,6 +48,7 @@ from mtransfer.pipeline.report import ReportFrame, write_report
 from mtransfer.pipeline.settings import RunSettings
 from mtransfer.video import iter_frames, write_video
 from mtransfer.video_flow import video_flows
+from mtransfer.speed import speed_switches
 
 SOURCE = "source.png"
 DRIVING = "driving"
@@ -89,6 +91,7 @@ class RunContext:
     device: torch.device
     progress: Progress
     console: Console
+    resources: ExitStack = field(default_factory=ExitStack)  # closed when the run ends (e.g. speed switches)
     computed: dict[str, int] = field(default_factory=dict)
 
     def file(self, kind: str, index: int, suffix: str) -> Path:
@@ -274,6 +277,7 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
             settings.estimator.name, device=ctx.device,
             weights=settings.estimator.weights or None, iterations=settings.estimator.iterations or None,
         )
+        backend, estimator = ctx.resources.enter_context(speed_switches(backend, estimator, settings.model.speed))
         state = _source_state(ctx, backend, motion.source)
         passes_task = ctx.progress.add_task("  passes", total=len(moving) * passes)
     for index in pending:
