@@ -18,7 +18,7 @@ EXAMPLES = """\
 [bold]Examples[/]
 
   [cyan]mtransfer run sample_videos/pan.mp4 --onto sample_videos/cat.png --pipeline offline-demo[/]
-      no downloads, a couple of minutes on a CPU (exact toy model, weight-free flow)
+      no downloads, a few minutes on a CPU (exact toy model, weight-free flow)
 
   [cyan]mtransfer run clip.mp4 --onto photo.png --device cuda[/]
       the paper's settings (SD v1.4, 500 steps x 10 recursions, RAFT); needs a GPU and the weights
