@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mtransfer.flows.warp import _batched, pixel_grid, sample_at, warp
+from mtransfer.flows.warp import as_flow_batch, pixel_grid, sample_at, warp
 
 
 def _like_input(result: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
@@ -31,7 +31,7 @@ def compose(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
     ``then`` lives on the grid where ``first`` lands, so it is sampled (bilinearly) at the moved
     positions; adding the two fields instead is only right when ``then`` is constant.
     """
-    a, b = _batched(first), _batched(then)
+    a, b = as_flow_batch(first), as_flow_batch(then)
     return _like_input(a + _follow(b, a), first, then)
 
 
@@ -71,7 +71,7 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     height, width = flow.shape[-2:]
     new_height, new_width = size
-    batched = _batched(flow)
+    batched = as_flow_batch(flow)
     shrinking = new_height < height or new_width < width
     resized = F.interpolate(
         batched, size=(new_height, new_width), mode="bilinear", align_corners=False, antialias=shrinking
@@ -90,7 +90,7 @@ def invert(flow: torch.Tensor, iterations: int = 20) -> torch.Tensor:
     boundaries of estimated flows) the bounded fixed-point step is taken instead. Destinations that
     no pixel reaches get the border's motion.
     """
-    f = _batched(flow)
+    f = as_flow_batch(flow)
     du_dy, du_dx = torch.gradient(f[:, 0], dim=(-2, -1))
     dv_dy, dv_dx = torch.gradient(f[:, 1], dim=(-2, -1))
     fields = torch.cat((f, torch.stack((du_dx, du_dy, dv_dx, dv_dy), 1)), 1)

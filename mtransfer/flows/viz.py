@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mtransfer.files import to_uint8
-from mtransfer.flows.warp import _batched, pixel_grid
+from mtransfer.flows.warp import as_flow_batch, pixel_grid
 
 # Hue segments of the Middlebury wheel: (steps, start colour, end colour), going red → yellow → green
 # → cyan → blue → magenta → back to red; step counts follow the perceptual spacing of the original.
@@ -44,7 +44,7 @@ def flow_to_color(flow: torch.Tensor, max_magnitude: float | None = None) -> tor
     of a video so colours compare across frames. By default it is the largest speed in the input, the
     whole batch included. Faster motion than ``max_magnitude`` is drawn in darkened colours.
     """
-    batched = _batched(flow).detach().float()
+    batched = as_flow_batch(flow).detach().float()
     speed = batched.norm(dim=1)
     if max_magnitude is None:
         max_magnitude = float(speed.max()) if speed.numel() else 0.0
@@ -83,13 +83,13 @@ def quiver_overlay(
     motions visible). Batches ``(B, 3, H, W)`` with ``(B, 2, H, W)`` flows are drawn frame by frame.
     """
     if image.dim() == 4:
-        flows = _batched(flow).expand(image.shape[0], -1, -1, -1)
+        flows = as_flow_batch(flow).expand(image.shape[0], -1, -1, -1)
         return torch.stack([quiver_overlay(i, f, step, color, scale) for i, f in zip(image, flows)])
     if image.shape[-2:] != flow.shape[-2:]:
         raise ValueError(f"image size {tuple(image.shape[-2:])} does not match flow size {tuple(flow.shape[-2:])}")
     if step < 1:
         raise ValueError(f"step must be at least 1, got {step}")
-    flow = _batched(flow)[0].detach().float().cpu() * scale
+    flow = as_flow_batch(flow)[0].detach().float().cpu() * scale
     height, width = flow.shape[-2:]
     canvas = Image.fromarray(to_uint8(image))
     draw = ImageDraw.Draw(canvas)

@@ -16,7 +16,8 @@ def pixel_grid(height: int, width: int, *, device=None, dtype=torch.float32) -> 
     return torch.stack((xs, ys))
 
 
-def _batched(flow: torch.Tensor) -> torch.Tensor:
+def as_flow_batch(flow: torch.Tensor) -> torch.Tensor:
+    """A flow as ``(B, 2, H, W)`` (a single ``(2, H, W)`` flow becomes a batch of one); other shapes fail."""
     if flow.dim() == 3:
         flow = flow[None]
     if flow.dim() != 4 or flow.shape[1] != 2:
@@ -41,7 +42,7 @@ def warp(image: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -
     """
     squeeze = image.dim() == 3
     image = image[None] if squeeze else image
-    flow = _batched(flow)
+    flow = as_flow_batch(flow)
     if flow.shape[0] == 1 and image.shape[0] > 1:
         flow = flow.expand(image.shape[0], -1, -1, -1)
     grid = pixel_grid(*flow.shape[-2:], device=flow.device, dtype=flow.dtype)
@@ -67,7 +68,7 @@ def occlusion_mask(flow: torch.Tensor, tolerance: float = 0.5) -> torch.Tensor:
     source pixel also lands on (moving content is assumed to pass in front of slower content). These are
     the pixels the colour loss must ignore: the edit legitimately shows something else there.
     """
-    flow = _batched(flow)
+    flow = as_flow_batch(flow)
     batch, _, height, width = flow.shape
     index, inside = _destination_index(flow)
     speed = flow.norm(dim=1).flatten(1)
@@ -80,7 +81,7 @@ def occlusion_mask(flow: torch.Tensor, tolerance: float = 0.5) -> torch.Tensor:
 @torch.no_grad()
 def disocclusion_mask(flow: torch.Tensor) -> torch.Tensor:
     """Destination pixels that no source pixel lands on (newly revealed): ``(B, 1, H, W)``, 1 = revealed."""
-    flow = _batched(flow)
+    flow = as_flow_batch(flow)
     batch, _, height, width = flow.shape
     index, inside = _destination_index(flow)
     hits = torch.zeros((batch, height * width), device=flow.device, dtype=flow.dtype)

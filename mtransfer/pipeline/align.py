@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from mtransfer.errors import MtransferError
 from mtransfer.flows.ops import resize_flow, restrict, scale_motion
-from mtransfer.flows.warp import _batched, pixel_grid
+from mtransfer.flows.warp import as_flow_batch, pixel_grid
 
 FITS = ("stretch", "cover", "contain")
 TEMPORAL = ("none", "ema", "gaussian")
@@ -290,7 +290,7 @@ def motion_mask(flow: torch.Tensor, threshold: float = 0.5, margin: int = 8) -> 
     up to four pixels around each destination, so stretching motion leaves no holes); then the mask is dilated by
     ``margin`` px so the edit can blend into the copied background.
     """
-    batched = _batched(flow)
+    batched = as_flow_batch(flow)
     batch, _, height, width = batched.shape
     moving = batched.norm(dim=1) > threshold
     landed = torch.zeros(batch, height * width, dtype=batched.dtype, device=batched.device)
