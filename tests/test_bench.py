@@ -17,7 +17,6 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPOSITORY))  # benchmarks/ is a folder of the checkout, not part of the package
 
 from benchmarks.flow_fps import measure_clip
 from benchmarks.guided_step import BenchSettings, run_benchmark
