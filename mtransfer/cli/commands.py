@@ -1,6 +1,3 @@
-"""Imports each sub-command module so that it registers itself on the app."""
+"""Imports each sub-command module so that it registers itself on the app (order = order in --help)."""
 
-from mtransfer.cli import flow, motion  # noqa: F401
-from mtransfer.cli import run  # noqa: F401
-from mtransfer.cli import edit  # noqa: F401
-from mtransfer.cli import bench  # noqa: F401
+from mtransfer.cli import run, edit, generate, motion, flow, bench  # noqa: F401

@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mtransfer.cli import app, console
+from mtransfer.cli.generate import load_trajectory
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError, input_error
 from mtransfer.estimators import load_estimator
@@ -98,6 +99,10 @@ def edit(
     clip: float | None = typer.Option(None, help="guidance.clip_grad (0 = no clipping).", show_default=False),
     no_occlusion: bool = typer.Option(False, "--no-occlusion", help="Do not mask occluded pixels in the colour loss."),
     seed: int | None = typer.Option(None, help="guidance.seed.", show_default=False),
+    trajectory: Path | None = typer.Option(
+        None, help="trajectory.pt from `mtransfer generate`: edit a generated image along its own noise "
+        "trajectory instead of inverting it (its prompt is used unless --prompt is given).", show_default=False,
+    ),
     device: str | None = typer.Option(None, help="model.device: auto, cpu, cuda, cuda:1, ...", show_default=False),
     dtype: str | None = typer.Option(None, help="model.dtype: float32, float16 or bfloat16.", show_default=False),
     size: str | None = typer.Option(None, help="model.size: working size HEIGHTxWIDTH.", show_default=False),
@@ -133,6 +138,10 @@ def edit(
     source = load_image(image, size=working)
     target_flow = load_flow(flow, *working)
     edit_mask = None if mask is None else _edit_mask(mask, tuple(original.shape[-2:]), working)
+    generation = None if trajectory is None else load_trajectory(
+        trajectory, model=run.model.model, steps=run.guidance.steps, size=working
+    )
+    prompt_text = generation["prompt"] if generation is not None and prompt is None else run.model.prompt
     folder = out if out is not None else Path("outputs") / f"{image.stem}-edit"
     guidance = run.guidance
 
@@ -149,8 +158,11 @@ def edit(
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     with speed_switches(backend, flow_estimator, run.model.speed) as (backend, flow_estimator), _progress() as progress:
         started = time.perf_counter()
-        task = progress.add_task(guidance.source_noise, total=guidance.steps)
-        state = prepare_source(backend, source, run.model.prompt, guidance, progress=lambda: progress.advance(task))
+        task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)
+        state = prepare_source(
+            backend, source, prompt_text, guidance, progress=lambda: progress.advance(task),
+            trajectory=None if generation is None else list(generation["latents"].to(torch_device).unsqueeze(1)),
+        )
         progress.update(task, completed=guidance.steps)  # forward noising ("random") has no steps to report
         timing["prepare_s"] = time.perf_counter() - started
         task = progress.add_task("guide", total=guidance.steps * guidance.recursions)
@@ -163,6 +175,8 @@ def edit(
         "image": str(image),
         "flow": flow,
         "mask": None if mask is None else str(mask),
+        "trajectory": None if trajectory is None else str(trajectory),
+        "prompt": prompt_text,
         "pipeline": run.name,
         "overrides": overrides,
         "size": list(working),

@@ -19,7 +19,7 @@ def family_translations(height: int, width: int, settings: ModelSettings) -> lis
     return [(dx * step, dy * step) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
 
 
-def load_backend(settings: ModelSettings, image: torch.Tensor, device: torch.device) -> DiffusionBackend:
+def load_backend(settings: ModelSettings, image: torch.Tensor | None, device: torch.device) -> DiffusionBackend:
     """The backend for ``settings.model``; ``image`` ``(3, H, W)`` is the target (the exact model's data)."""
     if settings.model == "exact":
         image = image.to(device, DTYPES[settings.dtype])
