@@ -277,3 +277,25 @@ def test_unreachable_hub_is_cache_only_without_waiting_for_retries(tmp_path: Pat
     assert sd._hub_options()["local_files_only"] is True
     with pytest.raises(MtransferError, match="cannot be reached"):
         sd.load_stable_diffusion("CompVis/stable-diffusion-v1-4")
+
+
+def test_availability_is_checked_without_reading_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sd.check_available("tiny")
+    with pytest.raises(MtransferError, match="no such model folder"):
+        sd.check_available(str(tmp_path / "nowhere"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model_index.json").write_text("{}")
+    with pytest.raises(MtransferError, match=r"half: not a diffusers Stable Diffusion folder \(missing unet"):
+        sd.check_available(tmp_path / "half")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    with pytest.raises(MtransferError, match="cannot be reached") as error:
+        sd.check_available("CompVis/stable-diffusion-v1-4")
+    assert "\n" not in str(error.value)
+    cached = tmp_path / "empty-hf-home" / "hub" / "models--someone--sd" / "snapshots" / "abc"
+    cached.mkdir(parents=True)
+    (cached / "model_index.json").write_text("{}")
+    (cached.parent.parent / "refs").mkdir()
+    (cached.parent.parent / "refs" / "main").write_text("abc")
+    sd.check_available("someone/sd")  # in the cache: loading may go ahead

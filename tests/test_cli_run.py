@@ -152,14 +152,17 @@ def test_changed_settings_are_refused_with_a_way_out(finished, capsys):
     one_line_error(code, err, "guidance.steps: 3 → 4", "--out", "--restart")
 
 
-def test_a_missing_model_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+def test_a_missing_model_is_a_one_line_error_before_any_stage_runs(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    code, err = cli(capsys, *run_args(tmp_path / "run", "--set", "model.model=\"CompVis/stable-diffusion-v1-4\"",
-                                      "--set", "model.size=[32, 48]"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    missing = ("--set", "model.model=\"CompVis/stable-diffusion-v1-4\"", "--set", "model.size=[32, 48]")
+    code, err = cli(capsys, *run_args(tmp_path / "run", *missing))
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: could not load") and "stable-diffusion-v1-4" in err
-    # The stages before guidance finished and are kept for the next attempt.
+    assert not (tmp_path / "run").exists()  # found before minutes of flow estimation, nothing written
+    code, err = cli(capsys, *run_args(tmp_path / "run", *missing, "--flow-only"))
+    assert code == 0, err  # flows need no diffusion model
     assert len(list((tmp_path / "run" / "flow").glob("*.flo"))) == FRAMES
 
 
@@ -172,3 +175,4 @@ def test_the_tiny_stable_diffusion_preset_runs_end_to_end(tmp_path, capsys):
     guide = json.loads((out / "manifest.json").read_text())["stages"]["guide"]["frames"]
     assert guide["0000"] == {"still": True} and guide["0002"]["diverged"] is False  # frame 2 went through SD
     assert (out / "cache" / "latents" / "0002.pt").exists()
+

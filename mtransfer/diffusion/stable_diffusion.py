@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
+from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
@@ -151,6 +152,29 @@ def load_stable_diffusion(
     """
     if str(model) == "tiny":
         return _load_components(tiny_stable_diffusion_folder(), "tiny", device, dtype, {})
+    path = _checked_location(model)
+    if path is not None:
+        return _load_components(path, str(path), device, dtype, {})
+    return _load_components(str(model), str(model), device, dtype, _hub_options())
+
+
+def check_available(model: str | Path = DEFAULT_MODEL) -> None:
+    """Fail now, in one line, when ``model`` certainly cannot be loaded; reads no weights.
+
+    Long runs call this before their first stage, so a missing model is not discovered only after
+    minutes of flow estimation. A Hub id passes when it is cached or the Hub can be reached.
+    """
+    if str(model) == "tiny" or _checked_location(model) is not None:
+        return
+    hub = _hub_options()
+    if hub["local_files_only"]:
+        cached = try_to_load_from_cache(str(model), "model_index.json", cache_dir=hub["cache_dir"])
+        if not isinstance(cached, str):
+            raise _load_error(str(model), "model_index.json", FileNotFoundError("not cached"), hub)
+
+
+def _checked_location(model: str | Path) -> Path | None:
+    """A complete local diffusers folder as a Path, None for a Hub id; anything else is a one-line error."""
     path = Path(model).expanduser()
     if path.is_dir():
         missing = [c for c in ("model_index.json", *COMPONENTS) if not (path / c).exists()]
@@ -159,13 +183,13 @@ def load_stable_diffusion(
                 path, f"not a diffusers Stable Diffusion folder (missing {', '.join(missing)}); save one with "
                 "StableDiffusionPipeline.save_pretrained or download a full model snapshot"
             )
-        return _load_components(path, str(path), device, dtype, {})
+        return path
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(model)):
         raise input_error(
             path, "no such model folder; pass a diffusers folder (model_index.json, unet/, vae/, ...) or a "
             f"Hugging Face id such as {DEFAULT_MODEL}"
         )
-    return _load_components(str(model), str(model), device, dtype, _hub_options())
+    return None
 
 
 def _hub_options() -> dict[str, Any]:

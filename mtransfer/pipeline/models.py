@@ -19,6 +19,15 @@ def family_translations(height: int, width: int, settings: ModelSettings) -> lis
     return [(dx * step, dy * step) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
 
 
+def check_model(settings: ModelSettings) -> None:
+    """A missing Stable Diffusion model as a one-line error before any stage runs (no weights are read)."""
+    if settings.is_offline:
+        return
+    from mtransfer.diffusion.stable_diffusion import check_available  # diffusers is slow to import
+
+    check_available(settings.model)
+
+
 def load_backend(settings: ModelSettings, image: torch.Tensor | None, device: torch.device) -> DiffusionBackend:
     """The backend for ``settings.model``; ``image`` ``(3, H, W)`` is the target (the exact model's data)."""
     if settings.model == "exact":

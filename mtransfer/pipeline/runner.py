@@ -26,6 +26,7 @@ from mtransfer.errors import MtransferError, input_error, require_file
 from mtransfer.files import load_image
 from mtransfer.flows.io import read_mask
 from mtransfer.pipeline.align import mask_box, pixel_box
+from mtransfer.pipeline.models import check_model
 from mtransfer.pipeline.manifest import Manifest, RunLock, content_id, fingerprint, versions
 from mtransfer.pipeline.settings import RunSettings
 from mtransfer.pipeline.stages import (
@@ -181,6 +182,8 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
     config = load_pipeline(request.pipeline, request.overrides)
     settings = RunSettings.from_config(config)
     inputs = check_inputs(request, settings)
+    if not request.flow_only:
+        check_model(settings.model)
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
     with RunLock(folder):
