@@ -161,6 +161,10 @@ def test_a_missing_model_is_a_one_line_error_before_any_stage_runs(tmp_path, cap
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: could not load") and "stable-diffusion-v1-4" in err
     assert not (tmp_path / "run").exists()  # found before minutes of flow estimation, nothing written
+    raft = ("--set", 'estimator.name="raft-small"', "--set", f'estimator.weights="{tmp_path / "no.pth"}"')
+    code, err = cli(capsys, *run_args(tmp_path / "run", *raft))
+    assert code == 2 and "no.pth: no such raft-small weights file" in " ".join(err.split())
+    assert not (tmp_path / "run").exists()
     code, err = cli(capsys, *run_args(tmp_path / "run", *missing, "--flow-only"))
     assert code == 0, err  # flows need no diffusion model
     assert len(list((tmp_path / "run" / "flow").glob("*.flo"))) == FRAMES

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch
 
 from mtransfer.diffusion import DiffusionBackend, FiniteSetBackend, motion_family
-from mtransfer.pipeline.settings import DTYPES, ModelSettings
+from mtransfer.estimators import load_estimator
+from mtransfer.pipeline.settings import DTYPES, EstimatorSettings, ModelSettings
 
 # Rough CPU cost of one guided pass of real SD v1 at 512x512 (UNet with CFG, VAE decode and RAFT, forward
-# and backward), measured in seconds on a desktop CPU; only used to tell the user what they are in for.
-CPU_SECONDS_PER_SD_PASS = 8.0
+# and backward): about 8.1 TFLOP (counted with FlopCounterMode, see BENCHMARKS.md) at an assumed 0.3 TFLOP/s
+# sustained by a desktop CPU. Not a measurement; only used to tell the user what they are in for.
+CPU_SECONDS_PER_SD_PASS = 8.1e12 / 0.3e12
 
 
 def family_translations(height: int, width: int, settings: ModelSettings) -> list[tuple[float, float]]:
@@ -19,8 +21,13 @@ def family_translations(height: int, width: int, settings: ModelSettings) -> lis
     return [(dx * step, dy * step) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
 
 
-def check_model(settings: ModelSettings) -> None:
-    """A missing Stable Diffusion model as a one-line error before any stage runs (no weights are read)."""
+def check_models(settings: ModelSettings, estimator: EstimatorSettings) -> None:
+    """Missing weights as a one-line error before any stage runs, not after minutes of flow estimation.
+
+    The diffusion model is only located (no weights read); the guidance estimator is loaded once on the
+    CPU, which for RAFT reads its weights file (about a second).
+    """
+    load_estimator(estimator.name, weights=estimator.weights or None, iterations=estimator.iterations or None)
     if settings.is_offline:
         return
     from mtransfer.diffusion.stable_diffusion import check_available  # diffusers is slow to import

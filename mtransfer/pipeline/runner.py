@@ -26,7 +26,7 @@ from mtransfer.errors import MtransferError, input_error, require_file
 from mtransfer.files import load_image
 from mtransfer.flows.io import read_mask
 from mtransfer.pipeline.align import mask_box, pixel_box
-from mtransfer.pipeline.models import check_model
+from mtransfer.pipeline.models import check_models
 from mtransfer.pipeline.manifest import Manifest, RunLock, content_id, fingerprint, versions
 from mtransfer.pipeline.settings import RunSettings
 from mtransfer.pipeline.stages import (
@@ -183,7 +183,7 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
     settings = RunSettings.from_config(config)
     inputs = check_inputs(request, settings)
     if not request.flow_only:
-        check_model(settings.model)
+        check_models(settings.model, settings.estimator)
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
     with RunLock(folder):
