@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mtransfer.cli import app, console
+from mtransfer.progress import progress_bar
 from mtransfer.cli.generate import load_trajectory
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError, input_error
@@ -46,13 +46,6 @@ EXAMPLES = """\
 Writes edited.png, source.png, target_flow.png, achieved_flow.png, comparison.png, loss.png, losses.json,
 previews/step_XXXX.png and run.json into outputs/<image>-edit/ (or --out). Sizes are HEIGHTxWIDTH.
 """
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description:<8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TimeRemainingColumn(), console=console,
-    )
 
 
 def _edit_mask(path: Path, original: tuple[int, int], working: tuple[int, int]) -> torch.Tensor:
@@ -156,7 +149,7 @@ def edit(
     warning = cpu_warning(run.model, torch_device, guidance.steps * guidance.recursions, 1)
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    with speed_switches(backend, flow_estimator, run.model.speed) as (backend, flow_estimator), _progress() as progress:
+    with speed_switches(backend, flow_estimator, run.model.speed) as (backend, flow_estimator), progress_bar(console) as progress:
         started = time.perf_counter()
         task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)
         state = prepare_source(

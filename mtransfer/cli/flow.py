@@ -10,10 +10,11 @@ from typing import Annotated, Literal
 
 import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from mtransfer.cli import app, console
+from mtransfer.progress import progress_bar
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import ESTIMATORS, load_estimator
 from mtransfer.files import save_image, write_json
@@ -42,17 +43,6 @@ EXAMPLES = """\
 Writes frames/0000.png ..., flow/0001.flo ... (Middlebury .flo, pixels), color/0001.png ... (colour
 wheel, one scale for the whole clip), flow.mp4 (input | flow side by side) and summary.json.
 """
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description:<8}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
 
 
 def _numbered(index: int, suffix: str) -> str:
@@ -171,7 +161,7 @@ def flow(
 
     expected = min(math.ceil(source.frame_count / stride), max_frames or source.frame_count)
     clip_fps = source.fps / stride
-    with _progress() as progress:
+    with progress_bar(console) as progress:
         clip = _decode(video, out, progress, expected, stride=stride, max_frames=max_frames, size=resize)
         records = _estimate(
             clip, out, progress, flow_estimator, reference=reference, batch_size=batch_size, device=device

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mtransfer.cli import app, console
+from mtransfer.progress import progress_bar
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError, input_error, require_file
 from mtransfer.files import atomic_path, save_image, write_json
@@ -88,8 +88,7 @@ def generate(
     backend = load_backend(run.model, None, torch_device)
     guidance = run.guidance
     started = time.perf_counter()
-    with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("generate", total=guidance.steps)
         with torch.no_grad():
             image, _, latents = generate_image(

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mtransfer.errors import MtransferError, input_error, require_file
 from mtransfer.files import load_image
@@ -39,6 +38,7 @@ from mtransfer.pipeline.stages import (
     flow_stage,
     guide_stage,
 )
+from mtransfer.progress import progress_bar
 from mtransfer.presets import load_pipeline
 from mtransfer.video import output_size, probe_video
 
@@ -164,18 +164,6 @@ def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], rest
         console.print(f"--restart: moved the earlier {', '.join(affected)} results to {moved}", highlight=False)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<18}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-
 def run_pipeline(request: RunRequest, console: Console) -> Path:
     """Run (or resume) the whole pipeline for ``request``; returns the run folder."""
     started = time.perf_counter()
@@ -199,7 +187,7 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
             "device": str(device),
             "flow_only": request.flow_only,
         })
-        with _progress(console) as progress, ExitStack() as resources:
+        with progress_bar(console, 18) as progress, ExitStack() as resources:
             ctx = RunContext(
                 video=request.video, image=request.image, region_mask=inputs.region_mask, size=inputs.size,
                 frame_count=inputs.frame_count, fps=inputs.fps, folder=folder, settings=settings,
