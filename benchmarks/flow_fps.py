@@ -13,7 +13,6 @@ error is reported too. Usage::
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.measure import device_info, timed
+from benchmarks.measure import run_script, device_info, timed
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import ESTIMATORS, load_estimator
 from mtransfer.files import write_json
@@ -176,8 +175,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except MtransferError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_script(main)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.measure import PeakMemory, PhaseTimer, device_info, median, peak_tflops, timed
+from benchmarks.measure import run_script, PeakMemory, PhaseTimer, device_info, median, peak_tflops, timed
 from mtransfer.diffusion import ddim_timesteps, forward_noise
 from mtransfer.diffusion.stable_diffusion import StableDiffusionBackend, load_stable_diffusion, random_stable_diffusion
 from mtransfer.errors import MtransferError
@@ -584,8 +583,4 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.gu
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except MtransferError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_script(main)

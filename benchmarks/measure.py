@@ -242,3 +242,18 @@ def _map_tensors(value: Any, stamp: Callable[[], None]) -> Any:
         for key in list(value):
             value[key] = _map_tensors(value[key], stamp)
     return value
+
+
+def run_script(main: Callable[[], Any]) -> None:
+    """Run a benchmark's ``main`` as a script: a user-fixable problem is one red line and exit status 2."""
+    import sys
+
+    from rich.console import Console
+
+    from mtransfer.errors import MtransferError
+
+    try:
+        main()
+    except MtransferError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
