@@ -1,4 +1,4 @@
-"""Benchmarks of mtransfer's hot paths: the guided step (``guided_step``) and flow extraction (``flow_fps``).
-
-Run from the repository root, e.g. ``python -m benchmarks.guided_step --help``; see BENCHMARKS.md.
+"""Benchmark scripts, run from the repository root: ``python -m benchmarks.guided_step`` (the same as
+``mtransfer bench``; the code lives in ``mtransfer.bench``), ``python -m benchmarks.flow_fps`` and
+``python -m benchmarks.plot``. See BENCHMARKS.md.
 """

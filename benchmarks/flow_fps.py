@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.measure import run_script, device_info, timed
+from mtransfer.bench.measure import device_info, run_script, timed
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import ESTIMATORS, load_estimator
 from mtransfer.files import write_json

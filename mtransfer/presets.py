@@ -1,4 +1,5 @@
-"""Named pipeline presets: TOML files in ``pipelines/``, chosen by name or path, overridable per key.
+"""Named pipeline presets: TOML files shipped in ``mtransfer/pipelines/`` (package data, so an installed
+mtransfer has them), chosen by name or path, overridable per key.
 
 A preset is a table of sections (``[model]``, ``[estimator]``, ``[guidance]``, ``[video]``, ``[align]``,
 ``[output]``); each section is validated by the dataclass that owns it, so this module only finds, reads
@@ -14,11 +15,11 @@ from typing import Any
 
 from mtransfer.errors import MtransferError, input_error
 
-PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 
 
 def available_pipelines() -> list[str]:
-    """Names of the presets shipped in ``pipelines/``."""
+    """Names of the presets shipped with mtransfer."""
     return sorted(p.stem for p in PIPELINES_DIR.glob("*.toml"))
 
 

@@ -12,9 +12,8 @@ changes precision, kernels, memory layout or what is recomputed:
   kernels) in the UNet and the VAE; off means the classic ``AttnProcessor`` that materialises the
   attention matrix, as diffusers did when the paper was written.
 - ``channels_last``: NHWC weights, so cuDNN picks its tensor-core convolution kernels without transposes.
-- ``cache_source``: RAFT's source-side work (the source's feature map, the context encoder, the initial
-  hidden state) is computed once per source image instead of once per pass, and only the final RAFT
-  iteration's flow is upsampled (the energy reads no other). See ``SourceCachedRaft``.
+- ``cache_source``: RAFT's source-side work (the source's feature map and context features) is computed
+  once per source image instead of once per pass (``mtransfer.estimators.raft.source_cached``).
 - ``checkpointing``: diffusers' gradient checkpointing in the UNet and the VAE: less memory, more time.
 - ``compile``: ``torch.compile`` of the UNet, the decode call and the estimator.
 
@@ -32,13 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torchvision.models.optical_flow import RAFT
-from torchvision.models.optical_flow._utils import make_coords_grid, upsample_flow
 
 from mtransfer.errors import MtransferError
 from mtransfer.estimators.base import FlowEstimator
-from mtransfer.estimators.raft import RaftEstimator
+from mtransfer.estimators.raft import RaftEstimator, source_cached
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -130,68 +126,6 @@ def speed_switches(backend: Any, estimator: FlowEstimator, spec: str) -> Iterato
         return
     with fast_path(backend, estimator, parse_fast_path(spec)) as pair:
         yield pair
-
-
-def source_cached(estimator: FlowEstimator) -> RaftEstimator:
-    """The same RAFT estimator with its source-side work cached (``SourceCachedRaft``).
-
-    Its flow and its gradient with respect to the target are RAFT's; the source gets no gradient.
-    """
-    if not isinstance(estimator, RaftEstimator):
-        raise MtransferError(f"cache-source only applies to RAFT, not to the {estimator.name} estimator")
-    return RaftEstimator(SourceCachedRaft(estimator.model), estimator.name, estimator.iterations)
-
-
-class SourceCachedRaft(torch.nn.Module):
-    """torchvision's ``RAFT.forward`` with the work that depends only on ``image1`` done once.
-
-    In the guided step ``image1`` is always the source image and only ``image2`` (the decoded estimate)
-    changes, so the source's feature map, the context features and the initial hidden state are reused
-    while ``image1`` is unchanged (checked by value: one comparison of the input images per call). The
-    feature encoder uses instance normalisation, so encoding the two images apart gives the same maps as
-    RAFT's batched call. Only the last iteration's flow is upsampled: the energy reads no other, and
-    earlier upsampled flows never enter the graph. Returns a one-element list like RAFT returns a list.
-
-    ``image1`` is treated as a constant: no gradient flows back into it (the guidance optimises the
-    edited image only). Do not use this where the gradient with respect to the first image is needed.
-    """
-
-    def __init__(self, raft: RAFT) -> None:
-        super().__init__()
-        self.raft = raft
-        self._source: torch.Tensor | None = None
-        self._source_side: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def _encode_source(self, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._source is None or self._source.shape != image1.shape or not torch.equal(self._source, image1):
-            with torch.no_grad():
-                self._source_side = self._source_features(image1)
-            self._source = image1.detach().clone()
-        return self._source_side
-
-    def _source_features(self, image1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The feature map of ``image1``, RAFT's initial hidden state and its context features."""
-        raft = self.raft
-        context_out = raft.context_encoder(image1)
-        hidden_size = raft.update_block.hidden_state_size
-        hidden, context = context_out.split([hidden_size, context_out.shape[1] - hidden_size], dim=1)
-        return raft.feature_encoder(image1), torch.tanh(hidden), F.relu(context)
-
-    def forward(self, image1: torch.Tensor, image2: torch.Tensor, num_flow_updates: int = 12) -> list[torch.Tensor]:
-        raft = self.raft
-        batch, _, height, width = image1.shape
-        fmap1, hidden, context = self._encode_source(image1)
-        fmap2 = raft.feature_encoder(image2)
-        raft.corr_block.build_pyramid(fmap1, fmap2)
-        coords0 = make_coords_grid(batch, height // 8, width // 8).to(fmap1.device)
-        coords1 = coords0.clone()
-        for _ in range(num_flow_updates):
-            coords1 = coords1.detach()  # as RAFT: no gradient through the coordinates, only the correlations
-            corr = raft.corr_block.index_pyramid(centroids_coords=coords1)
-            hidden, delta = raft.update_block(hidden, context, corr, coords1 - coords0)
-            coords1 = coords1 + delta
-        up_mask = None if raft.mask_predictor is None else raft.mask_predictor(hidden)
-        return [upsample_flow(flow=coords1 - coords0, up_mask=up_mask)]
 
 
 def _modules(estimator: FlowEstimator) -> list[torch.nn.Module]:

@@ -9,24 +9,18 @@ from pathlib import Path
 import torch
 import typer
 
+from mtransfer.app import Editor, load_settings, versions
+from mtransfer.app.trajectory import load_trajectory
 from mtransfer.cli import app, console
-from mtransfer.progress import progress_bar
-from mtransfer.cli.generate import load_trajectory
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError, input_error
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import DIFFERENTIABLE
 from mtransfer.files import load_image
 from mtransfer.flows.io import read_mask
 from mtransfer.flows.spec import load_flow
-from mtransfer.guidance.edit import edit_image, prepare_source
 from mtransfer.guidance.outputs import write_edit
-from mtransfer.pipeline.manifest import versions
-from mtransfer.pipeline.models import cpu_warning, load_backend
-from mtransfer.pipeline.settings import RunSettings
-from mtransfer.presets import available_pipelines, load_pipeline
-from mtransfer.speed import speed_switches
-
-GUIDANCE_ESTIMATORS = ("raft-large", "raft-small", "pyramid")
+from mtransfer.presets import available_pipelines
+from mtransfer.progress import progress_bar
 
 EXAMPLES = """\
 [bold]Examples[/]
@@ -78,7 +72,7 @@ def edit(
         show_default=False,
     ),
     estimator: str | None = typer.Option(
-        None, help=f"estimator.name inside the energy: {', '.join(GUIDANCE_ESTIMATORS)}.", show_default=False
+        None, help=f"estimator.name inside the energy: {', '.join(DIFFERENTIABLE)}.", show_default=False
     ),
     raft_weights: str | None = typer.Option(
         None, help="estimator.weights: a local RAFT .pth state dict (or 'random').", show_default=False
@@ -117,17 +111,12 @@ def edit(
         "guidance.color_weight": color_weight, "guidance.clip_grad": clip, "guidance.seed": seed,
         "guidance.occlusion_masking": False if no_occlusion else None,
     }, size)
-    run = RunSettings.from_config(load_pipeline(pipeline, overrides))
-    if run.estimator.name not in GUIDANCE_ESTIMATORS:
-        raise MtransferError(
-            f"estimator {run.estimator.name!r} is not differentiable; "
-            f"guidance needs one of {', '.join(GUIDANCE_ESTIMATORS)}"
-        )
+    run = load_settings(pipeline, overrides)
     torch_device = run.model.torch_device()
 
     # Everything cheap is checked before the (slow) models are loaded.
     original = load_image(image)
-    working = run.model.size or tuple(original.shape[-2:])
+    working = run.model.working_size(tuple(original.shape[-2:]), image)
     source = load_image(image, size=working)
     target_flow = load_flow(flow, *working)
     edit_mask = None if mask is None else _edit_mask(mask, tuple(original.shape[-2:]), working)
@@ -140,29 +129,19 @@ def edit(
 
     timing: dict[str, float] = {}
     started = time.perf_counter()
-    backend = load_backend(run.model, source, torch_device)
-    flow_estimator = load_estimator(
-        run.estimator.name, device=torch_device,
-        weights=run.estimator.weights or None, iterations=run.estimator.iterations or None,
-    )
-    timing["load_s"] = time.perf_counter() - started
-    warning = cpu_warning(run.model, torch_device, guidance.steps * guidance.recursions, 1)
-    if warning:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    with speed_switches(backend, flow_estimator, run.model.speed) as (backend, flow_estimator), progress_bar(console) as progress:
+    warn = lambda text: console.print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)  # noqa: E731
+    with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console) as progress:
+        timing["load_s"] = time.perf_counter() - started
         started = time.perf_counter()
         task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)
-        state = prepare_source(
-            backend, source, prompt_text, guidance, progress=lambda: progress.advance(task),
-            trajectory=None if generation is None else list(generation["latents"].to(torch_device).unsqueeze(1)),
+        state = editor.prepare(
+            source, prompt_text, progress=lambda: progress.advance(task),
+            trajectory=None if generation is None else list(generation["latents"].unsqueeze(1)),
         )
         progress.update(task, completed=guidance.steps)  # forward noising ("random") has no steps to report
         timing["prepare_s"] = time.perf_counter() - started
         task = progress.add_task("guide", total=guidance.steps * guidance.recursions)
-        result = edit_image(
-            backend, flow_estimator, state, target_flow.to(torch_device), guidance,
-            edit_mask=edit_mask, progress=lambda: progress.advance(task),
-        )
+        result = editor.edit(state, target_flow, edit_mask=edit_mask, progress=lambda: progress.advance(task))
     record = {
         "command": "edit",
         "image": str(image),

@@ -10,42 +10,15 @@ from pathlib import Path
 import torch
 import typer
 
+from mtransfer.app import load_backend, load_settings, versions
+from mtransfer.app.trajectory import save_trajectory
 from mtransfer.cli import app, console
-from mtransfer.progress import progress_bar
 from mtransfer.cli.options import preset_overrides
-from mtransfer.errors import MtransferError, input_error, require_file
-from mtransfer.files import atomic_path, save_image, write_json
+from mtransfer.errors import MtransferError
+from mtransfer.files import save_image, write_json
 from mtransfer.guidance.edit import generate as generate_image
-from mtransfer.pipeline.manifest import versions
-from mtransfer.pipeline.models import load_backend
-from mtransfer.pipeline.settings import RunSettings
-from mtransfer.presets import available_pipelines, load_pipeline
-
-TRAJECTORY_KEYS = {"latents", "prompt", "model", "steps", "size", "seed", "cfg_scale"}
-
-
-def save_trajectory(path: Path, latents: list[torch.Tensor], **meta: object) -> Path:
-    """The generation's latents ``(steps + 1, C, h, w)`` and what they were made with, written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"latents": torch.cat(latents).cpu(), **meta}, tmp)
-    return path
-
-
-def load_trajectory(path: Path, *, model: str, steps: int, size: tuple[int, int]) -> dict:
-    """A trajectory from ``mtransfer generate``, checked against the edit's model, steps and size."""
-    require_file(path, "trajectory file")
-    try:
-        record = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the user
-        raise input_error(path, f"not a trajectory written by `mtransfer generate` ({type(exc).__name__})") from None
-    if not isinstance(record, dict) or not TRAJECTORY_KEYS <= set(record):
-        raise input_error(path, "not a trajectory written by `mtransfer generate`")
-    for key, wanted in (("model", model), ("steps", steps), ("size", list(size))):
-        if record[key] != wanted:
-            raise input_error(path, f"was generated with {key} {record[key]}, but this edit uses {wanted}; "
-                                    f"edit with the same {key} (--set / flags)")
-    return record
-
+from mtransfer.presets import available_pipelines
+from mtransfer.progress import progress_bar
 
 @app.command()
 def generate(
@@ -78,7 +51,7 @@ def generate(
     overrides = preset_overrides(
         settings, {"model.model": model, "model.device": device, "guidance.steps": steps, "guidance.seed": seed}, size
     )
-    run = RunSettings.from_config(load_pipeline(pipeline, overrides))
+    run = load_settings(pipeline, overrides)
     if run.model.is_offline and run.model.model != "tiny":
         raise MtransferError(f"model '{run.model.model}' cannot generate images; use Stable Diffusion or 'tiny'")
     if not run.model.size:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 
+from mtransfer.app.settings import FLOW_MODES, INIT_MODES
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError
 from mtransfer.pipeline.runner import RunRequest, run_pipeline
-from mtransfer.pipeline.settings import FLOW_MODES, INIT_MODES
 from mtransfer.presets import available_pipelines
 
 EXAMPLES = """\

@@ -46,3 +46,17 @@ def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
     saturated pixel (often whole highlights), so the values are clamped and the gradient is not.
     """
     return images + (images.clamp(0, 1) - images).detach()
+
+
+SD_SIZE_MULTIPLE = 8
+"""Stable Diffusion v1's VAE turns each 8x8 block of pixels into one latent cell, so image sides must be
+multiples of 8 (its UNet takes any latent size). The one home of this rule: settings, ``run``'s input
+check and the benchmark read it; the loaded model checks its own factor in ``latent_size``."""
+
+
+def sd_size_fix(height: int, width: int) -> tuple[int, int] | None:
+    """The nearest smaller size Stable Diffusion accepts, or None when ``height`` x ``width`` is fine."""
+    if height % SD_SIZE_MULTIPLE == 0 and width % SD_SIZE_MULTIPLE == 0:
+        return None
+    return (max(SD_SIZE_MULTIPLE, height // SD_SIZE_MULTIPLE * SD_SIZE_MULTIPLE),
+            max(SD_SIZE_MULTIPLE, width // SD_SIZE_MULTIPLE * SD_SIZE_MULTIPLE))

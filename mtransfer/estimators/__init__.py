@@ -17,7 +17,16 @@ from mtransfer.estimators.classical import ILKEstimator, TVL1Estimator
 from mtransfer.estimators.pyramid import PyramidEstimator
 from mtransfer.estimators.raft import RaftEstimator, load_raft
 
-ESTIMATORS = ("raft-large", "raft-small", "tvl1", "ilk", "pyramid")
+_CLASSES = {
+    "raft-large": RaftEstimator,
+    "raft-small": RaftEstimator,
+    "tvl1": TVL1Estimator,
+    "ilk": ILKEstimator,
+    "pyramid": PyramidEstimator,
+}
+ESTIMATORS = tuple(_CLASSES)
+DIFFERENTIABLE = tuple(name for name, cls in _CLASSES.items() if cls.differentiable)
+"""The estimators the guidance energy can differentiate through."""
 
 
 def load_estimator(
@@ -48,6 +57,7 @@ def load_estimator(
 
 
 __all__ = [
+    "DIFFERENTIABLE",
     "ESTIMATORS",
     "FlowEstimator",
     "ILKEstimator",

@@ -21,19 +21,7 @@ import torch.nn.functional as F
 
 from mtransfer.errors import MtransferError
 from mtransfer.flows import pixel_grid, warp
-from mtransfer.flows.ops import resize_flow
-
-
-def _gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with replicated borders, per channel."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
-    rows = F.conv2d(padded, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+from mtransfer.flows.ops import gaussian_blur, resize_flow
 
 
 def _gradients(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,8 +68,8 @@ class PyramidEstimator:
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         sources, targets = [source], [target]
         while len(sources) < self.levels and min(sources[-1].shape[-2:]) >= 2 * self.min_size:
-            sources.append(F.avg_pool2d(_gaussian_blur(sources[-1], 1.0), 2, ceil_mode=True))
-            targets.append(F.avg_pool2d(_gaussian_blur(targets[-1], 1.0), 2, ceil_mode=True))
+            sources.append(F.avg_pool2d(gaussian_blur(sources[-1], 1.0), 2, ceil_mode=True))
+            targets.append(F.avg_pool2d(gaussian_blur(targets[-1], 1.0), 2, ceil_mode=True))
         batch, _, height, width = sources[-1].shape
         flow = source.new_zeros(batch, 2, height, width)
         for level_source, level_target in zip(reversed(sources), reversed(targets)):
@@ -99,8 +87,8 @@ class PyramidEstimator:
             (grad_x * grad_x, grad_x * grad_y, grad_y * grad_y, grad_x * difference, grad_y * difference), dim=1
         ).sum(2)  # sum over colour channels: (B, 5, H, W)
         products = products * _inside(flow)
-        xx, xy, yy, xt, yt = _gaussian_blur(products, self.window).unbind(1)
+        xx, xy, yy, xt, yt = gaussian_blur(products, self.window).unbind(1)
         xx, yy = xx + self.ridge, yy + self.ridge
         determinant = xx * yy - xy * xy
         delta = torch.stack((xy * yt - yy * xt, xy * xt - xx * yt), dim=1) / determinant.unsqueeze(1)
-        return _gaussian_blur(flow + delta, self.smoothness)
+        return gaussian_blur(flow + delta, self.smoothness)

@@ -144,3 +144,54 @@ def _load_checked(model: RAFT, state: Mapping[str, torch.Tensor], path: Path, na
         ]
         raise input_error(path, f"weights do not fit {name}: {', '.join(problems)}; is it the other RAFT variant?")
     model.load_state_dict(state)
+
+
+class SourceCachedEncoder(torch.nn.Module):
+    """One of RAFT's encoders with its output for the source images computed once per source.
+
+    In the guidance energy RAFT always compares the same source with a new estimate, so the source's
+    feature map and context features are reused while the source is unchanged (checked by value: one
+    comparison per call). ``source_batch`` says how the input is laid out: the context encoder sees the
+    source alone (``"all"``); the feature encoder sees source and target concatenated (``"first_half"``),
+    and since it normalises per image (instance norm), encoding the halves apart gives the same maps.
+    The cached part is a constant: no gradient flows back into the source.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, source_batch: str) -> None:
+        super().__init__()
+        self.encoder, self.source_batch = encoder, source_batch
+        self._source: torch.Tensor | None = None
+        self._encoded: torch.Tensor | None = None
+
+    def _encode_source(self, source: torch.Tensor) -> torch.Tensor:
+        if self._source is None or self._source.shape != source.shape or not torch.equal(self._source, source):
+            with torch.no_grad():
+                self._encoded = self.encoder(source)
+            self._source = source.detach().clone()
+        return self._encoded
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.source_batch == "all":
+            return self._encode_source(images)
+        source, target = images.chunk(2)
+        return torch.cat((self._encode_source(source), self.encoder(target)))
+
+
+def source_cached(estimator: RaftEstimator) -> RaftEstimator:
+    """The same RAFT with its source-side work (feature map, context features) cached per source image.
+
+    Built from the network's own modules through torchvision's public ``RAFT`` constructor, so
+    ``RAFT.forward`` runs unchanged and the original estimator is left as it was. Its flow and its
+    gradient with respect to the target are RAFT's; the source gets no gradient.
+    """
+    if not isinstance(estimator, RaftEstimator):
+        raise MtransferError(f"cache-source only applies to RAFT, not to the {estimator.name} estimator")
+    raft = estimator.model
+    cached = RAFT(
+        feature_encoder=SourceCachedEncoder(raft.feature_encoder, "first_half"),
+        context_encoder=SourceCachedEncoder(raft.context_encoder, "all"),
+        corr_block=raft.corr_block,
+        update_block=raft.update_block,
+        mask_predictor=raft.mask_predictor,
+    )
+    return RaftEstimator(cached, estimator.name, estimator.iterations)

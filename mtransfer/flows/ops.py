@@ -6,6 +6,9 @@ a batch of one broadcasts against a batch of many.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -113,3 +116,22 @@ def move_image(image: torch.Tensor, flow: torch.Tensor, iterations: int = 20) ->
     Pixels that come from outside the frame are black.
     """
     return warp(image, invert(flow, iterations))
+
+
+def gaussian_blur(values: torch.Tensor, sigma: float, axes: Sequence[int] = (-2, -1)) -> torch.Tensor:
+    """Separable Gaussian blur of any tensor along ``axes`` (sigma in samples), edge values repeated.
+
+    The one blur of mtransfer: flows over space, flows over time, and the images and products inside
+    the pyramid estimator. Differentiable; ``sigma <= 0`` returns ``values`` unchanged.
+    """
+    if sigma <= 0:
+        return values
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=values.dtype, device=values.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    for axis in axes:
+        moved = values.movedim(axis, -1)
+        rows = F.pad(moved.reshape(-1, 1, moved.shape[-1]), (radius, radius), mode="replicate")
+        values = F.conv1d(rows, kernel).view(moved.shape).movedim(-1, axis)
+    return values

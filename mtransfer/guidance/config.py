@@ -8,10 +8,10 @@ The flow estimator's own settings (e.g. RAFT iterations) live with the estimator
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from mtransfer.errors import MtransferError
+from mtransfer.validation import STAGE, check_types, from_mapping, rule_checker
 
 SOURCE_NOISE = ("inversion", "random")
 """Where an edit starts and what the edit-mask copy pastes outside the editable region:
@@ -39,6 +39,9 @@ class GuidanceConfig:
     the edit mask (0 = off, as in the paper; without an edit mask the term is empty). ``clip_grad`` bounds
     the norm of the guidance added to the noise estimate (0 = no clipping). ``max_latent_std`` is the
     divergence bound: a latent whose standard deviation exceeds it stops the run.
+
+    Every setting shapes the edit, except ``preview_every`` (only which previews are kept), which is
+    declared so: a video run resumes with other preview settings (see ``mtransfer.validation.STAGE``).
     """
 
     steps: int = 500
@@ -54,14 +57,11 @@ class GuidanceConfig:
     schedule_fraction: float = 1.0
     source_noise: str = "inversion"
     seed: int = 0
-    preview_every: int = 50
+    preview_every: int = field(default=50, metadata={STAGE: None})
     max_latent_std: float = 50.0
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            _check_type(field.name, getattr(self, field.name), field.type)
-            if field.type == "float":  # TOML and flags may give 300 for 300.0
-                object.__setattr__(self, field.name, float(getattr(self, field.name)))
+        check_types(self, "guidance")
         _require(self.steps >= 1, "steps", "must be at least 1", self.steps)
         _require(self.recursions >= 1, "recursions", "must be at least 1", self.recursions)
         _require(self.cfg_scale >= 0, "cfg_scale", "must be >= 0", self.cfg_scale)
@@ -79,11 +79,7 @@ class GuidanceConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> GuidanceConfig:
         """Build from a preset's ``[guidance]`` table; unknown keys and bad values name the key."""
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MtransferError(f"guidance.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
-        return cls(**values)
+        return from_mapping(cls, "guidance", values)
 
     def step_weights(self) -> list[float]:
         """The guidance schedule: one weight per DDIM step, noisiest step first (see ``SCHEDULES``)."""
@@ -99,15 +95,4 @@ class GuidanceConfig:
         return self.from_mapping({**dataclasses.asdict(self), **changes})
 
 
-_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    accepted = _TYPES[annotation]
-    if isinstance(value, bool) and annotation != "bool" or not isinstance(value, accepted):
-        raise MtransferError(f"guidance.{name}: expected {annotation}, got {value!r}")
-
-
-def _require(ok: bool, name: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise MtransferError(f"guidance.{name}: {rule}, got {value!r}")
+_require = rule_checker("guidance")

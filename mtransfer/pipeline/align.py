@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from mtransfer.errors import MtransferError
-from mtransfer.flows.ops import resize_flow, restrict, scale_motion
+from mtransfer.flows.ops import gaussian_blur, resize_flow, restrict, scale_motion
 from mtransfer.flows.warp import as_flow_batch, pixel_grid
+from mtransfer.validation import check_types, from_mapping, rule_checker
 
 FITS = ("stretch", "cover", "contain")
 TEMPORAL = ("none", "ema", "gaussian")
@@ -68,21 +69,16 @@ class AlignConfig:
     edit_mask: bool = True
 
     def __post_init__(self) -> None:
+        check_types(self, "align")
         _require(self.fit in FITS, "fit", f"must be one of {', '.join(FITS)}", self.fit)
         _require(self.temporal in TEMPORAL, "temporal", f"must be one of {', '.join(TEMPORAL)}", self.temporal)
         if self.temporal == "ema":
             _require(0 <= self.temporal_amount < 1, "temporal_amount", "must be in [0, 1) for ema", self.temporal_amount)
         _require(self.temporal_amount >= 0, "temporal_amount", "must be >= 0", self.temporal_amount)
         for name in ("feather", "mask_margin"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name,
-                     "must be a whole number of pixels >= 0", value)
-        for name in ("strength", "spatial_sigma", "mask_threshold"):
-            value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and not isinstance(value, bool), name, "must be a number", value)
+            _require(getattr(self, name) >= 0, name, "must be a whole number of pixels >= 0", getattr(self, name))
         _require(self.spatial_sigma >= 0, "spatial_sigma", "must be >= 0", self.spatial_sigma)
         _require(self.mask_threshold >= 0, "mask_threshold", "must be >= 0", self.mask_threshold)
-        _require(isinstance(self.edit_mask, bool), "edit_mask", "must be true or false", self.edit_mask)
         for name in ("region", "source_region"):
             value = getattr(self, name)
             if value is None or (name == "region" and isinstance(value, str)):
@@ -94,19 +90,12 @@ class AlignConfig:
             object.__setattr__(self, name, tuple(float(v) for v in value))
 
     @classmethod
-    def from_mapping(cls, values: dict) -> AlignConfig:
+    def from_mapping(cls, values: Mapping[str, Any]) -> AlignConfig:
         """Build from a pipeline's ``[align]`` table; ``""`` and ``[]`` mean "not set" (TOML has no null)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MtransferError(f"align.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
-        cleaned = {k: (None if v in ("", []) else v) for k, v in values.items()}
-        return cls(**cleaned)
+        return from_mapping(cls, "align", {k: (None if v in ("", []) else v) for k, v in values.items()})
 
 
-def _require(ok: bool, name: str, rule: str, value: object) -> None:
-    if not ok:
-        raise MtransferError(f"align.{name}: {rule}, got {value!r}")
+_require = rule_checker("align")
 
 
 def pixel_box(box: Sequence[float], height: int, width: int, what: str = "region") -> PixelBox:
@@ -167,28 +156,9 @@ def fit_flow(flow: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tenso
     return F.pad(scaled, (left, new_width - scaled_width - left, top, new_height - scaled_height - top))
 
 
-def _gaussian_kernel(sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    return kernel / kernel.sum()
-
-
-def _blur_last_axis(values: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur along the last axis with edge values repeated, for any leading shape."""
-    kernel = _gaussian_kernel(sigma, values.dtype, values.device)
-    radius = (kernel.numel() - 1) // 2
-    rows = values.reshape(-1, 1, values.shape[-1])
-    rows = F.pad(rows, (radius, radius), mode="replicate")
-    return F.conv1d(rows, kernel.view(1, 1, -1)).view(values.shape)
-
-
 def smooth_flow(flow: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a flow over space (sigma in pixels); ``sigma = 0`` returns it unchanged."""
-    if sigma <= 0:
-        return flow
-    blurred = _blur_last_axis(flow, sigma)
-    return _blur_last_axis(blurred.transpose(-1, -2), sigma).transpose(-1, -2)
+    """Gaussian blur of a flow over space (sigma in pixels); ``sigma = 0`` returns it unchanged."""
+    return gaussian_blur(flow, sigma)
 
 
 def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
@@ -266,7 +236,7 @@ def smooth_over_time(flows: torch.Tensor, method: str, amount: float) -> torch.T
             smoothed.append(amount * smoothed[-1] + (1 - amount) * flow)
         moving = torch.stack(smoothed)
     elif method == "gaussian":
-        moving = _blur_last_axis(moving.movedim(0, -1), amount).movedim(-1, 0)
+        moving = gaussian_blur(moving, amount, axes=(0,))
     else:
         raise ValueError(f"temporal smoothing must be one of {TEMPORAL}, got {method!r}")
     return torch.cat((flows[:1], moving))

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.metadata
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-import mtransfer
 from mtransfer.errors import MtransferError
 from mtransfer.files import read_json, write_json
 
@@ -39,17 +36,6 @@ def fingerprint(path: str | Path) -> dict[str, Any]:
         digest = hashlib.sha256(handle.read(FINGERPRINT_BYTES)).hexdigest()
     modified = datetime.datetime.fromtimestamp(stat.st_mtime, datetime.timezone.utc).isoformat(timespec="seconds")
     return {"path": str(path.resolve()), "bytes": stat.st_size, "sha256_first_mib": digest, "modified": modified}
-
-
-def versions() -> dict[str, str]:
-    """Versions of the libraries whose numerics shape the results."""
-    found = {"mtransfer": mtransfer.__version__, "python": platform.python_version()}
-    for package in ("torch", "torchvision", "diffusers", "transformers", "av"):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
 
 
 def _now() -> str:

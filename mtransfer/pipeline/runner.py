@@ -14,35 +14,43 @@ import json
 import math
 import sys
 import time
-from contextlib import ExitStack
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.console import Console
 
+from mtransfer.app.models import check_models
+from mtransfer.app.settings import (
+    STAGES,
+    EstimatorSettings,
+    ModelSettings,
+    OutputSettings,
+    RunSettings,
+    VideoSettings,
+)
+from mtransfer.app.versions import versions
 from mtransfer.errors import MtransferError, input_error, require_file
-from mtransfer.files import load_image
+from mtransfer.files import load_image, write_json
 from mtransfer.flows.io import read_mask
-from mtransfer.pipeline.align import mask_box, pixel_box
-from mtransfer.pipeline.models import check_models
-from mtransfer.pipeline.manifest import Manifest, RunLock, content_id, fingerprint, versions
-from mtransfer.pipeline.settings import RunSettings
+from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.pipeline.align import AlignConfig, mask_box, pixel_box
+from mtransfer.pipeline.manifest import Manifest, RunLock, content_id, fingerprint
 from mtransfer.pipeline.stages import (
     STAGE_OUTPUTS,
-    STAGES,
+    SUMMARY,
     RunContext,
     align_stage,
     decode_stage,
     encode_stage,
     flow_stage,
     guide_stage,
+    render_driving_flow,
 )
-from mtransfer.progress import progress_bar
 from mtransfer.presets import load_pipeline
+from mtransfer.progress import progress_bar
 from mtransfer.video import output_size, probe_video
-
-LATENT_MULTIPLE = 8  # Stable Diffusion v1's VAE shrinks images 8x
 
 
 @dataclass(frozen=True)
@@ -76,21 +84,9 @@ def default_folder(video: Path, image: Path) -> Path:
 def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
     """Probe the video, read the image and region, and check sizes and boxes: one-line errors, no writes."""
     video = settings.video
-    info = probe_video(request.video)
-    frame_count = math.ceil(info.frame_count / video.stride)
-    if video.max_frames:
-        frame_count = min(frame_count, video.max_frames)
-    if frame_count < 2:
-        raise input_error(request.video, f"only {frame_count} frame with stride {video.stride}; motion needs 2 or more")
+    info, frame_count = _probe(request.video, settings)
     image = load_image(request.image)
-    size = settings.model.size or tuple(image.shape[-2:])
-    if settings.model.model != "exact" and (size[0] % LATENT_MULTIPLE or size[1] % LATENT_MULTIPLE):
-        height, width = size
-        fixed = f"--size {max(8, height // 8 * 8)}x{max(8, width // 8 * 8)}"
-        if settings.model.size is None:
-            raise input_error(request.image, f"is {height}x{width} (height x width) but Stable Diffusion needs "
-                              f"multiples of 8; pass {fixed} to resize it")
-        raise MtransferError(f"model.size {height}x{width}: Stable Diffusion needs multiples of 8; use {fixed}")
+    size = settings.model.working_size(tuple(image.shape[-2:]), request.image)
     prints = {"video": fingerprint(request.video), "image": fingerprint(request.image)}
     region_mask = None
     region = settings.align.region
@@ -105,44 +101,41 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
     return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask)
 
 
+def _probe(path: Path, settings: RunSettings) -> tuple[Any, int]:
+    """The video's properties and how many frames ``[video]`` keeps (at least 2, or a one-line error)."""
+    video = settings.video
+    info = probe_video(path)
+    frame_count = math.ceil(info.frame_count / video.stride)
+    if video.max_frames:
+        frame_count = min(frame_count, video.max_frames)
+    if frame_count < 2:
+        raise input_error(path, f"only {frame_count} frame with stride {video.stride}; motion needs 2 or more")
+    return info, frame_count
+
+
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
-    for key, value in extra.items():
-        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
-    return merged
-
-
 def stage_settings(settings: RunSettings, inputs: CheckedInputs, flow_only: bool) -> dict[str, dict[str, Any]]:
-    """What each stage's results depend on; each includes everything the stages before it depend on.
-
-    The device and the output encoding are left out of the math stages: resuming a CPU run on a GPU is
-    allowed, and changing ``[output]`` only re-encodes.
-    """
-    record = settings.as_record()
-    video = record["video"]
+    """What each stage's results depend on: the settings each declares it shapes (``RunSettings``), the
+    inputs' content and the resolved working size. The device and the output encoding shape no frame:
+    resuming a CPU run on a GPU is allowed, and changing ``[output]`` only re-encodes."""
     ids = {name: content_id(print_) for name, print_ in inputs.prints.items()}
-    decode = {"inputs": {"video": ids["video"]}, "video": {k: video[k] for k in ("stride", "max_frames", "size")}}
-    flow = _merged(decode, {"video": {k: video[k] for k in ("flow", "estimator", "iterations", "weights")}})
-    align = _merged(flow, {
-        "inputs": {"image": ids["image"], "region_mask": ids.get("region_mask")},
-        "model": {"size": list(inputs.size)},
-        "align": record["align"],
-    })
-    guidance = {k: v for k, v in record["guidance"].items() if k != "preview_every"}
-    model = {k: v for k, v in record["model"].items() if k != "device"}
-    guide = _merged(align, {"model": model, "estimator": record["estimator"], "guidance": guidance,
-                            "video": {"init": video["init"]}})
-    encode = _merged(align if flow_only else guide, {"output": record["output"], "flow_only": flow_only})
-    return _plain({"decode": decode, "flow": flow, "align": align, "guide": guide, "encode": encode})
+    return settings.stage_settings(
+        {
+            "decode": {"inputs": {"video": ids["video"]}},
+            "align": {"inputs": {"image": ids["image"], "region_mask": ids.get("region_mask")},
+                      "model": {"size": list(inputs.size)}},
+            "encode": {"flow_only": flow_only},
+        },
+        skip=("guide",) if flow_only else (),
+    )
 
 
 def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], restart: bool, console: Console) -> None:
     """Refuse to mix results made with other settings, or (``--restart``) move them aside."""
-    math_stages = {name: wanted[name] for name in STAGES if name != "encode"}
+    math_stages = {name: wanted[name] for name in STAGES if name in wanted and name != "encode"}
     stale = manifest.stale_stages(math_stages)
     recorded = [name for name in STAGES if name in manifest.record["stages"]]
     if not stale and not (restart and recorded):
@@ -164,6 +157,19 @@ def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], rest
         console.print(f"--restart: moved the earlier {', '.join(affected)} results to {moved}", highlight=False)
 
 
+@contextmanager
+def _run_folder(
+    folder: Path, wanted: dict[str, dict[str, Any]], restart: bool, header: dict[str, Any], console: Console
+) -> Iterator[Manifest]:
+    """Lock the run folder, refuse (or with ``restart`` move aside) results made with other settings, and
+    record what this run is made from."""
+    with RunLock(folder):
+        manifest = Manifest.open(folder)
+        _resolve_changes(manifest, wanted, restart, console)
+        manifest.update_header({"command": " ".join(sys.argv), **header, "versions": versions()})
+        yield manifest
+
+
 def run_pipeline(request: RunRequest, console: Console) -> Path:
     """Run (or resume) the whole pipeline for ``request``; returns the run folder."""
     started = time.perf_counter()
@@ -174,32 +180,83 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
         check_models(settings.model, settings.estimator)
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
-    with RunLock(folder):
-        manifest = Manifest.open(folder)
-        wanted = stage_settings(settings, inputs, request.flow_only)
-        _resolve_changes(manifest, wanted, request.restart, console)
-        manifest.update_header({
-            "command": " ".join(sys.argv),
-            "pipeline": settings.name,
-            "config": _plain(config),
-            "inputs": inputs.prints,
-            "versions": versions(),
-            "device": str(device),
-            "flow_only": request.flow_only,
-        })
+    wanted = stage_settings(settings, inputs, request.flow_only)
+    header = {"pipeline": settings.name, "config": _plain(config), "inputs": inputs.prints, "device": str(device),
+              "flow_only": request.flow_only}
+    with _run_folder(folder, wanted, request.restart, header, console) as manifest:
         with progress_bar(console, 18) as progress, ExitStack() as resources:
             ctx = RunContext(
-                video=request.video, image=request.image, region_mask=inputs.region_mask, size=inputs.size,
-                frame_count=inputs.frame_count, fps=inputs.fps, folder=folder, settings=settings,
-                stage_settings=wanted, manifest=manifest, device=device, progress=progress, console=console,
-                resources=resources,
+                video=request.video, frame_count=inputs.frame_count, fps=inputs.fps, folder=folder,
+                settings=settings, stage_settings=wanted, manifest=manifest, device=device, progress=progress,
+                console=console, resources=resources, image=request.image, region_mask=inputs.region_mask,
+                size=inputs.size,
             )
-            clip = decode_stage(ctx)
-            driving = flow_stage(ctx, clip)
-            motion = align_stage(ctx, driving)
-            results = None if request.flow_only else guide_stage(ctx, motion)
+            clip = decode_stage(ctx)                             # the driving frames
+            driving = flow_stage(ctx, clip)                      # their motion, on the video's grid
+            motion = align_stage(ctx, driving)                   # laid onto the image: target flows, edit masks
+            results = None if request.flow_only else guide_stage(ctx, motion)  # one edit per target flow
             encode_stage(ctx, clip, motion, results)
     done = ", ".join(f"{count} {stage}" for stage, count in ctx.computed.items()) or "nothing (all up to date)"
     console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {folder / 'report.html'}",
                   highlight=False)
     return folder
+
+
+@dataclass(frozen=True)
+class FlowRequest:
+    """One ``mtransfer flow``: the clip, which frames and estimator (``[video]``), where, and ``--restart``."""
+
+    video: Path
+    settings: VideoSettings
+    device: str = "cpu"
+    out: Path | None = None
+    restart: bool = False
+
+
+def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
+    """``mtransfer flow``: the decode and flow stages of a run (same folder rules: resume, refuse, supersede),
+    then the flows' pictures; returns the summary also written to ``summary.json``."""
+    started = time.perf_counter()
+    settings = RunSettings(
+        name="flow", model=ModelSettings(size=(), device=request.device), estimator=EstimatorSettings(),
+        guidance=GuidanceConfig(), video=request.settings, align=AlignConfig(), output=OutputSettings(),
+    )
+    info, frame_count = _probe(request.video, settings)
+    device = settings.model.torch_device()
+    folder = request.out or Path("outputs") / f"{request.video.stem}-flow"
+    prints = {"video": fingerprint(request.video)}
+    own = settings.stage_settings({"decode": {"inputs": {"video": content_id(prints["video"])}}},
+                                  skip=("align", "guide"))
+    wanted = {stage: own[stage] for stage in ("decode", "flow", "encode")}
+    header = {"pipeline": "flow", "config": _plain({"video": settings.as_record()["video"]}), "inputs": prints,
+              "device": str(device)}
+    fps = info.fps / settings.video.stride
+    with _run_folder(folder, wanted, request.restart, header, console) as manifest:
+        with progress_bar(console) as progress:
+            ctx = RunContext(
+                video=request.video, frame_count=frame_count, fps=fps, folder=folder, settings=settings,
+                stage_settings=wanted, manifest=manifest, device=device, progress=progress, console=console,
+            )
+            clip = decode_stage(ctx)
+            driving = flow_stage(ctx, clip)
+            records = render_driving_flow(ctx, clip, driving)
+    video = settings.video
+    summary = {
+        "video": str(request.video),
+        "source": asdict(info),
+        "clip": {"fps": fps, "frame_count": frame_count, "width": clip.frames.shape[-1],
+                 "height": clip.frames.shape[-2]},
+        "stride": video.stride,
+        "estimator": video.estimator,
+        "weights": video.weights or None,
+        "device": str(device),
+        "reference": driving.reference,
+        "mean_magnitude": sum(record["mean_magnitude"] for record in records) / len(records),
+        "max_magnitude": max(record["max_magnitude"] for record in records),
+        "computed": dict(ctx.computed),
+        "seconds": time.perf_counter() - started,
+        "output": str(folder),
+        "frames": records,
+    }
+    write_json(folder / SUMMARY, summary)
+    return summary

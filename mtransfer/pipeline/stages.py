@@ -3,26 +3,35 @@
 Each stage is a function of the run context (and of the previous stage's output) returning its own
 output. Work happens frame by frame: a frame's files are written atomically, then the manifest records
 the frame, so a stage resumes at the first unrecorded frame and a finished stage only reloads its files.
-Later stages always read what earlier ones wrote to disk (not what they held in memory), so a resumed
-run computes exactly what an uninterrupted one would.
+What a stage hands on is read back from the files it wrote (driving frames, driving flows, results) or,
+for the cheap and deterministic alignment, recomputed from those files on every run and used from
+memory by the guide stage; so a resumed run computes exactly what an uninterrupted one would.
+
+A frame's target flow goes: ``decode_stage`` (the driving frame) → ``flow_stage`` (its motion measured
+on the video's grid) → ``align_stage`` (laid onto the image: ``Motion.flows[t]``) → ``guide_stage``
+(``Editor.edit(state, Motion.flows[t])``, see ``mtransfer.app.editor``) → ``frames/NNNN.png``.
+``mtransfer flow`` runs the first two stages and ``render_driving_flow`` instead of the rest.
 
 Run folder layout (paths relative to it)::
 
     manifest.json                 settings, input fingerprints, versions, per-stage/per-frame status
     source.png                    the target image at the working size
     driving/0000.png              decoded driving frames (flow resolution)
-    cache/driving_flow/0001.flo   driving flow frame 0 → t, on the video's grid
-    flow/0000.flo                 aligned target flows, on the image's grid (frame 0: no motion)
+    driving_flow/0001.flo         driving flow as estimated: frame 0 → t (direct) or t-1 → t (chained)
+    flow/0000.flo                 aligned target flows 0 → t, on the image's grid (frame 0: no motion)
     flow_color/0000.png           their colour coding (one scale for the clip)
     edit_mask/0000.png            where guidance may change the image (white)
     frames/0000.png               the results
     cache/latents, cache/achieved_flow, cache/source_state.pt   what resuming and the report need
     result.mp4, result.gif, side_by_side.mp4, flow.mp4, report.html
+    driving_color/0001.png, summary.json                         (``mtransfer flow`` only)
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
@@ -34,25 +43,27 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
+from mtransfer.app.editor import Editor
+from mtransfer.app.models import load_estimator
+from mtransfer.app.settings import STAGES, RunSettings
 from mtransfer.errors import MtransferError
-from mtransfer.estimators import FlowEstimator, load_estimator
+from mtransfer.estimators import FlowEstimator
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import flow_to_color
-from mtransfer.guidance.edit import SourceState, edit_image, prepare_source
+from mtransfer.guidance.edit import SourceState
 from mtransfer.pipeline.align import align_flows, motion_mask
 from mtransfer.pipeline.manifest import Manifest
-from mtransfer.pipeline.models import cpu_warning, load_backend
 from mtransfer.pipeline.report import ReportFrame, write_report
-from mtransfer.pipeline.settings import RunSettings
 from mtransfer.video import iter_frames, write_video
 from mtransfer.video_flow import video_flows
-from mtransfer.speed import speed_switches
 
 SOURCE = "source.png"
 DRIVING = "driving"
-DRIVING_FLOW = "cache/driving_flow"
+DRIVING_FLOW = "driving_flow"
+DRIVING_COLOR = "driving_color"
+SUMMARY = "summary.json"
 FLOW = "flow"
 FLOW_COLOR = "flow_color"
 EDIT_MASK = "edit_mask"
@@ -64,13 +75,16 @@ RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE, FLOW_VIDEO, REPORT = (
     "result.mp4", "result.gif", "side_by_side.mp4", "flow.mp4", "report.html"
 )
 
-STAGES = ("decode", "flow", "align", "guide", "encode")
+KILL_AFTER_ENV = "MTRANSFER_TEST_KILL_AFTER_FRAME"
+"""Tests only: the guide stage kills its own process (SIGKILL) right after recording this frame, a
+deterministic stand-in for a power cut at the worst moment."""
+
 STAGE_OUTPUTS = {
     "decode": (DRIVING,),
     "flow": (DRIVING_FLOW,),
     "align": (SOURCE, FLOW, FLOW_COLOR, EDIT_MASK),
     "guide": (FRAMES, LATENTS, ACHIEVED_FLOW, SOURCE_STATE),
-    "encode": (RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE, FLOW_VIDEO, REPORT),
+    "encode": (RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE, FLOW_VIDEO, REPORT, DRIVING_COLOR, SUMMARY),
 }
 
 
@@ -79,9 +93,6 @@ class RunContext:
     """What every stage needs: inputs, validated settings, the run folder and its manifest, progress."""
 
     video: Path
-    image: Path
-    region_mask: Path | None
-    size: tuple[int, int]
     frame_count: int
     fps: float
     folder: Path
@@ -91,6 +102,9 @@ class RunContext:
     device: torch.device
     progress: Progress
     console: Console
+    image: Path | None = None  # the image and its working size: from the align stage on
+    region_mask: Path | None = None
+    size: tuple[int, int] = (0, 0)
     resources: ExitStack = field(default_factory=ExitStack)  # closed when the run ends (e.g. speed switches)
     computed: dict[str, int] = field(default_factory=dict)
 
@@ -129,6 +143,24 @@ class Motion:
     still: list[bool]
 
 
+@dataclass(frozen=True)
+class DrivingFlows:
+    """The driving flows ``(T, 2, h, w)`` as the flow stage estimated them (frame 0: zero): from frame 0
+    to frame t (``reference = "first"``), or from frame t-1 to t (``"previous"``, ``video.flow = chained``)."""
+
+    measured: torch.Tensor
+    reference: str
+
+    def from_first(self) -> torch.Tensor:
+        """Frame 0 → t for every t: the motion a still image must follow (steps composed in order)."""
+        if self.reference == "first":
+            return self.measured
+        totals = [self.measured[0]]
+        for step in self.measured[1:]:
+            totals.append(compose(totals[-1], step))  # 0 → t-1, then t-1 → t
+        return torch.stack(totals)
+
+
 # --- decode --------------------------------------------------------------------------------------------
 
 
@@ -158,51 +190,77 @@ def decode_stage(ctx: RunContext) -> Clip:
 # --- flow ----------------------------------------------------------------------------------------------
 
 
-def flow_stage(ctx: RunContext, clip: Clip) -> torch.Tensor:
-    """The driving flow from frame 0 to every frame ``(T, 2, h, w)`` (frame 0: zero), cached per frame."""
+def flow_stage(ctx: RunContext, clip: Clip) -> DrivingFlows:
+    """The driving flow of every frame (``video.flow``: from frame 0, or chained steps), cached per frame."""
     video = ctx.settings.video
     count = len(clip.frames)
+    reference = "first" if video.flow == "direct" else "previous"
     ctx.manifest.begin("flow", ctx.stage_settings["flow"], total=count - 1)
     pending = ctx.pending("flow", range(1, count), (DRIVING_FLOW, ".flo"))
-    if video.flow == "chained" and pending:
-        pending = list(range(pending[0], count))  # each frame builds on the one before
     task = ctx.progress.add_task(f"flow ({video.flow})", total=count - 1, completed=count - 1 - len(pending))
     if pending:
-        estimator = load_estimator(
-            video.estimator, device=ctx.device, weights=video.weights or None, iterations=video.iterations or None
-        )
-        for index, flow in _driving_flows(ctx, clip.frames, pending, estimator):
+        estimator = load_estimator(video.flow_estimator, ctx.device, for_guidance=False)
+        for index, flow in _driving_flows(ctx, clip.frames, pending, estimator, reference):
             write_flow(ctx.file(DRIVING_FLOW, index, ".flo"), flow)
             ctx.manifest.frame_done("flow", index)
             ctx.count("flow")
             ctx.progress.advance(task)
     ctx.manifest.finish("flow")
     zero = torch.zeros(2, *clip.frames.shape[-2:])
-    return torch.stack([zero] + [read_flow(ctx.file(DRIVING_FLOW, i, ".flo")) for i in range(1, count)])
+    measured = torch.stack([zero] + [read_flow(ctx.file(DRIVING_FLOW, i, ".flo")) for i in range(1, count)])
+    return DrivingFlows(measured, reference)
 
 
 def _driving_flows(
-    ctx: RunContext, frames: torch.Tensor, pending: list[int], estimator: FlowEstimator
+    ctx: RunContext, frames: torch.Tensor, pending: list[int], estimator: FlowEstimator, reference: str
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(t, flow 0 → t)`` for the pending frames: estimated directly, or chained from t-1 → t steps."""
-    video = ctx.settings.video
-    options = {"batch_size": video.batch_size, "device": ctx.device}
-    if video.flow == "direct":
-        chosen = [0, *pending]
-        for position, flow in video_flows(frames[chosen], estimator, reference="first", **options):
+    """``(t, flow)`` for the pending frames: 0 → t (``first``), or t-1 → t for each run of consecutive
+    pending frames (``previous``)."""
+    options = {"batch_size": ctx.settings.video.batch_size, "device": ctx.device}
+    if reference == "first":
+        runs = [[0, *pending]]
+    else:
+        runs = [[pending[0] - 1]]
+        for index in pending:
+            if index != runs[-1][-1] + 1:
+                runs.append([index - 1])
+            runs[-1].append(index)
+    for chosen in runs:
+        for position, flow in video_flows(frames[chosen], estimator, reference=reference, **options):
             yield chosen[position], flow.float().cpu()
-        return
-    start = pending[0]
-    total = read_flow(ctx.file(DRIVING_FLOW, start - 1, ".flo")) if start > 1 else torch.zeros(2, *frames.shape[-2:])
-    for position, step in video_flows(frames[start - 1 :], estimator, reference="previous", **options):
-        total = compose(total, step.float().cpu())  # 0 → t-1, then t-1 → t
-        yield start - 1 + position, total
+
+
+def render_driving_flow(ctx: RunContext, clip: Clip, driving: DrivingFlows) -> list[dict[str, Any]]:
+    """``mtransfer flow``'s pictures: each flow coloured on one scale (the clip's largest motion) in
+    ``driving_color/``, and ``flow.mp4`` (frame | flow); returns one record per flow. Redone every run
+    (it is cheap), recorded as the ``encode`` stage so that ``--restart`` moves it with the rest."""
+    count = len(clip.frames)
+    ctx.manifest.begin("encode", ctx.stage_settings["encode"], total=count - 1)
+    magnitudes = driving.measured[1:].norm(dim=1)
+    max_magnitude = float(magnitudes.max())
+    task = ctx.progress.add_task("render", total=count - 1)
+    records, side_by_side = [], []
+    for index in range(1, count):
+        color = flow_to_color(driving.measured[index], max_magnitude=max_magnitude)
+        save_image(ctx.file(DRIVING_COLOR, index, ".png"), color)
+        side_by_side.append(torch.cat((clip.frames[index], color), dim=2))
+        records.append({
+            "index": index,
+            "flow": f"{DRIVING_FLOW}/{index:04d}.flo",
+            "color": f"{DRIVING_COLOR}/{index:04d}.png",
+            "mean_magnitude": float(magnitudes[index - 1].mean()),
+            "max_magnitude": float(magnitudes[index - 1].max()),
+        })
+        ctx.progress.advance(task)
+    write_video(ctx.folder / FLOW_VIDEO, torch.stack(side_by_side), clip.fps)
+    ctx.manifest.finish("encode", max_motion_px=max_magnitude)
+    return records
 
 
 # --- align ---------------------------------------------------------------------------------------------
 
 
-def align_stage(ctx: RunContext, driving: torch.Tensor) -> Motion:
+def align_stage(ctx: RunContext, driving: DrivingFlows) -> Motion:
     """Lay the driving motion onto the target image (``[align]``) and derive the edit masks.
 
     Alignment is cheap and deterministic, so it is recomputed from the cached driving flows on every run;
@@ -211,7 +269,7 @@ def align_stage(ctx: RunContext, driving: torch.Tensor) -> Motion:
     align = ctx.settings.align
     source = load_image(ctx.image, ctx.size)
     region = read_mask(ctx.region_mask, ctx.size) if ctx.region_mask is not None else None
-    flows = align_flows(driving, ctx.size, align, region)
+    flows = align_flows(driving.from_first(), ctx.size, align, region)
     speeds = flows.norm(dim=1)
     still = [bool(speed.max() <= align.mask_threshold) for speed in speeds]
     if align.edit_mask:
@@ -253,8 +311,9 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     """Edit the target image under every frame's target flow; the results ``(T, 3, H, W)``.
 
     Frames without motion (frame 0 always) are the source image itself: there is nothing to edit, and
-    the clip then starts exactly on the picture the user gave. ``prepare_source`` runs once per run (and
-    is cached), so every frame starts from the same noise and shares the source's inversion.
+    the clip then starts exactly on the picture the user gave. The models are loaded once (``Editor``)
+    and the source is prepared once per run (and cached), so every frame starts from the same noise and
+    shares the source's inversion.
     """
     settings = ctx.settings
     guidance = settings.guidance
@@ -268,17 +327,13 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     moving = [i for i in pending if not motion.still[i]]
     passes = guidance.steps * guidance.recursions
     frames_task = ctx.progress.add_task("guide", total=count, completed=count - len(pending))
+    kill_after = os.environ.get(KILL_AFTER_ENV)
     if moving:
-        warning = cpu_warning(settings.model, ctx.device, passes, len(moving))
-        if warning:
-            ctx.console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
-        backend = load_backend(settings.model, motion.source, ctx.device)
-        estimator = load_estimator(
-            settings.estimator.name, device=ctx.device,
-            weights=settings.estimator.weights or None, iterations=settings.estimator.iterations or None,
-        )
-        backend, estimator = ctx.resources.enter_context(speed_switches(backend, estimator, settings.model.speed))
-        state = _source_state(ctx, backend, motion.source)
+        editor = ctx.resources.enter_context(Editor.load(
+            settings, motion.source, ctx.device, frames=len(moving),
+            warn=lambda text: ctx.console.print(f"[bold yellow]warning:[/] {text}", highlight=False),
+        ))
+        state = _source_state(ctx, editor, motion.source)
         passes_task = ctx.progress.add_task("  passes", total=len(moving) * passes)
     for index in pending:
         if motion.still[index]:
@@ -288,9 +343,11 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
             init = None
             previous = ctx.file(LATENTS, index - 1, ".pt")
             if settings.video.init == "previous" and previous.exists():
-                init = previous_frame_start(state, torch.load(previous, weights_only=True), backend.alphas_cumprod)
-            result = edit_image(
-                backend, estimator, state, motion.flows[index].to(ctx.device), guidance,
+                init = previous_frame_start(
+                    state, torch.load(previous, weights_only=True), editor.backend.alphas_cumprod
+                )
+            result = editor.edit(
+                state, motion.flows[index],
                 edit_mask=motion.masks[index] if settings.align.edit_mask else None,
                 init_latent=init,
                 progress=lambda: ctx.progress.advance(passes_task),
@@ -307,6 +364,8 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
         ctx.manifest.frame_done("guide", index, info)
         ctx.count("guide")
         ctx.progress.advance(frames_task)
+        if kill_after is not None and index == int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
     ctx.manifest.finish("guide")
     return torch.stack([load_image(ctx.file(FRAMES, i, ".png")) for i in range(count)])
 
@@ -329,17 +388,15 @@ def _save_tensor(path: Path, tensor: torch.Tensor) -> None:
         torch.save(tensor.detach().cpu(), tmp)
 
 
-def _source_state(ctx: RunContext, backend: Any, source: torch.Tensor) -> SourceState:
-    """``prepare_source`` once per run folder: the result is cached, its settings are the guide stage's."""
+def _source_state(ctx: RunContext, editor: Editor, source: torch.Tensor) -> SourceState:
+    """``Editor.prepare`` once per run folder: the result is cached, its settings are the guide stage's."""
     path = ctx.folder / SOURCE_STATE
     if path.exists():
-        saved = torch.load(path, map_location=backend.device, weights_only=True)
+        saved = torch.load(path, map_location=editor.device, weights_only=True)
         return SourceState(**saved)
     guidance = ctx.settings.guidance
     task = ctx.progress.add_task(f"  source ({guidance.source_noise})", total=guidance.steps)
-    state = prepare_source(
-        backend, source, ctx.settings.model.prompt, guidance, progress=lambda: ctx.progress.advance(task)
-    )
+    state = editor.prepare(source, progress=lambda: ctx.progress.advance(task))
     ctx.progress.update(task, completed=guidance.steps)
     with atomic_path(path) as tmp:
         torch.save({f.name: getattr(state, f.name) for f in fields(state)}, tmp)

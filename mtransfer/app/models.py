@@ -1,17 +1,53 @@
-"""Loading the diffusion backend a run's ``[model]`` section names, and warning when it will be slow."""
+"""Loading what the settings name: the diffusion backend and the flow estimators, and warning when slow.
+
+The one translation of settings into loader calls: ``[model]`` → ``load_backend``, ``[estimator]`` (or
+``VideoSettings.flow_estimator``) → ``load_estimator``. ``check_models`` finds missing weights before any
+work starts; ``cpu_warning`` says what real Stable Diffusion on a CPU will cost.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from mtransfer.diffusion import DiffusionBackend, FiniteSetBackend, motion_family
-from mtransfer.estimators import load_estimator
-from mtransfer.pipeline.settings import DTYPES, EstimatorSettings, ModelSettings
+from mtransfer.errors import MtransferError
+from mtransfer.estimators import DIFFERENTIABLE, FlowEstimator
+from mtransfer.estimators import load_estimator as load_named_estimator
+from mtransfer.app.settings import DTYPES, EstimatorSettings, ModelSettings
 
 # Rough CPU cost of one guided pass of real SD v1 at 512x512 (UNet with CFG, VAE decode and RAFT, forward
 # and backward): about 8.1 TFLOP (counted with FlopCounterMode, see BENCHMARKS.md) at an assumed 0.3 TFLOP/s
 # sustained by a desktop CPU. Not a measurement; only used to tell the user what they are in for.
 CPU_SECONDS_PER_SD_PASS = 8.1e12 / 0.3e12
+
+
+def load_estimator(
+    settings: EstimatorSettings, device: str | torch.device = "cpu", *, for_guidance: bool = True
+) -> FlowEstimator:
+    """The estimator ``settings`` name. Inside the guidance energy (``for_guidance``) the flow loss is
+    differentiated through it, so an estimator without gradients (TV-L1, ILK) is refused up front."""
+    if for_guidance and settings.name not in DIFFERENTIABLE:
+        raise MtransferError(
+            f"estimator.name: {settings.name!r} is not differentiable, so guidance would get no flow gradient; "
+            f"use one of {', '.join(DIFFERENTIABLE)} (tvl1 and ilk are for video.estimator)"
+        )
+    return load_named_estimator(
+        settings.name, device=device, weights=settings.weights or None, iterations=settings.iterations or None
+    )
+
+
+def check_models(model: ModelSettings, estimator: EstimatorSettings) -> None:
+    """Missing weights or an unusable guidance estimator as a one-line error before any stage runs.
+
+    The diffusion model is only located (no weights read); the guidance estimator is loaded once on the
+    CPU, which for RAFT reads its weights file (about a second).
+    """
+    load_estimator(estimator)
+    if model.is_offline:
+        return
+    from mtransfer.diffusion.stable_diffusion import check_available  # diffusers is slow to import
+
+    check_available(model.model)
 
 
 def family_translations(height: int, width: int, settings: ModelSettings) -> list[tuple[float, float]]:
@@ -21,23 +57,11 @@ def family_translations(height: int, width: int, settings: ModelSettings) -> lis
     return [(dx * step, dy * step) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
 
 
-def check_models(settings: ModelSettings, estimator: EstimatorSettings) -> None:
-    """Missing weights as a one-line error before any stage runs, not after minutes of flow estimation.
-
-    The diffusion model is only located (no weights read); the guidance estimator is loaded once on the
-    CPU, which for RAFT reads its weights file (about a second).
-    """
-    load_estimator(estimator.name, weights=estimator.weights or None, iterations=estimator.iterations or None)
-    if settings.is_offline:
-        return
-    from mtransfer.diffusion.stable_diffusion import check_available  # diffusers is slow to import
-
-    check_available(settings.model)
-
-
 def load_backend(settings: ModelSettings, image: torch.Tensor | None, device: torch.device) -> DiffusionBackend:
     """The backend for ``settings.model``; ``image`` ``(3, H, W)`` is the target (the exact model's data)."""
     if settings.model == "exact":
+        if image is None:
+            raise MtransferError("model 'exact' is built from the image it edits; it cannot generate images")
         image = image.to(device, DTYPES[settings.dtype])
         family = motion_family(
             image,

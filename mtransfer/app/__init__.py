@@ -1,0 +1,40 @@
+"""The application layer: what every front end (the CLI, the video pipeline, workers, a web app) shares.
+
+- ``settings``: ``load_settings(preset, overrides)`` → ``RunSettings``, every section typed and validated
+  once; each setting declares the pipeline stage it shapes (``STAGES``, ``RunSettings.stage_settings``).
+- ``models``: ``load_backend``, ``load_estimator`` (refuses a non-differentiable guidance estimator),
+  ``check_models`` (missing weights before any work), ``cpu_warning``.
+- ``editor``: ``Editor``: load the models once, ``prepare`` a source, ``edit`` it under many flows.
+- ``versions``: ``versions()``, the library versions a result records.
+"""
+
+from __future__ import annotations
+
+from mtransfer.app.editor import Editor
+from mtransfer.app.models import check_models, cpu_warning, load_backend, load_estimator
+from mtransfer.app.settings import (
+    STAGES,
+    EstimatorSettings,
+    ModelSettings,
+    OutputSettings,
+    RunSettings,
+    VideoSettings,
+    load_settings,
+)
+from mtransfer.app.versions import versions
+
+__all__ = [
+    "STAGES",
+    "Editor",
+    "EstimatorSettings",
+    "ModelSettings",
+    "OutputSettings",
+    "RunSettings",
+    "VideoSettings",
+    "check_models",
+    "cpu_warning",
+    "load_backend",
+    "load_estimator",
+    "load_settings",
+    "versions",
+]

@@ -1,0 +1,123 @@
+"""``Editor``: the models loaded once, then any number of motion-guided edits.
+
+Every user of motion guidance goes through it: ``mtransfer edit`` (one edit), the guide stage of
+``mtransfer run`` (one edit per frame of a video) and anything that serves edits from a long-lived
+process. Loading is the slow part, so it happens once (``Editor.load``); then ``prepare`` does the
+work that depends only on the source image and the prompt, and ``edit`` moves the source by one target
+flow. Both wrap ``mtransfer.guidance.edit.prepare_source`` / ``edit_image``, which stay the public
+lower-level API for code that brings its own models.
+
+``Editor.load`` takes nothing but plain, picklable settings (``mtransfer.app.load_settings``), so a worker
+process can be handed the settings and load its own copy of the models::
+
+    settings = load_settings("paper", ["guidance.steps=100"])
+    with Editor.load(settings, device="cuda") as editor:
+        state = editor.prepare(image)
+        result = editor.edit(state, target_flow)
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Callable
+
+import torch
+
+from mtransfer.app.models import cpu_warning, load_backend, load_estimator
+from mtransfer.app.settings import RunSettings
+from mtransfer.diffusion import DiffusionBackend
+from mtransfer.estimators import FlowEstimator
+from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.edit import EditResult, Progress, SourceState, edit_image, prepare_source
+from mtransfer.speed import speed_switches
+
+
+class Editor:
+    """A diffusion backend and a differentiable flow estimator, loaded once, with the guidance settings.
+
+    Build it with ``Editor.load``; ``close()`` (or leaving a ``with`` block) undoes the speed switches
+    applied to the models. The attributes are read-only in spirit: ``backend``, ``estimator`` (both with
+    ``model.speed`` applied), ``settings`` and ``device``.
+    """
+
+    def __init__(
+        self, backend: DiffusionBackend, estimator: FlowEstimator, settings: RunSettings, device: torch.device,
+        resources: ExitStack | None = None,
+    ) -> None:
+        self.backend = backend
+        self.estimator = estimator
+        self.settings = settings
+        self.device = device
+        self._resources = resources or ExitStack()
+
+    @classmethod
+    def load(
+        cls,
+        settings: RunSettings,
+        source: torch.Tensor | None = None,
+        device: str | torch.device | None = None,
+        *,
+        frames: int = 1,
+        warn: Callable[[str], None] | None = None,
+    ) -> Editor:
+        """Load the backend ``settings.model`` names and the guidance estimator ``settings.estimator``
+        names on ``device`` (default ``settings.model.device``), with the ``model.speed`` switches on.
+
+        ``source`` ``(3, H, W)`` is the image to edit at the working size: the exact model is built from
+        it (Stable Diffusion ignores it). ``warn`` receives the CPU warning (what real Stable Diffusion
+        will cost for ``frames`` edits on a CPU), if there is one.
+        """
+        device = settings.model.torch_device() if device is None else torch.device(device)
+        guidance = settings.guidance
+        warning = cpu_warning(settings.model, device, guidance.steps * guidance.recursions, frames)
+        if warning and warn is not None:
+            warn(warning)
+        estimator = load_estimator(settings.estimator, device, for_guidance=True)
+        backend = load_backend(settings.model, source, device)
+        resources = ExitStack()
+        backend, estimator = resources.enter_context(speed_switches(backend, estimator, settings.model.speed))
+        return cls(backend, estimator, settings, device, resources)
+
+    @property
+    def guidance(self) -> GuidanceConfig:
+        return self.settings.guidance
+
+    def prepare(
+        self,
+        source: torch.Tensor,
+        prompt: str | None = None,
+        *,
+        trajectory: list[torch.Tensor] | None = None,
+        progress: Progress | None = None,
+    ) -> SourceState:
+        """Encode ``source`` ``(3, H, W)`` in [0, 1], embed ``prompt`` (default ``model.prompt``) and find
+        the source latent at every noise level (see ``prepare_source``); reuse the state for many edits."""
+        prompt = self.settings.model.prompt if prompt is None else prompt
+        if trajectory is not None:
+            trajectory = [latent.to(self.device) for latent in trajectory]
+        return prepare_source(self.backend, source, prompt, self.guidance, trajectory=trajectory, progress=progress)
+
+    def edit(
+        self,
+        state: SourceState,
+        target_flow: torch.Tensor,
+        edit_mask: torch.Tensor | None = None,
+        init_latent: torch.Tensor | None = None,
+        progress: Progress | None = None,
+    ) -> EditResult:
+        """Move the prepared source by ``target_flow`` ``(2, H, W)`` (see ``edit_image``); ``edit_mask``
+        ``(1, H, W)`` marks where the image may change, ``init_latent`` replaces the shared start."""
+        return edit_image(
+            self.backend, self.estimator, state, target_flow.to(self.device), self.guidance,
+            edit_mask=edit_mask, init_latent=init_latent, progress=progress,
+        )
+
+    def close(self) -> None:
+        """Undo the speed switches on the shared modules (the models stay usable, as loaded)."""
+        self._resources.close()
+
+    def __enter__(self) -> Editor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,314 @@
+"""Every setting of mtransfer, typed and validated once, each declaring which stage's results it shapes.
+
+A preset (``mtransfer.presets.load_pipeline``) is plain nested dicts; ``load_settings`` turns a preset and
+its overrides into ``RunSettings``, checking every section here at the edge (``mtransfer.validation``), so
+everything after can trust its inputs. The objects are frozen dataclasses of plain values: they pickle,
+so a worker process can be handed them and load its own models (``mtransfer.app.Editor.load``).
+
+Stages: ``decode → flow → align → guide → encode`` (``STAGES``). Each section of ``RunSettings`` names the
+stage its fields shape by default, and a field may override it with ``field(metadata={STAGE: ...})``
+(``None``: shapes no stage's results). ``RunSettings.stage_settings`` derives from these declarations what
+each stage's results depend on, which is what resuming compares and ``--restart`` acts on; a field added
+to a section invalidates its stage and every later one with no other edit. Sizes are ``(height, width)``;
+TOML has no null, so "not set" is written ``0``, ``""`` or ``[]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Collection, Mapping
+
+import torch
+
+from mtransfer.diffusion.backends import sd_size_fix
+from mtransfer.errors import MtransferError, input_error
+from mtransfer.estimators import ESTIMATORS
+from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.pipeline.align import AlignConfig
+from mtransfer.presets import load_pipeline, section
+from mtransfer.speed import parse_fast_path
+from mtransfer.validation import STAGE, check_types, declared_stage, from_mapping, rule_checker
+
+STAGES = ("decode", "flow", "align", "guide", "encode")
+"""The stages of a video run, in order; each stage's results depend on the settings of all before it."""
+
+FLOW_MODES = ("direct", "chained")
+INIT_MODES = ("shared", "previous")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+OFFLINE_MODELS = ("tiny", "exact")
+
+NO_STAGE: dict[str, Any] = {STAGE: None}
+"""Metadata of a setting that shapes no stage's results (a device, a batch size, a preview interval)."""
+
+
+def _size(section_name: str, value: Any) -> tuple[int, int] | None:
+    """``[height, width]`` → a tuple; ``[]`` or ``0`` → None."""
+    if value in ([], (), 0, None):
+        return None
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
+    )
+    rule_checker(section_name)(ok, "size", "must be [height, width] in pixels, or [] for the input's own size", value)
+    return int(value[0]), int(value[1])
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """``[model]``: which diffusion model edits the image, at what size, on what device.
+
+    ``model`` is a Hugging Face id, a local diffusers folder, ``"tiny"`` (random tiny SD, offline) or
+    ``"exact"`` (the exact denoiser over the target image under a family of motions, see
+    ``mtransfer.diffusion.exact``; its ``family_*`` settings choose the motions). ``size`` is the working
+    ``[height, width]``: the target image is resized to it; ``[]`` keeps the image's own size. Stable
+    Diffusion needs multiples of 8 (``SD_SIZE_MULTIPLE``). ``device = "auto"`` picks CUDA when available.
+    ``speed`` names execution switches of ``mtransfer.speed`` (e.g. ``"sdpa+cache-source"``; ``""`` runs
+    the models as loaded); see BENCHMARKS.md for what each costs and how far it drifts.
+    """
+
+    model: str = "CompVis/stable-diffusion-v1-4"
+    size: Any = field(default=(512, 512), metadata={STAGE: "align"})
+    prompt: str = ""
+    dtype: str = "float32"
+    device: str = field(default="auto", metadata=NO_STAGE)
+    family_step: int = 0
+    family_radius: int = 2
+    family_rotations: Any = (0.0,)
+    family_scales: Any = (1.0,)
+    speed: str = ""
+
+    def __post_init__(self) -> None:
+        check_types(self, "model")
+        require = rule_checker("model")
+        object.__setattr__(self, "size", _size("model", self.size))
+        if self.speed:
+            parse_fast_path(self.speed)  # unknown or contradictory switches are refused before any work
+        require(bool(self.model), "model", "must name a model", self.model)
+        require(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}", self.dtype)
+        require(self.family_step >= 0, "family_step", "must be >= 0 (0 = 1/16 of the short side)", self.family_step)
+        require(self.family_radius >= 0, "family_radius", "must be >= 0", self.family_radius)
+        for name in ("family_rotations", "family_scales"):
+            value = getattr(self, name)
+            ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            )
+            require(ok, name, "must be a non-empty list of numbers", value)
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        require(all(s > 0 for s in self.family_scales), "family_scales", "must be positive", self.family_scales)
+        if self.size is not None and self.model != "exact" and (fixed := sd_size_fix(*self.size)):
+            raise MtransferError(f"model.size {self.size[0]}x{self.size[1]}: Stable Diffusion needs multiples of 8; "
+                                 f"use --size {fixed[0]}x{fixed[1]}")
+
+    @property
+    def is_offline(self) -> bool:
+        return self.model in OFFLINE_MODELS
+
+    def working_size(self, image_size: tuple[int, int], image: Path | None = None) -> tuple[int, int]:
+        """The size edits run at: ``size``, or the image's own ``image_size`` when ``size`` is ``[]``
+        (refused with the ``--size`` to use when Stable Diffusion cannot take it)."""
+        if self.size is not None:
+            return self.size
+        height, width = image_size
+        if self.model != "exact" and (fixed := sd_size_fix(height, width)):
+            problem = (f"is {height}x{width} (height x width) but Stable Diffusion needs multiples of 8; "
+                       f"pass --size {fixed[0]}x{fixed[1]} to resize it")
+            raise input_error(image, problem) if image is not None else MtransferError(f"the image {problem}")
+        return height, width
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise MtransferError(f"model.device: not a device name, got {self.device!r} (use auto, cpu, cuda, cuda:1)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise MtransferError(f"--device {self.device}: no CUDA GPU is visible to torch; use --device cpu or auto")
+        return device
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """``[estimator]``: the flow estimator inside the guidance energy (it must be differentiable, which
+    ``mtransfer.app.models.load_estimator`` checks); also the form ``VideoSettings`` hands its video
+    estimator over in. ``iterations`` 0 and ``weights`` ``""`` keep the estimator's defaults."""
+
+    name: str = "raft-large"
+    iterations: int = 0
+    weights: str = ""
+
+    def __post_init__(self) -> None:
+        check_types(self, "estimator")
+        require = rule_checker("estimator")
+        require(self.name in ESTIMATORS, "name", f"must be one of {', '.join(ESTIMATORS)}", self.name)
+        require(self.iterations >= 0, "iterations", "must be >= 0 (0 = the estimator's default)", self.iterations)
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """``[video]``: which frames drive the motion, how their flow is measured, how frames are chained.
+
+    - ``stride`` / ``max_frames``: keep frames 0, stride, 2*stride, ...; at most ``max_frames`` (0 = all).
+    - ``size``: ``[height, width]`` or a short side the frames are resized to before flow estimation
+      (0 = as recorded). The flow is resized to the target image afterwards (``[align]``).
+    - ``flow``: ``direct`` estimates frame 0 → frame t for each t (no drift, but large motions are hard);
+      ``chained`` estimates t-1 → t and composes them (small steps, but errors accumulate).
+    - ``estimator`` / ``iterations`` / ``weights``: the (not necessarily differentiable) video estimator.
+    - ``batch_size``: frame pairs per estimator call (memory only).
+    - ``init``: ``shared`` starts every frame from the source's inverted noise; ``previous`` shifts that
+      start towards the previous frame's result (``previous_frame_start``), for smoother sequences.
+    """
+
+    stride: int = 1
+    max_frames: int = 0
+    size: Any = 0
+    flow: str = field(default="direct", metadata={STAGE: "flow"})
+    estimator: str = field(default="raft-large", metadata={STAGE: "flow"})
+    iterations: int = field(default=0, metadata={STAGE: "flow"})
+    weights: str = field(default="", metadata={STAGE: "flow"})
+    batch_size: int = field(default=4, metadata=NO_STAGE)
+    init: str = field(default="shared", metadata={STAGE: "guide"})
+
+    def __post_init__(self) -> None:
+        check_types(self, "video")
+        require = rule_checker("video")
+        require(self.stride >= 1, "stride", "must be at least 1", self.stride)
+        require(self.max_frames == 0 or self.max_frames >= 2, "max_frames", "must be 0 (all) or at least 2",
+                self.max_frames)
+        if isinstance(self.size, int) and not isinstance(self.size, bool):
+            require(self.size >= 0, "size", "must be a short side >= 0 or [height, width]", self.size)
+        else:
+            object.__setattr__(self, "size", _size("video", self.size))
+        require(self.flow in FLOW_MODES, "flow", f"must be one of {', '.join(FLOW_MODES)}", self.flow)
+        require(self.estimator in ESTIMATORS, "estimator", f"must be one of {', '.join(ESTIMATORS)}", self.estimator)
+        require(self.iterations >= 0, "iterations", "must be >= 0 (0 = default)", self.iterations)
+        require(self.batch_size >= 1, "batch_size", "must be at least 1", self.batch_size)
+        require(self.init in INIT_MODES, "init", f"must be one of {', '.join(INIT_MODES)}", self.init)
+
+    @property
+    def resize(self) -> tuple[int, int] | int | None:
+        return self.size or None
+
+    @property
+    def flow_estimator(self) -> EstimatorSettings:
+        """The video estimator in the form every estimator is loaded from."""
+        return EstimatorSettings(self.estimator, self.iterations, self.weights)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """``[output]``: how the results are encoded (no effect on the frames themselves).
+
+    ``fps`` 0 = the driving clip's rate after ``stride``; ``crf`` is the H.264 quality (lower = better).
+    """
+
+    fps: float = 0.0
+    crf: int = 18
+
+    def __post_init__(self) -> None:
+        check_types(self, "output")
+        require = rule_checker("output")
+        require(self.fps >= 0, "fps", "must be >= 0 (0 = the video's)", self.fps)
+        require(0 <= self.crf <= 51, "crf", "must be in 0..51", self.crf)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every section of a pipeline, validated; each section's metadata names the stage it shapes by default."""
+
+    name: str
+    model: ModelSettings = field(metadata={STAGE: "guide"})
+    estimator: EstimatorSettings = field(metadata={STAGE: "guide"})
+    guidance: GuidanceConfig = field(metadata={STAGE: "guide"})
+    video: VideoSettings = field(metadata={STAGE: "decode"})
+    align: AlignConfig = field(metadata={STAGE: "align"})
+    output: OutputSettings = field(metadata={STAGE: "encode"})
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> RunSettings:
+        """Validate a loaded preset (nested dicts); unknown sections and keys are named."""
+        sections = {f.name: f for f in fields(cls) if f.name != "name"}
+        unknown = sorted(set(config) - set(sections) - {"name", "description"})
+        if unknown:
+            raise MtransferError(f"pipeline '{config.get('name')}': unknown section [{unknown[0]}] "
+                                 f"(known: {', '.join(sorted(sections))})")
+        values = {name: _section_from_mapping(SECTIONS[name], name, section(config, name)) for name in sections}
+        return cls(name=str(config.get("name", "")), **values)
+
+    def as_record(self) -> dict[str, Any]:
+        """The settings as JSON-ready nested dicts (tuples become lists), as stored in the manifest."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    def by_stage(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``{stage: {section: {key: value}}}``: each setting under the one stage it declares it shapes."""
+        own: dict[str, dict[str, dict[str, Any]]] = {stage: {} for stage in STAGES}
+        for section_field in fields(self):
+            if section_field.name == "name":
+                continue
+            values = getattr(self, section_field.name)
+            for setting in fields(values):
+                stage = declared_stage(setting, section_field.metadata[STAGE])
+                if stage is None:
+                    continue
+                if stage not in STAGES:
+                    raise ValueError(f"{section_field.name}.{setting.name} declares unknown stage {stage!r}")
+                own[stage].setdefault(section_field.name, {})[setting.name] = _plain(getattr(values, setting.name))
+        return own
+
+    def stage_settings(
+        self, extra: Mapping[str, Mapping[str, Any]] | None = None, skip: Collection[str] = ()
+    ) -> dict[str, dict[str, Any]]:
+        """What each stage's results depend on: its own settings and those of every earlier stage.
+
+        ``extra`` adds per-stage entries that are not settings (input fingerprints, the resolved working
+        size); a nested dict is merged into the section of the same name. Stages in ``skip`` (a run that
+        stops before them) pass nothing on to later stages.
+        """
+        own = self.by_stage()
+        for stage, entries in (extra or {}).items():
+            for key, value in entries.items():
+                own[stage][key] = {**own[stage].get(key, {}), **value} if isinstance(value, dict) else value
+        result, carried = {}, {}
+        for stage in STAGES:
+            if stage not in skip:
+                carried = _merged(carried, own[stage])
+            result[stage] = json.loads(json.dumps(carried))
+        return result
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSettings,
+    "estimator": EstimatorSettings,
+    "guidance": GuidanceConfig,
+    "video": VideoSettings,
+    "align": AlignConfig,
+    "output": OutputSettings,
+}
+"""The class that validates each section of a preset."""
+
+
+def load_settings(pipeline: str | Path = "paper", overrides: Collection[str] = ()) -> RunSettings:
+    """A preset (name or ``.toml`` path) with ``section.key=value`` overrides, validated: the one way in."""
+    return RunSettings.from_config(load_pipeline(pipeline, list(overrides)))
+
+
+def _section_from_mapping(cls: type, name: str, values: Mapping[str, Any]) -> Any:
+    own = getattr(cls, "from_mapping", None)  # sections with their own reading of "not set" (align)
+    return own(values) if own is not None else from_mapping(cls, name, values)
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for key, value in extra.items():
+        merged[key] = {**merged.get(key, {}), **value} if isinstance(value, dict) else value
+    return merged
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
