@@ -29,21 +29,15 @@ def mtransfer(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def test_flow_on_a_sample_clip_writes_every_output(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    # Files a previous, longer run left behind must not survive; files that are not ours must.
-    (out / "flow").mkdir(parents=True)
-    (out / "flow" / "0009.flo").write_bytes(b"stale")
-    (out / "notes.txt").write_text("mine")
-
     result = mtransfer("flow", str(SAMPLE), "--max-frames", "4", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "--estimator raft-large" in result.stderr  # the hint for the default estimator
 
-    assert sorted(p.name for p in (out / "frames").iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png"]
-    assert sorted(p.name for p in (out / "flow").iterdir()) == ["0001.flo", "0002.flo", "0003.flo"]
-    assert sorted(p.name for p in (out / "color").iterdir()) == ["0001.png", "0002.png", "0003.png"]
-    assert (out / "notes.txt").read_text() == "mine"
-    assert load_image(out / "frames" / "0000.png").shape == (3, 128, 160)
+    assert sorted(p.name for p in (out / "driving").iterdir()) == ["0000.png", "0001.png", "0002.png", "0003.png"]
+    assert sorted(p.name for p in (out / "driving_flow").iterdir()) == ["0001.flo", "0002.flo", "0003.flo"]
+    assert sorted(p.name for p in (out / "driving_color").iterdir()) == ["0001.png", "0002.png", "0003.png"]
+    assert load_image(out / "driving" / "0000.png").shape == (3, 128, 160)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clip"]["frame_count"] == 4 and summary["source"]["frame_count"] == 24
@@ -65,6 +59,26 @@ def test_flow_on_a_sample_clip_writes_every_output(tmp_path: Path) -> None:
 
     preview = probe_video(out / "flow.mp4")
     assert (preview.frame_count, preview.width, preview.height, preview.fps) == (3, 320, 128, 12.0)
+
+
+def test_flow_resumes_refuses_changed_options_and_restart_moves_the_old_results(tmp_path: Path) -> None:
+    """``mtransfer flow`` keeps ``run``'s folder rules: nothing is deleted, stale results go to superseded/."""
+    out = tmp_path / "out"
+    assert mtransfer("flow", str(SAMPLE), "--max-frames", "5", "--out", str(out), cwd=tmp_path).returncode == 0
+    (out / "notes.txt").write_text("mine")
+    again = mtransfer("flow", str(SAMPLE), "--max-frames", "5", "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0 and "nothing new" in again.stderr  # resumed: every frame was there
+
+    changed = mtransfer("flow", str(SAMPLE), "--max-frames", "4", "--out", str(out), cwd=tmp_path)
+    assert changed.returncode == 2 and "video.max_frames: 5 → 4" in changed.stderr and "--restart" in changed.stderr
+    assert len(list((out / "driving_flow").glob("*.flo"))) == 4
+
+    restarted = mtransfer("flow", str(SAMPLE), "--max-frames", "4", "--out", str(out), "--restart", cwd=tmp_path)
+    assert restarted.returncode == 0, restarted.stderr
+    assert sorted(p.stem for p in (out / "driving_flow").glob("*.flo")) == ["0001", "0002", "0003"]
+    (moved,) = (out / "superseded").iterdir()
+    assert sorted(p.stem for p in (moved / "driving_flow").glob("*.flo")) == ["0001", "0002", "0003", "0004"]
+    assert (moved / "flow.mp4").is_file() and (out / "notes.txt").read_text() == "mine"
 
 
 def test_a_missing_video_is_one_red_line_and_exit_status_2(tmp_path: Path) -> None:

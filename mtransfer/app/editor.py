@@ -64,16 +64,16 @@ class Editor:
         names on ``device`` (default ``settings.model.device``), with the ``model.speed`` switches on.
 
         ``source`` ``(3, H, W)`` is the image to edit at the working size: the exact model is built from
-        it (Stable Diffusion ignores it). ``warn`` receives the CPU warning (what real Stable Diffusion
-        will cost for ``frames`` edits on a CPU), if there is one.
+        it (Stable Diffusion ignores it). Once the models are loaded, ``warn`` receives the CPU warning
+        (what real Stable Diffusion will cost for ``frames`` edits on a CPU), if there is one.
         """
         device = settings.model.torch_device() if device is None else torch.device(device)
+        estimator = load_estimator(settings.estimator, device, for_guidance=True)
+        backend = load_backend(settings.model, source, device)
         guidance = settings.guidance
         warning = cpu_warning(settings.model, device, guidance.steps * guidance.recursions, frames)
         if warning and warn is not None:
             warn(warning)
-        estimator = load_estimator(settings.estimator, device, for_guidance=True)
-        backend = load_backend(settings.model, source, device)
         resources = ExitStack()
         backend, estimator = resources.enter_context(speed_switches(backend, estimator, settings.model.speed))
         return cls(backend, estimator, settings, device, resources)
