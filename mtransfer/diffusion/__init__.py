@@ -7,8 +7,9 @@
 - ``exact``: ``FiniteSetBackend`` (exact denoiser over a set of images) and ``motion_family``.
 - ``inversion``: ``ddim_invert``.
 
-The Stable Diffusion names are imported on first use, so code that only needs the math or the exact
-backend does not pay for importing diffusers and transformers.
+The Stable Diffusion names are imported on first use, so code that only needs the DDIM math does not pay
+for importing diffusers and transformers. The exact backend does: without an explicit ``alphas_cumprod``
+it takes SD v1's training schedule from diffusers (``sd_alphas_cumprod``), imported when it is built.
 """
 
 from __future__ import annotations
