@@ -142,6 +142,9 @@ def test_bad_inputs_are_one_line_errors_that_leave_earlier_results_alone(finishe
     one_line_error(*cli(capsys, *run_args(finished, "--set", "align.fit=\"squash\"")), "align.fit")
     one_line_error(*cli(capsys, *run_args(finished, image=tmp_path / "missing.png")), "missing.png")
     one_line_error(*cli(capsys, *run_args(finished, "--pipeline", "nonesuch")), "nonesuch")
+    # TV-L1 has no gradient: guidance through it would silently ignore the flow term
+    one_line_error(*cli(capsys, *run_args(finished, "--set", 'estimator.name="tvl1"')),
+                   "estimator.name: 'tvl1' is not differentiable", "raft-large, raft-small, pyramid")
 
     after = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
     assert after == before

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mtransfer.files import atomic_path, read_json
+from mtransfer.files import atomic_path
 
 PHASES = [
     ("unet_fwd", "UNet fwd", (66, 133, 244)),

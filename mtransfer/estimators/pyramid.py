@@ -12,7 +12,6 @@ flow after each update spreads motion from textured pixels into their neighbours
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 

@@ -18,7 +18,6 @@ Boxes are ``(x0, y0, x1, y1)`` with exclusive ends, in pixels; sizes are ``(heig
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 

@@ -1,4 +1,5 @@
 """``run_pipeline``: check the inputs, open (or resume) the run folder, run the stages top to bottom.
+``extract_flow`` (``mtransfer flow``) runs the decode and flow stages under the same folder rules.
 
 Everything that can be wrong with the inputs or settings is checked before the run folder is touched, so
 a bad command never changes earlier results. Resuming is the default: the same command continues where

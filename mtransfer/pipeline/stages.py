@@ -45,7 +45,7 @@ from rich.progress import Progress
 
 from mtransfer.app.editor import Editor
 from mtransfer.app.models import load_estimator
-from mtransfer.app.settings import STAGES, RunSettings
+from mtransfer.app.settings import RunSettings
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import FlowEstimator
 from mtransfer.files import atomic_path, load_image, save_image
