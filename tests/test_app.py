@@ -1,0 +1,67 @@
+"""The application layer: settings that travel to a worker process, and one Editor for every front end."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtransfer.app import STAGES, Editor, RunSettings, load_settings
+from mtransfer.errors import MtransferError
+from mtransfer.files import load_image
+from mtransfer.flows import translation
+from mtransfer.guidance import edit_image, prepare_source
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = ROOT / "sample_videos" / "cat.png"
+PRESET = str(Path(__file__).resolve().parent / "data" / "run-test.toml")
+
+
+def test_settings_pickle_and_every_declared_stage_exists() -> None:
+    settings = load_settings(PRESET, ["guidance.steps=4"])
+    assert pickle.loads(pickle.dumps(settings)) == settings
+    declared = {stage for stage, sections in settings.by_stage().items() if sections}
+    assert declared <= set(STAGES)
+    own = settings.by_stage()
+    # The issue's examples: what shapes which stage, and what shapes none.
+    assert "size" in own["align"]["model"] and "stride" in own["decode"]["video"]
+    assert "estimator" in own["flow"]["video"] and "init" in own["guide"]["video"]
+    assert "fps" in own["encode"]["output"]
+    every = [(section, key) for stage in own.values() for section, keys in stage.items() for key in keys]
+    assert ("model", "device") not in every and ("guidance", "preview_every") not in every
+    declared_fields = {(f.name, g.name) for f in fields(RunSettings) if f.name != "name"
+                       for g in fields(getattr(settings, f.name))}
+    assert len(every) == len(set(every)) == len(declared_fields) - 3  # all but device, batch_size, preview_every
+
+
+def test_guidance_through_a_non_differentiable_estimator_is_refused() -> None:
+    settings = load_settings(PRESET, ['estimator.name="ilk"'])
+    with pytest.raises(MtransferError, match=r"^estimator\.name: 'ilk' is not differentiable"):
+        Editor.load(settings, load_image(IMAGE, (32, 48)))
+
+
+def edit_in_a_worker(settings: RunSettings) -> torch.Tensor:
+    """What a worker process does with nothing but plain settings: load, prepare, edit."""
+    source = load_image(IMAGE, settings.model.size)
+    with Editor.load(settings, source, "cpu") as editor:
+        state = editor.prepare(source)
+        return editor.edit(state, translation(*settings.model.size, 2.0, 0.0)).image
+
+
+def test_the_editor_equals_the_lower_level_api_and_runs_in_another_process() -> None:
+    settings = load_settings(PRESET)
+    source = load_image(IMAGE, settings.model.size)
+    flow = translation(*settings.model.size, 2.0, 0.0)
+    with Editor.load(settings, source, "cpu") as editor:
+        direct_state = prepare_source(editor.backend, source, settings.model.prompt, settings.guidance)
+        direct = edit_image(editor.backend, editor.estimator, direct_state, flow, settings.guidance)
+    here = edit_in_a_worker(settings)
+    assert torch.equal(here, direct.image)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        there = pool.submit(edit_in_a_worker, settings).result(timeout=300)
+    assert torch.equal(there, here)
