@@ -5,6 +5,7 @@
 - ``models``: ``load_backend``, ``load_estimator`` (refuses a non-differentiable guidance estimator),
   ``check_models`` (missing weights before any work), ``cpu_warning``.
 - ``editor``: ``Editor``: load the models once, ``prepare`` a source, ``edit`` it under many flows.
+- ``trajectory``: ``save_trajectory`` / ``load_trajectory``, a generated image's DDIM latents on disk.
 - ``versions``: ``versions()``, the library versions a result records.
 """
 
