@@ -61,20 +61,34 @@ def test_flow_on_a_sample_clip_writes_every_output(tmp_path: Path) -> None:
     assert (preview.frame_count, preview.width, preview.height, preview.fps) == (3, 320, 128, 12.0)
 
 
-def test_flow_resumes_refuses_changed_options_and_restart_moves_the_old_results(tmp_path: Path) -> None:
+def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arguments: str) -> tuple[int, str]:
+    """``mtransfer ARGUMENTS`` through the script's entry point, in this process (no start-up of torch)."""
+    monkeypatch.setattr(sys, "argv", ["mtransfer", *arguments])
+    try:
+        main()
+        code = 0
+    except SystemExit as exited:
+        code = exited.code
+    return code, capsys.readouterr().err
+
+
+def test_flow_resumes_refuses_changed_options_and_restart_moves_the_old_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """``mtransfer flow`` keeps ``run``'s folder rules: nothing is deleted, stale results go to superseded/."""
     out = tmp_path / "out"
-    assert mtransfer("flow", str(SAMPLE), "--max-frames", "5", "--out", str(out), cwd=tmp_path).returncode == 0
+    flow = ("flow", str(SAMPLE), "--out", str(out), "--max-frames")
+    assert in_process(monkeypatch, capsys, *flow, "5")[0] == 0
     (out / "notes.txt").write_text("mine")
-    again = mtransfer("flow", str(SAMPLE), "--max-frames", "5", "--out", str(out), cwd=tmp_path)
-    assert again.returncode == 0 and "nothing new" in again.stderr  # resumed: every frame was there
+    code, err = in_process(monkeypatch, capsys, *flow, "5")
+    assert code == 0 and "nothing new" in err  # resumed: every frame was there
 
-    changed = mtransfer("flow", str(SAMPLE), "--max-frames", "4", "--out", str(out), cwd=tmp_path)
-    assert changed.returncode == 2 and "video.max_frames: 5 → 4" in changed.stderr and "--restart" in changed.stderr
+    code, err = in_process(monkeypatch, capsys, *flow, "4")
+    assert code == 2 and "video.max_frames: 5 → 4" in err and "--restart" in err
     assert len(list((out / "driving_flow").glob("*.flo"))) == 4
 
-    restarted = mtransfer("flow", str(SAMPLE), "--max-frames", "4", "--out", str(out), "--restart", cwd=tmp_path)
-    assert restarted.returncode == 0, restarted.stderr
+    code, err = in_process(monkeypatch, capsys, *flow, "4", "--restart")
+    assert code == 0, err
     assert sorted(p.stem for p in (out / "driving_flow").glob("*.flo")) == ["0001", "0002", "0003"]
     (moved,) = (out / "superseded").iterdir()
     assert sorted(p.stem for p in (moved / "driving_flow").glob("*.flo")) == ["0001", "0002", "0003", "0004"]
