@@ -81,7 +81,7 @@ def edit(
         None, help=f"estimator.name inside the energy: {', '.join(GUIDANCE_ESTIMATORS)}.", show_default=False
     ),
     raft_weights: str | None = typer.Option(
-        None, help="estimator.weights: a local RAFT .pth state dict (or 'random').", show_default=False
+        None, help="estimator.weights: torchvision RAFT weights by name (C_T_V1, DEFAULT, ...), a local .pth state dict, or 'random'.", show_default=False
     ),
     steps: int | None = typer.Option(None, min=1, help="guidance.steps: DDIM steps.", show_default=False),
     recursions: int | None = typer.Option(None, min=1, help="guidance.recursions per step.", show_default=False),
@@ -115,7 +115,7 @@ def edit(
         "guidance.steps": steps, "guidance.recursions": recursions, "guidance.cfg_scale": cfg,
         "guidance.guidance_weight": guidance_weight, "guidance.flow_weight": flow_weight,
         "guidance.color_weight": color_weight, "guidance.clip_grad": clip, "guidance.seed": seed,
-        "guidance.occlusion_masking": False if no_occlusion else None,
+        "guidance.occlusion": "none" if no_occlusion else None,
     }, size)
     run = RunSettings.from_config(load_pipeline(pipeline, overrides))
     if run.estimator.name not in GUIDANCE_ESTIMATORS:
@@ -144,6 +144,7 @@ def edit(
     flow_estimator = load_estimator(
         run.estimator.name, device=torch_device,
         weights=run.estimator.weights or None, iterations=run.estimator.iterations or None,
+        autocast=run.estimator.autocast,
     )
     timing["load_s"] = time.perf_counter() - started
     warning = cpu_warning(run.model, torch_device, guidance.steps * guidance.recursions, 1)

@@ -31,7 +31,6 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
-from mtransfer.diffusion.backends import straight_through_clamp
 from mtransfer.errors import MtransferError, input_error
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -124,8 +123,9 @@ class StableDiffusionBackend:
         return self.vae.encode(x).latent_dist.mean * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's output mapped as ``x / 2 + 0.5`` (the authors' arithmetic), unclamped."""
         x = self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
-        return straight_through_clamp((x + 1) / 2)
+        return x / 2 + 0.5
 
     @torch.no_grad()
     def condition(self, prompts: list[str]) -> torch.Tensor:

@@ -27,7 +27,10 @@ def check_models(settings: ModelSettings, estimator: EstimatorSettings) -> None:
     The diffusion model is only located (no weights read); the guidance estimator is loaded once on the
     CPU, which for RAFT reads its weights file (about a second).
     """
-    load_estimator(estimator.name, weights=estimator.weights or None, iterations=estimator.iterations or None)
+    load_estimator(
+        estimator.name, weights=estimator.weights or None, iterations=estimator.iterations or None,
+        autocast=estimator.autocast,
+    )
     if settings.is_offline:
         return
     from mtransfer.diffusion.stable_diffusion import check_available  # diffusers is slow to import

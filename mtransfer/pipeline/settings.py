@@ -118,11 +118,18 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class EstimatorSettings:
-    """``[estimator]``: the differentiable flow estimator inside the guidance energy."""
+    """``[estimator]``: the differentiable flow estimator inside the guidance energy.
+
+    ``weights`` (RAFT only): torchvision's weights by name (``"C_T_V1"``: the original "raft-things", as
+    the authors use; ``"DEFAULT"``), a local ``.pth`` path, ``"random"``, or ``""`` (``$MTRANSFER_RAFT_WEIGHTS``,
+    else ``DEFAULT``). ``autocast`` (RAFT only): the original RAFT's fp16 mixed precision on CUDA, as the
+    authors run it; no effect on the CPU.
+    """
 
     name: str = "raft-large"
     iterations: int = 0
     weights: str = ""
+    autocast: bool = False
 
     def __post_init__(self) -> None:
         _check("estimator", "name", self.name in ESTIMATORS, f"must be one of {', '.join(ESTIMATORS)}", self.name)

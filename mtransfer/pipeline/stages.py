@@ -276,6 +276,7 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
         estimator = load_estimator(
             settings.estimator.name, device=ctx.device,
             weights=settings.estimator.weights or None, iterations=settings.estimator.iterations or None,
+            autocast=settings.estimator.autocast,
         )
         backend, estimator = ctx.resources.enter_context(speed_switches(backend, estimator, settings.model.speed))
         state = _source_state(ctx, backend, motion.source)
