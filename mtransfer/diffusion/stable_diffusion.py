@@ -123,8 +123,9 @@ class StableDiffusionBackend:
         return self.vae.encode(x).latent_dist.mean * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The VAE's output mapped as ``x / 2 + 0.5`` (the authors' arithmetic), unclamped."""
-        x = self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
+        """``x / 2 + 0.5`` of the VAE's output ``x`` for ``latents / scaling_factor``, unclamped; written with
+        the authors' float operations (``1 / scale * z``, ``x / 2 + 0.5``) so their step is matched closely."""
+        x = self.vae.decode(1.0 / self.scaling_factor * latents.to(self.dtype)).sample
         return x / 2 + 0.5
 
     @torch.no_grad()
