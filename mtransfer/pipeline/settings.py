@@ -135,6 +135,9 @@ class EstimatorSettings:
         _check("estimator", "name", self.name in ESTIMATORS, f"must be one of {', '.join(ESTIMATORS)}", self.name)
         _check("estimator", "iterations", self.iterations >= 0, "must be >= 0 (0 = the estimator's default)",
                self.iterations)
+        if not self.name.startswith("raft-"):  # a preset's RAFT weights do not apply to a weight-free estimator
+            object.__setattr__(self, "weights", "")
+            object.__setattr__(self, "autocast", False)
 
 
 @dataclass(frozen=True)
