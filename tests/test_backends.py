@@ -180,7 +180,9 @@ def test_tiny_model_shapes_and_gradients(tiny: sd.StableDiffusionBackend) -> Non
     eps = tiny.eps(z, 500, cond)
     assert eps.shape == z.shape
     decoded = tiny.decode(z - eps)
-    assert decoded.shape == (2, 3, 64, 64) and 0 <= float(decoded.detach().min()) and float(decoded.detach().max()) <= 1
+    assert decoded.shape == (2, 3, 64, 64) and torch.isfinite(decoded).all()
+    # not clamped (the guidance energy decides, GuidanceConfig.clamp): the random decoder overshoots [0, 1]
+    assert float(decoded.detach().min()) < 0 or float(decoded.detach().max()) > 1
     decoded.sum().backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     # The prompt reaches the UNet: swapping the prompts changes the prediction.

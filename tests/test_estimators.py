@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.models.optical_flow import Raft_Small_Weights, raft_small
+from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_small
 
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import ESTIMATORS, FlowEstimator, PyramidEstimator, RaftEstimator, load_estimator
@@ -283,3 +283,44 @@ def test_loader_names_and_bad_settings() -> None:
         estimator = load_estimator(name)
         assert isinstance(estimator, FlowEstimator) and estimator.name == name
         assert estimator.differentiable == (name == "pyramid")
+
+
+def test_paper_preset_asks_for_the_original_raft_things_weights(offline_hub: Path) -> None:
+    """The paper preset names torchvision's C_T_V1 (the port of the original "raft-things" checkpoint the
+    authors load) and RAFT's mixed precision; uncached, the one-line error names exactly that file."""
+    from mtransfer.pipeline.models import check_models
+    from mtransfer.pipeline.settings import RunSettings
+    from mtransfer.presets import load_pipeline
+
+    run = RunSettings.from_config(load_pipeline("paper"))
+    assert (run.estimator.name, run.estimator.weights, run.estimator.autocast) == ("raft-large", "C_T_V1", True)
+    with pytest.raises(MtransferError) as caught:
+        check_models(run.model, run.estimator)
+    message = str(caught.value)
+    assert "\n" not in message and "Raft_Large_Weights.C_T_V1" in message
+    assert str(offline_hub / Path(Raft_Large_Weights.C_T_V1.url).name) in message
+    assert Raft_Large_Weights.C_T_V1.url in message and "C_T_SKHT" not in message
+
+
+def test_named_weights_load_from_the_hub_cache(offline_hub: Path) -> None:
+    state = small_state_dict(seed=4)
+    offline_hub.mkdir(parents=True)
+    torch.save(state, offline_hub / Path(Raft_Small_Weights.C_T_V1.url).name)
+    estimator = load_estimator("raft-small", weights="C_T_V1")  # the network stub raises if anything is downloaded
+    loaded = estimator.model.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in state.items())
+    with pytest.raises(MtransferError, match="C_T_V1, C_T_V2, DEFAULT"):
+        load_estimator("raft-small", weights="C_T_SKHT_V2")  # a raft-large name: no such file, names the choices
+
+
+def test_autocast_is_a_no_op_off_cuda() -> None:
+    """RAFT's mixed precision only applies on CUDA: on the CPU the flow is bit-identical and fp32."""
+    torch.manual_seed(0)
+    source, target = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128)
+    plain = load_estimator("raft-small", weights="random", iterations=2)
+    mixed = load_estimator("raft-small", weights="random", iterations=2, autocast=True)
+    mixed.model.load_state_dict(plain.model.state_dict())
+    flow = mixed(source, target)
+    assert flow.dtype == torch.float32 and torch.equal(flow, plain(source, target))
+    with pytest.raises(MtransferError, match="only applies to RAFT"):
+        load_estimator("pyramid", autocast=True)

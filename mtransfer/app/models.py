@@ -32,7 +32,8 @@ def load_estimator(
             f"use one of {', '.join(DIFFERENTIABLE)} (tvl1 and ilk are for video.estimator)"
         )
     return load_named_estimator(
-        settings.name, device=device, weights=settings.weights or None, iterations=settings.iterations or None
+        settings.name, device=device, weights=settings.weights or None, iterations=settings.iterations or None,
+        autocast=settings.autocast,
     )
 
 

@@ -133,17 +133,26 @@ class ModelSettings:
 class EstimatorSettings:
     """``[estimator]``: the flow estimator inside the guidance energy (it must be differentiable, which
     ``mtransfer.app.models.load_estimator`` checks); also the form ``VideoSettings`` hands its video
-    estimator over in. ``iterations`` 0 and ``weights`` ``""`` keep the estimator's defaults."""
+    estimator over in. ``iterations`` 0 and ``weights`` ``""`` keep the estimator's defaults.
+
+    ``weights`` (RAFT only): torchvision's weights by name (``"C_T_V1"``: the original "raft-things", as
+    the authors use; ``"DEFAULT"``), a local ``.pth`` path, ``"random"``, or ``""`` (``$MTRANSFER_RAFT_WEIGHTS``,
+    else ``DEFAULT``). ``autocast`` (RAFT only): the original RAFT's fp16 mixed precision on CUDA, as the
+    authors run it; no effect on the CPU."""
 
     name: str = "raft-large"
     iterations: int = 0
     weights: str = ""
+    autocast: bool = False
 
     def __post_init__(self) -> None:
         check_types(self, "estimator")
         require = rule_checker("estimator")
         require(self.name in ESTIMATORS, "name", f"must be one of {', '.join(ESTIMATORS)}", self.name)
         require(self.iterations >= 0, "iterations", "must be >= 0 (0 = the estimator's default)", self.iterations)
+        if not self.name.startswith("raft-"):  # a preset's RAFT weights do not apply to a weight-free estimator
+            object.__setattr__(self, "weights", "")
+            object.__setattr__(self, "autocast", False)
 
 
 @dataclass(frozen=True)

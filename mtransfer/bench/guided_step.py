@@ -49,7 +49,7 @@ from mtransfer.estimators import load_raft
 from mtransfer.estimators.raft import RaftEstimator
 from mtransfer.bench.plot import plot_split
 from mtransfer.files import write_json
-from mtransfer.flows import occlusion_mask, rotation
+from mtransfer.flows import reference_occlusion_mask, rotation
 from mtransfer.guidance import GuidanceConfig, MotionTarget, guided_eps, sample_motion_guided
 from mtransfer.speed import FastPath, fast_path, parse_fast_path
 
@@ -137,7 +137,7 @@ def make_problem(backend: StableDiffusionBackend, settings: BenchSettings) -> tu
     device = torch.device(settings.device)
     source = synthetic_source(settings.size, settings.seed, device)
     flow = rotation(settings.size, settings.size, 5.0, device=device)[None]
-    occlusion, occlusion_s = timed(lambda: occlusion_mask(flow), device)
+    occlusion, occlusion_s = timed(lambda: reference_occlusion_mask(flow), device)
     latent, encode_s = timed(lambda: backend.encode(source), device)
     (cond, uncond), text_s = timed(lambda: (backend.condition(["a photo"]), backend.condition([""])), device)
     schedule = ddim_timesteps(len(backend.alphas_cumprod), PAPER.steps)

@@ -75,7 +75,7 @@ def edit(
         None, help=f"estimator.name inside the energy: {', '.join(DIFFERENTIABLE)}.", show_default=False
     ),
     raft_weights: str | None = typer.Option(
-        None, help="estimator.weights: a local RAFT .pth state dict (or 'random').", show_default=False
+        None, help="estimator.weights: torchvision RAFT weights by name (C_T_V1, DEFAULT, ...), a local .pth state dict, or 'random'.", show_default=False
     ),
     steps: int | None = typer.Option(None, min=1, help="guidance.steps: DDIM steps.", show_default=False),
     recursions: int | None = typer.Option(None, min=1, help="guidance.recursions per step.", show_default=False),
@@ -109,7 +109,7 @@ def edit(
         "guidance.steps": steps, "guidance.recursions": recursions, "guidance.cfg_scale": cfg,
         "guidance.guidance_weight": guidance_weight, "guidance.flow_weight": flow_weight,
         "guidance.color_weight": color_weight, "guidance.clip_grad": clip, "guidance.seed": seed,
-        "guidance.occlusion_masking": False if no_occlusion else None,
+        "guidance.occlusion": "none" if no_occlusion else None,
     }, size)
     run = load_settings(pipeline, overrides)
     torch_device = run.model.torch_device()

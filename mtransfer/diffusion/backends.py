@@ -19,7 +19,9 @@ class DiffusionBackend(Protocol):
     - ``alphas_cumprod``: 1-D tensor of the training schedule's alpha bars (1000 entries for SD v1).
     - ``latent_size(height, width)``: ``(C, h, w)`` of the latent of an image of that size.
     - ``encode(images)``: ``(B, 3, H, W)`` in [0, 1] → latents, deterministically (no posterior sampling).
-    - ``decode(latents)``: latents → ``(B, 3, H, W)`` in [0, 1], differentiable (see ``straight_through_clamp``).
+    - ``decode(latents)``: latents → ``(B, 3, H, W)``, nominally in [0, 1] but NOT clamped (decoders
+      overshoot a little), differentiable. The guidance energy decides whether to clamp
+      (``GuidanceConfig.clamp``, ``straight_through_clamp``); pictures are clamped where they are made.
     - ``condition(prompts)``: one conditioning tensor per prompt, batched along dim 0.
     - ``eps(z, t, cond)``: one denoiser call at training timestep ``t``; no classifier-free guidance here.
     """

@@ -16,7 +16,6 @@ from typing import Sequence
 
 import torch
 
-from mtransfer.diffusion.backends import straight_through_clamp
 from mtransfer.errors import MtransferError
 from mtransfer.flows.elementary import homography
 from mtransfer.flows.warp import warp
@@ -57,7 +56,7 @@ class FiniteSetBackend:
         return images.to(self.device, self.dtype) * 2 - 1
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return straight_through_clamp((latents + 1) / 2)
+        return latents / 2 + 0.5
 
     def condition(self, prompts: list[str]) -> torch.Tensor:
         """A placeholder batch: the set has no text conditioning, but samplers batch it like SD's."""

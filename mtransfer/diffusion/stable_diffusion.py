@@ -31,7 +31,6 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
-from mtransfer.diffusion.backends import straight_through_clamp
 from mtransfer.errors import MtransferError, input_error
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -124,8 +123,10 @@ class StableDiffusionBackend:
         return self.vae.encode(x).latent_dist.mean * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.vae.decode(latents.to(self.dtype) / self.scaling_factor).sample
-        return straight_through_clamp((x + 1) / 2)
+        """``x / 2 + 0.5`` of the VAE's output ``x`` for ``latents / scaling_factor``, unclamped; written with
+        the authors' float operations (``1 / scale * z``, ``x / 2 + 0.5``) so their step is matched closely."""
+        x = self.vae.decode(1.0 / self.scaling_factor * latents.to(self.dtype)).sample
+        return x / 2 + 0.5
 
     @torch.no_grad()
     def condition(self, prompts: list[str]) -> torch.Tensor:

@@ -35,10 +35,12 @@ def load_estimator(
     device: str | torch.device = "cpu",
     weights: str | Path | None = None,
     iterations: int | None = None,
+    autocast: bool = False,
 ) -> FlowEstimator:
     """The estimator called ``name`` (one of ``ESTIMATORS``).
 
-    ``weights`` only applies to RAFT (a ``.pth`` path or ``"random"``). ``iterations`` is each estimator's
+    ``weights`` only applies to RAFT (a torchvision weights name such as ``"C_T_V1"``, a ``.pth`` path or
+    ``"random"``), and so does ``autocast`` (the original RAFT's mixed precision on CUDA). ``iterations`` is each estimator's
     own count of refinement steps: RAFT's recurrent updates, the pyramid's warp-and-solve steps per level,
     TV-L1's ``num_iter`` and ILK's ``num_warp``; ``None`` keeps each default. Weight-free estimators work
     on whatever device their inputs are on, so ``device`` only moves RAFT.
@@ -46,9 +48,11 @@ def load_estimator(
     if name not in ESTIMATORS:
         raise MtransferError(f"unknown flow estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
     if name.startswith("raft-"):
-        return load_raft(name, device=device, weights=weights, iterations=iterations)
+        return load_raft(name, device=device, weights=weights, iterations=iterations, autocast=autocast)
     if weights is not None:
         raise MtransferError(f"{name} needs no weights; --weights only applies to raft-large and raft-small")
+    if autocast:
+        raise MtransferError(f"{name} has no mixed-precision mode; estimator.autocast only applies to RAFT")
     if name == "tvl1":
         return TVL1Estimator() if iterations is None else TVL1Estimator(num_iter=iterations)
     if name == "ilk":

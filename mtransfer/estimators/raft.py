@@ -38,17 +38,25 @@ _VARIANTS: dict[str, tuple[Callable[..., RAFT], type[WeightsEnum]]] = {
 
 
 class RaftEstimator(torch.nn.Module):
-    """RAFT as a ``FlowEstimator``: images in [0, 1], any size, flow from ``source`` to ``target``."""
+    """RAFT as a ``FlowEstimator``: images in [0, 1], any size, flow from ``source`` to ``target``.
+
+    ``autocast`` runs it with the original RAFT's mixed precision on CUDA (as the Motion Guidance authors
+    do): the encoders and the update step under fp16 autocast, the correlation pyramid in fp32; the flow
+    comes back fp32. It changes nothing on other devices.
+    """
 
     differentiable = True
 
-    def __init__(self, model: RAFT, name: str, iterations: int = DEFAULT_ITERATIONS) -> None:
+    def __init__(self, model: RAFT, name: str, iterations: int = DEFAULT_ITERATIONS, autocast: bool = False) -> None:
         super().__init__()
         if iterations < 1:
             raise MtransferError(f"{name}: iterations must be at least 1, got {iterations}")
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.iterations = iterations
+        self.autocast = autocast
+        if autocast:
+            _fp32_correlation(self.model)
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         height, width = source.shape[-2:]
@@ -61,8 +69,21 @@ class RaftEstimator(torch.nn.Module):
             mode="replicate",
         )
         first, second = images.chunk(2)
-        flow = self.model(first, second, num_flow_updates=self.iterations)[-1]
-        return flow[..., :height, :width]
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast and images.is_cuda):
+            flow = self.model(first, second, num_flow_updates=self.iterations)[-1]
+        return flow[..., :height, :width].float()
+
+
+def _fp32_correlation(model: RAFT) -> None:
+    """Build and look up the correlation pyramid in fp32 even under autocast, as the original RAFT does."""
+    block = model.corr_block
+    for name in ("build_pyramid", "index_pyramid"):
+
+        def fp32(*args: torch.Tensor, _method=getattr(block, name), **kwargs: torch.Tensor) -> torch.Tensor | None:
+            with torch.autocast("cuda", enabled=False):
+                return _method(*(t.float() for t in args), **{k: t.float() for k, t in kwargs.items()})
+
+        setattr(block, name, fp32)
 
 
 def load_raft(
@@ -71,12 +92,16 @@ def load_raft(
     device: str | torch.device = "cpu",
     weights: str | Path | None = None,
     iterations: int | None = None,
+    autocast: bool = False,
 ) -> RaftEstimator:
     """Build RAFT-large or RAFT-small with trained weights.
 
-    ``weights`` is a local ``.pth`` state dict, ``"random"`` for an untrained network, or ``None``: then
-    the file named by ``$MTRANSFER_RAFT_WEIGHTS``, else torchvision's default weights (from the torch hub
-    cache, downloaded once when online). Weights that cannot be had raise a one-line ``MtransferError``.
+    ``weights`` is the name of one of torchvision's weights for the variant (``Raft_Large_Weights``:
+    ``C_T_V1`` = the original "raft-things" weights the Motion Guidance authors use, ``C_T_SKHT_V2`` =
+    torchvision's ``DEFAULT``, ...), a local ``.pth`` state dict, ``"random"`` for an untrained network, or
+    ``None``: then the file named by ``$MTRANSFER_RAFT_WEIGHTS``, else torchvision's ``DEFAULT``. Named
+    weights come from the torch hub cache (downloaded once when online). Weights that cannot be had raise
+    a one-line ``MtransferError``. ``autocast``: see ``RaftEstimator``.
     """
     if name not in _VARIANTS:
         raise MtransferError(f"unknown RAFT variant {name!r}; choose one of {', '.join(_VARIANTS)}")
@@ -84,23 +109,25 @@ def load_raft(
     model = build(weights=None)
     choice = str(weights) if weights is not None else os.environ.get(WEIGHTS_ENV) or None
     if choice != RANDOM_WEIGHTS:
-        if choice is None:
-            path, state = _default_state_dict(name, weights_enum.DEFAULT)
+        if choice is None or choice in weights_enum.__members__:
+            path, state = _hub_state_dict(name, weights_enum[choice or "DEFAULT"])
         else:
             origin = "--weights" if weights is not None else f"${WEIGHTS_ENV}"
             path = Path(choice)
             if not path.is_file():
                 raise input_error(
-                    path, f"no such {name} weights file (given by {origin}); point it at a local .pth state dict"
+                    path,
+                    f"no such {name} weights file (given by {origin}); point it at a local .pth state dict "
+                    f"or name torchvision's weights ({', '.join(weights_enum.__members__)})",
                 )
             state = _read_state_dict(path, name)
         _load_checked(model, state, path, name)
-    estimator = RaftEstimator(model, name, DEFAULT_ITERATIONS if iterations is None else iterations)
+    estimator = RaftEstimator(model, name, DEFAULT_ITERATIONS if iterations is None else iterations, autocast)
     return estimator.to(device)
 
 
-def _default_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[str, torch.Tensor]]:
-    """torchvision's default weights from the hub cache; only a missing cache file touches the network."""
+def _hub_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[str, torch.Tensor]]:
+    """torchvision's named weights from the hub cache; only a missing cache file touches the network."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
     if cached.is_file():
         return cached, _read_state_dict(cached, name, hint="delete it so it is downloaded again")
@@ -110,7 +137,7 @@ def _default_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise input_error(
             cached,
-            f"{name} weights missing and download failed ({reason}); on a connected machine fetch "
+            f"{name} weights {weights} missing and download failed ({reason}); on a connected machine fetch "
             f"{weights.url} into that path, or give a local .pth with --weights PATH or ${WEIGHTS_ENV}, "
             "or use a weight-free estimator: --estimator tvl1 to extract flow, pyramid inside guidance "
             "(in presets: video.estimator / estimator.name)",

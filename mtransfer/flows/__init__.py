@@ -29,7 +29,15 @@ from mtransfer.flows.io import read_flow, read_flow_and_valid, read_mask, write_
 from mtransfer.flows.ops import blend, compose, invert, move_image, resize_flow, restrict, scale_motion
 from mtransfer.flows.spec import load_flow, motion_usage, parse_flow_spec
 from mtransfer.flows.viz import color_wheel, flow_to_color, quiver_overlay
-from mtransfer.flows.warp import as_flow_batch, disocclusion_mask, occlusion_mask, pixel_grid, sample_at, warp
+from mtransfer.flows.warp import (
+    as_flow_batch,
+    disocclusion_mask,
+    occlusion_mask,
+    pixel_grid,
+    reference_occlusion_mask,
+    sample_at,
+    warp,
+)
 
 __all__ = [
     "as_flow_batch",
@@ -46,6 +54,7 @@ __all__ = [
     "motion_usage",
     "move_image",
     "occlusion_mask",
+    "reference_occlusion_mask",
     "parse_flow_spec",
     "pixel_grid",
     "quiver_overlay",

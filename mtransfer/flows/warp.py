@@ -26,10 +26,14 @@ def as_flow_batch(flow: torch.Tensor) -> torch.Tensor:
 
 
 def sample_at(image: torch.Tensor, positions: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
-    """Bilinearly sample ``image`` (B, C, H, W) at pixel ``positions`` (B, 2, H', W') given as (x, y)."""
+    """Bilinearly sample ``image`` (B, C, H, W) at pixel ``positions`` (B, 2, H', W') given as (x, y).
+
+    Positions are normalised as ``-1 + 2 p / (size - 1)``, the very float operations of the authors' code,
+    so that sampling (and the reference occlusion mask built from it) matches theirs bit for bit.
+    """
     height, width = image.shape[-2:]
-    x = positions[:, 0] * (2.0 / max(width - 1, 1)) - 1.0
-    y = positions[:, 1] * (2.0 / max(height - 1, 1)) - 1.0
+    x = -1.0 + 2.0 * positions[:, 0] / max(width - 1, 1)
+    y = -1.0 + 2.0 * positions[:, 1] / max(height - 1, 1)
     grid = torch.stack((x, y), dim=-1).to(image.dtype)
     return F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
 
@@ -61,8 +65,32 @@ def _destination_index(flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
+def reference_occlusion_mask(flow: torch.Tensor) -> torch.Tensor:
+    """The authors' colour-loss mask (Geng & Owens' ``losses.py``): ``(B, 1, H, W)``, 1 = compared.
+
+    The target flow is backward-warped by itself (bilinear, reflection padding); the warped values that
+    differ from the unwarped ones are summed, and every pixel that sum depends on (non-zero gradient with
+    respect to the flow) is hidden, unless its own flow is non-zero. So only still pixels under or next
+    to where moving pixels land are hidden; moving pixels, even those leaving the frame, are always
+    compared. Built with autograd like the original, so it has the same float behaviour at every size.
+    """
+    flow = as_flow_batch(flow).detach()
+    with torch.enable_grad():
+        values = flow.clone().requires_grad_(True)
+        warped = warp(values, values, padding_mode="reflection")
+        changed = warped != values
+        (gradient,) = torch.autograd.grad((warped * changed).sum(), values)
+    reached = gradient.abs().sum(1, keepdim=True) != 0
+    still = flow.abs().sum(1, keepdim=True) == 0
+    return (~(reached & still)).to(flow.dtype)
+
+
+@torch.no_grad()
 def occlusion_mask(flow: torch.Tensor, tolerance: float = 0.5) -> torch.Tensor:
     """Where source pixels stay visible after the motion: ``(B, 1, H, W)`` on the source grid, 1 = visible.
+
+    mtransfer's forward-splatting rule (``guidance.occlusion = "splat"``); ``reference_occlusion_mask`` is
+    the authors' rule.
 
     A source pixel is hidden when it leaves the frame, or when it lands on a pixel that a faster-moving
     source pixel also lands on (moving content is assumed to pass in front of slower content). These are

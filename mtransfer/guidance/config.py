@@ -1,8 +1,12 @@
 """Settings of the motion-guided sampler, with the paper's defaults, validated where they enter.
 
-Defaults are those of Geng & Owens (ICLR 2024): 500 DDIM steps, 10 recursions per step, classifier-free
-guidance 7.5, guidance weight 300, flow weight 3, colour weight 100, gradient clip 200, occlusion masking on.
-The flow estimator's own settings (e.g. RAFT iterations) live with the estimator, not here.
+Defaults are those of Geng & Owens (ICLR 2024) and of their code: 500 DDIM steps, 10 recursions per step,
+classifier-free guidance 7.5, guidance weight 300, flow weight 3, colour weight 100, gradient clip 200,
+and the conventions of their guided step: the colour-loss mask by their gradient rule
+(``occlusion = "reference"``), the decoded image unclamped in the energy (``clamp = false``), reflection
+padding in the colour term's warp (``padding = "reflection"``) and no paste of the source after the last
+step (``paste_source = false``). The flow estimator's own settings (e.g. RAFT iterations, weights) live
+with the estimator, not here.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from mtransfer.errors import MtransferError
 from mtransfer.validation import STAGE, check_types, from_mapping, rule_checker
 
 SOURCE_NOISE = ("inversion", "random")
@@ -22,10 +27,25 @@ SOURCE_NOISE = ("inversion", "random")
   forward-noised with that same fixed noise (no inversion cost, less faithful to the source).
 """
 
-SCHEDULES = ("constant", "early", "linear")
-"""Per-step guidance weights (step 0 is the noisiest):
+OCCLUSIONS = ("reference", "splat", "none")
+"""Which source pixels the colour term ignores (``mtransfer.flows``):
 
-- ``constant``: 1 at every step (the paper).
+- ``reference``: the authors' rule (``reference_occlusion_mask``): still pixels whose value the target
+  flow warped by itself depends on, i.e. those under or next to where moving pixels land.
+- ``splat``: mtransfer's rule (``occlusion_mask``): forward-splat the target flow to the nearest pixel;
+  pixels leaving the frame or landing where a faster pixel lands are hidden.
+- ``none``: every pixel is compared.
+"""
+
+PADDINGS = ("reflection", "zeros")
+"""How the colour term's warp samples outside the frame: mirrored about the border pixels (the authors')
+or black."""
+
+SCHEDULES = ("constant", "early", "linear")
+"""Per-step guidance weights (step 0 is the noisiest). The authors load a ``guidance_schedule.npy`` whose
+values are not published, so none of these is claimed to be theirs:
+
+- ``constant``: 1 at every step (the default).
 - ``early``: 1 for the first ``schedule_fraction`` of the steps, then 0 (plain DDIM finishes the details).
 - ``linear``: decays linearly from 1 at the first step to 0 at ``schedule_fraction`` of the steps.
 """
@@ -40,6 +60,11 @@ class GuidanceConfig:
     the norm of the guidance added to the noise estimate (0 = no clipping). ``max_latent_std`` is the
     divergence bound: a latent whose standard deviation exceeds it stops the run.
 
+    Conventions of the energy and the edit (defaults are the authors'): ``occlusion`` (see
+    ``OCCLUSIONS``); ``clamp`` clamps the decoded estimate to [0, 1] before the energy, with a
+    straight-through gradient; ``padding`` (see ``PADDINGS``); ``paste_source`` replaces the result
+    outside the edit mask by the source's clean latent after the last step.
+
     Every setting shapes the edit, except ``preview_every`` (only which previews are kept), which is
     declared so: a video run resumes with other preview settings (see ``mtransfer.validation.STAGE``).
     """
@@ -52,7 +77,10 @@ class GuidanceConfig:
     color_weight: float = 100.0
     recon_weight: float = 0.0
     clip_grad: float = 200.0
-    occlusion_masking: bool = True
+    occlusion: str = "reference"
+    clamp: bool = False
+    padding: str = "reflection"
+    paste_source: bool = False
     schedule: str = "constant"
     schedule_fraction: float = 1.0
     source_noise: str = "inversion"
@@ -67,6 +95,10 @@ class GuidanceConfig:
         _require(self.cfg_scale >= 0, "cfg_scale", "must be >= 0", self.cfg_scale)
         for name in ("guidance_weight", "flow_weight", "color_weight", "recon_weight", "clip_grad"):
             _require(getattr(self, name) >= 0, name, "must be >= 0", getattr(self, name))
+        _require(
+            self.occlusion in OCCLUSIONS, "occlusion", f"must be one of {', '.join(OCCLUSIONS)}", self.occlusion
+        )
+        _require(self.padding in PADDINGS, "padding", f"must be one of {', '.join(PADDINGS)}", self.padding)
         _require(self.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}", self.schedule)
         _require(
             self.source_noise in SOURCE_NOISE, "source_noise", f"must be one of {', '.join(SOURCE_NOISE)}",
@@ -79,6 +111,10 @@ class GuidanceConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> GuidanceConfig:
         """Build from a preset's ``[guidance]`` table; unknown keys and bad values name the key."""
+        if "occlusion_masking" in values:
+            raise MtransferError(
+                'guidance.occlusion_masking: replaced by guidance.occlusion = "reference", "splat" or "none"'
+            )
         return from_mapping(cls, "guidance", values)
 
     def step_weights(self) -> list[float]:

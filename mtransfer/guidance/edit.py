@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from mtransfer.diffusion import DiffusionBackend, alpha_bars, ddim_invert, ddim_step, ddim_timesteps, forward_noise
 from mtransfer.errors import MtransferError
 from mtransfer.estimators.base import FlowEstimator
-from mtransfer.flows import occlusion_mask
+from mtransfer.flows import occlusion_mask, reference_occlusion_mask
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.guidance.energy import EnergyWeights
 from mtransfer.guidance.sampler import GuidanceDiverged, GuidedEps, MotionTarget, cfg_eps, sample_motion_guided
@@ -130,7 +130,7 @@ def generate(
         latents.append(ddim_step(latents[-1], eps, a_t, a_prev))
         if progress is not None:
             progress()
-    return backend.decode(latents[-1])[0].float(), noise, latents
+    return backend.decode(latents[-1])[0].float().clamp(0, 1), noise, latents
 
 
 def edit_image(
@@ -148,9 +148,12 @@ def edit_image(
 
     ``edit_mask`` ``(H, W)`` or ``(1, H, W)`` in [0, 1] marks the editable region (1); outside it the
     sampler pastes the source's latent at every step (a latent cell is editable if any of its pixels
-    is), and ``config.recon_weight`` pulls the image towards the source there. ``init_latent``
-    replaces ``state.start`` as the starting latent. Previews are taken every ``config.preview_every``
-    steps at the first recursion.
+    is), and ``config.recon_weight`` pulls the image towards the source there; with
+    ``config.paste_source`` the source's clean latent also replaces the result there after the last step
+    (the authors do not paste). ``init_latent`` replaces ``state.start`` as the starting latent. Previews
+    are taken every ``config.preview_every`` steps at the first recursion. The colour-loss mask, the clamp
+    and the warp padding follow ``config.occlusion`` / ``clamp`` / ``padding``; noise comes only from a
+    generator seeded with ``config.seed``. The returned image is clamped to [0, 1].
     """
     height, width = state.image.shape[-2:]
     if state.timesteps != _schedule(backend, config.steps):
@@ -172,9 +175,11 @@ def edit_image(
     target = MotionTarget(
         source=source,
         flow=flow,
-        occlusion=occlusion_mask(flow) if config.occlusion_masking else None,
+        occlusion=colour_mask(flow, config.occlusion),
         keep=keep,
         weights=EnergyWeights(config.flow_weight, config.color_weight, config.recon_weight),
+        clamp=config.clamp,
+        padding=config.padding,
     )
     previews: list[tuple[int, torch.Tensor]] = []
 
@@ -198,11 +203,11 @@ def edit_image(
     except GuidanceDiverged as exc:
         diverged = exc
         latent, losses = (exc.x0 if exc.x0 is not None else state.latent), exc.history
-    if copy_mask is not None:  # the last paste: the source's own clean latent outside the edit region
+    if copy_mask is not None and config.paste_source:  # the source's own clean latent outside the edit region
         latent = torch.where(copy_mask, state.references[-1], latent)
     elapsed = time.perf_counter() - started
     with torch.no_grad():
-        image = backend.decode(latent).float()
+        image = backend.decode(latent).float().clamp(0, 1)
         achieved = estimator(source, image)
     passes = max(len(losses), 1)
     return EditResult(
@@ -215,6 +220,16 @@ def edit_image(
         diverged=diverged is not None,
         divergence=None if diverged is None else str(diverged),
     )
+
+
+def colour_mask(flow: torch.Tensor, occlusion: str) -> torch.Tensor | None:
+    """The colour term's mask of ``flow`` ``(B, 2, H, W)`` by the rule ``occlusion`` names (see
+    ``mtransfer.guidance.config.OCCLUSIONS``); None when every pixel is compared."""
+    if occlusion == "reference":
+        return reference_occlusion_mask(flow)
+    if occlusion == "splat":
+        return occlusion_mask(flow)
+    return None
 
 
 def _edit_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:

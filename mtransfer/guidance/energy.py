@@ -3,7 +3,9 @@
 Reductions follow the authors' code so the paper's weights keep their meaning: the flow term is the mean
 absolute difference over every pixel and both flow channels; the colour term is the mean absolute
 difference over every pixel and colour channel of the occlusion-masked images (hidden pixels count as
-zero error, they are *not* dropped from the denominator); images are in [0, 1].
+zero error, they are *not* dropped from the denominator); images are nominally in [0, 1]. Whether the
+decoded estimate is clamped first and how the colour term's warp pads are conventions chosen by the
+caller (``GuidanceConfig.clamp`` / ``padding``); the defaults are the authors' (no clamp, reflection).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mtransfer.diffusion.backends import straight_through_clamp
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.flows import warp
 
@@ -33,6 +36,9 @@ def motion_energy(
     occlusion: torch.Tensor | None = None,
     weights: EnergyWeights = EnergyWeights(),
     keep: torch.Tensor | None = None,
+    *,
+    clamp: bool = False,
+    padding: str = "reflection",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Energy ``E``, its detached parts and the flow the estimator measures from ``source`` to ``image``.
 
@@ -41,13 +47,17 @@ def motion_energy(
     target motion (``mtransfer.flows.occlusion_mask``); the colour term ignores the others, which the
     edit legitimately covers. ``keep`` ``(B, 1, H, W)`` is 1 where the edit should equal the source
     (outside the edit mask): the reconstruction term's region, used only when ``weights.recon > 0``.
-    Differentiable with respect to ``image`` (given a differentiable estimator).
+    ``clamp`` clamps ``image`` to [0, 1] with a straight-through gradient (saturated pixels still get
+    guidance); ``padding`` is the colour warp's ``grid_sample`` padding mode. Differentiable with respect
+    to ``image`` (given a differentiable estimator).
     """
+    if clamp:
+        image = straight_through_clamp(image)
     achieved = estimator(source, image)
     flow_loss = (achieved - target_flow).abs().mean()
     # Warping the edit back along the measured flow must give the source wherever the source stays visible.
     visible = torch.ones_like(source[:, :1]) if occlusion is None else occlusion
-    color_loss = (visible * (source - warp(image, achieved))).abs().mean()
+    color_loss = (visible * (source - warp(image, achieved, padding))).abs().mean()
     energy = weights.flow * flow_loss + weights.color * color_loss
     parts = {"flow": flow_loss.detach(), "color": color_loss.detach()}
     if weights.recon > 0 and keep is not None:

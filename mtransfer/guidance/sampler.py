@@ -34,6 +34,7 @@ class MotionTarget:
 
     ``source`` ``(B, 3, H, W)`` in [0, 1]; ``flow`` ``(B, 2, H, W)``; ``occlusion`` ``(B, 1, H, W)`` or None
     (no masking); ``keep`` ``(B, 1, H, W)`` marks pixels outside the edit mask for the reconstruction term.
+    ``clamp`` and ``padding`` are the energy's conventions (``motion_energy``; defaults are the authors').
     """
 
     source: torch.Tensor
@@ -41,13 +42,16 @@ class MotionTarget:
     occlusion: torch.Tensor | None = None
     keep: torch.Tensor | None = None
     weights: EnergyWeights = EnergyWeights()
+    clamp: bool = False
+    padding: str = "reflection"
 
 
 @dataclass(frozen=True)
 class GuidedEps:
     """One guided noise estimate and what it was made from (all detached).
 
-    ``x0`` and ``image`` are the one-step estimate the energy looked at (before guidance); ``image``,
+    ``x0`` and ``image`` are the one-step estimate the energy looked at (before guidance; ``image`` as
+    decoded, before any clamp); ``image``,
     ``achieved_flow`` and ``parts`` are absent when the guidance scale is 0 (nothing is evaluated).
     ``grad_norm`` is the largest per-item ``|sqrt(1 - a_t) g|`` before clipping.
     """
@@ -111,7 +115,8 @@ def guided_eps(
         x0 = predict_x0(z_in, eps, a_t)
         image = backend.decode(x0).float()
         energy, parts, achieved = motion_energy(
-            target.source, image, target.flow, estimator, target.occlusion, target.weights, target.keep
+            target.source, image, target.flow, estimator, target.occlusion, target.weights, target.keep,
+            clamp=target.clamp, padding=target.padding,
         )
         (gradient,) = torch.autograd.grad(energy, z_in)
     sigma = math.sqrt(1 - a_t)
