@@ -424,9 +424,10 @@ def test_one_guided_step_matches_the_rule_written_out(tiny: sd.StableDiffusionBa
         if k == 0:
             z_t = math.sqrt(a_t / a_prev) * z_prev + math.sqrt(1 - a_t / a_prev) * torch.randn(z.shape, generator=noise)
 
-    # The step moves z by ~5; 1e-4 because this tiny model's guidance is ill-conditioned (a 1e-6 change of
-    # the latent moves it by ~5e-3 relative), so float rounding of equal formulas shows at ~2e-5.
-    assert torch.allclose(result, z_prev, rtol=1e-4, atol=1e-4)
+    # The step moves z by ~5. Relative 1e-4 (the criterion of the comparison with the authors' code): this
+    # tiny model's guidance is ill-conditioned (a 1e-6 change of the latent moves it by ~5e-3 relative), so
+    # float rounding of equal formulas shows at ~2e-5.
+    assert float((result - z_prev).norm() / z_prev.norm()) < 1e-4
     unguided, _ = motion_guided_step(
         backend, estimator, z, t, a_t, a_prev, cond, uncond, target, config,
         guidance_scale=0.0, generator=torch.Generator().manual_seed(7), reference=reference, copy_mask=copy,

@@ -75,7 +75,10 @@ def edit(
         None, help=f"estimator.name inside the energy: {', '.join(DIFFERENTIABLE)}.", show_default=False
     ),
     raft_weights: str | None = typer.Option(
-        None, help="estimator.weights: torchvision RAFT weights by name (C_T_V1, DEFAULT, ...), a local .pth state dict, or 'random'.", show_default=False
+        None,
+        help="estimator.weights: torchvision RAFT weights by name (C_T_V1, DEFAULT, ...), a local .pth state dict, "
+        "or 'random'.",
+        show_default=False,
     ),
     steps: int | None = typer.Option(None, min=1, help="guidance.steps: DDIM steps.", show_default=False),
     recursions: int | None = typer.Option(None, min=1, help="guidance.recursions per step.", show_default=False),
