@@ -28,7 +28,7 @@ from mtransfer.flows.elementary import (
 from mtransfer.flows.io import read_flow, read_flow_and_valid, read_mask, write_flow
 from mtransfer.flows.ops import blend, compose, invert, move_image, resize_flow, restrict, scale_motion
 from mtransfer.flows.spec import load_flow, motion_usage, parse_flow_spec
-from mtransfer.flows.viz import color_wheel, error_to_color, flow_to_color, quiver_overlay
+from mtransfer.flows.viz import color_wheel, error_scale, error_to_color, flow_to_color, quiver_overlay
 from mtransfer.flows.warp import as_flow_batch, disocclusion_mask, occlusion_mask, pixel_grid, sample_at, warp
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "color_wheel",
     "compose",
     "disocclusion_mask",
+    "error_scale",
     "error_to_color",
     "flow_to_color",
     "homography",

@@ -93,6 +93,14 @@ def error_to_color(error: torch.Tensor, max_error: float) -> torch.Tensor:
     return colour.permute(2, 0, 1)
 
 
+def error_scale(errors: list[torch.Tensor], max_motion: float) -> float:
+    """The error (px) drawn brightest in the heat maps of a clip: the largest target motion, or the largest
+    per-frame 99th percentile of the errors when that is higher, so a far-off result still shows where it
+    is worst instead of one flat colour. 1 px when both are zero."""
+    worst = max((float(torch.quantile(e.detach().float().flatten(), 0.99)) for e in errors if e.numel()), default=0.0)
+    return max(max_motion, worst) or 1.0
+
+
 def quiver_overlay(
     image: torch.Tensor,
     flow: torch.Tensor,

@@ -466,7 +466,7 @@ def _page_data(report: Report, start: int) -> str:
             {"index": f.index, "panels": _frame_panels(report, f), "numbers": _frame_numbers(f)} for f in report.frames
         ],
     }
-    return json.dumps(data).replace("</", "<\\/")
+    return json.dumps(data).replace("<", "\\u003c")  # no "</script>" or "<!--" can end the element early
 
 
 def render_report(report: Report) -> str:
@@ -474,7 +474,7 @@ def render_report(report: Report) -> str:
     if not report.frames:
         raise ValueError("a report needs at least one frame")
     start = max(range(len(report.frames)), key=lambda i: report.frames[i].motion_px)
-    files = "".join(f'<a href="{html.escape(path)}">{html.escape(path)}</a>' for path in report.files)
+    files = " ".join(f'<a href="{html.escape(path)}">{html.escape(path)}</a>' for path in report.files)
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

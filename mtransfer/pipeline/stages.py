@@ -39,7 +39,7 @@ from mtransfer.estimators import FlowEstimator, load_estimator
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
-from mtransfer.flows.viz import error_to_color, flow_to_color
+from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import SourceState, edit_image, prepare_source
 from mtransfer.pipeline.align import align_flows, motion_mask
 from mtransfer.pipeline.manifest import Manifest
@@ -385,20 +385,23 @@ def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
 
 def _write_report(ctx: RunContext, clip: Clip, motion: Motion, has_results: bool, fps: float) -> None:
     """``report.html``, with the achieved flows drawn on the target flows' colour scale and their error
-    maps ``|achieved − target|`` on one scale for the clip (the largest target motion)."""
+    maps ``|achieved − target|`` on one scale for the clip (``error_scale``)."""
     stages = ctx.manifest.record["stages"]
-    error_scale = motion.max_magnitude or 1.0
+    achieved = {
+        i: read_flow(ctx.file(ACHIEVED_FLOW, i, ".flo")) for i in range(len(motion.flows))
+        if has_results and not motion.still[i] and ctx.file(ACHIEVED_FLOW, i, ".flo").exists()
+    }
+    errors = {i: (flow - motion.flows[i]).norm(dim=0) for i, flow in achieved.items()}
+    top_error = error_scale(list(errors.values()), motion.max_magnitude)
     frames = []
     for index in range(len(motion.flows)):
         name = f"{index:04d}"
         records = {stage: record.get("frames", {}).get(name, {}) for stage, record in stages.items()}
         achieved_color = error_map = None
-        achieved = ctx.file(ACHIEVED_FLOW, index, ".flo")
-        if has_results and not motion.still[index] and achieved.exists():
-            flow = read_flow(achieved)
+        if index in achieved:
             achieved_color, error_map = f"{ACHIEVED_COLOR}/{name}.png", f"{FLOW_ERROR}/{name}.png"
-            save_image(ctx.folder / achieved_color, flow_to_color(flow, motion.max_magnitude))
-            save_image(ctx.folder / error_map, error_to_color((flow - motion.flows[index]).norm(dim=0), error_scale))
+            save_image(ctx.folder / achieved_color, flow_to_color(achieved[index], motion.max_magnitude))
+            save_image(ctx.folder / error_map, error_to_color(errors[index], top_error))
         diverged = records.get("guide", {}).get("diverged")
         frames.append(ReportFrame(
             index=index,
@@ -427,6 +430,6 @@ def _write_report(ctx: RunContext, clip: Clip, motion: Motion, has_results: bool
     files = ([RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE] if has_results else []) + [FLOW_VIDEO, ctx.manifest.path.name]
     write_report(ctx.folder / REPORT, Report(
         title=f"mtransfer: {ctx.video.stem} onto {ctx.image.stem}", summary=summary, source=SOURCE, frames=frames,
-        flow_scale_px=motion.max_magnitude, error_scale_px=error_scale, settings=settings.as_record(), fps=fps,
+        flow_scale_px=motion.max_magnitude, error_scale_px=top_error, settings=settings.as_record(), fps=fps,
         files=files,
     ))
