@@ -118,6 +118,10 @@ def test_run_report_slider_keys_and_toggles_change_the_shown_frame(browser_page,
     assert page.locator('.panel[data-panel="achieved"] .note').is_visible()
 
     slider.fill("2")
+    page.click("#play")  # plays on from frame 2, wrapping around
+    page.wait_for_function("document.getElementById('frame-label').textContent !== 'frame 2 / 3'")
+    page.click("#play")
+    slider.fill("2")
     page.check("#errmap")
     assert shown(page, "achieved") == "flow_error/0002.png"
     assert page.locator(".errorbar").is_visible()

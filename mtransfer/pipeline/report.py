@@ -313,8 +313,9 @@ def _frame_panels(report: Report, frame: ReportFrame) -> dict[str, dict[str, str
     return {key: shown for key, shown in panels.items() if key in columns}
 
 
-def _frame_numbers(frame: ReportFrame) -> str:
-    parts = [f"frame {frame.index}"] + [f"{figure_label(k)} {_number(v)}" for k, v in frame.figures.items()]
+def _frame_numbers(frame: ReportFrame, single: bool) -> str:
+    parts = [] if single else [f"frame {frame.index}"]
+    parts += [f"{figure_label(k)} {_number(v)}" for k, v in frame.figures.items()]
     return " · ".join(parts)
 
 
@@ -375,7 +376,7 @@ def _viewer(report: Report, start: int) -> str:
     return (
         f'<section class="viewer"><div class="controls">{"".join(controls)}</div>'
         f'<div class="panels" style="--columns: {len(panels)}">{"".join(figures)}</div>'
-        f'<p class="numbers" id="numbers">{html.escape(_frame_numbers(first))}</p>{legend}{hint}</section>'
+        f'<p class="numbers" id="numbers">{html.escape(_frame_numbers(first, len(frames) == 1))}</p>{legend}{hint}</section>'
     )
 
 
@@ -443,7 +444,8 @@ def _figures(report: Report, start: int) -> str:
         for path, caption in report.pictures
     )
     hint = '<p class="hint">Click a column to sort, a row or a point to show that frame.</p>' if len(frames) > 1 else ""
-    return f"<h2>Per-frame figures</h2>{plots_html}{table}{hint}{pictures}"
+    heading = "Figures" if len(frames) == 1 else "Per-frame figures"
+    return f"<h2>{heading}</h2>{plots_html}{table}{hint}{pictures}"
 
 
 def _settings_table(config: dict[str, Any]) -> str:
@@ -463,7 +465,7 @@ def _page_data(report: Report, start: int) -> str:
         "start": start,
         "fps": min(max(report.fps, 1.0), 30.0),
         "frames": [
-            {"index": f.index, "panels": _frame_panels(report, f), "numbers": _frame_numbers(f)} for f in report.frames
+            {"index": f.index, "panels": _frame_panels(report, f), "numbers": _frame_numbers(f, len(report.frames) == 1)} for f in report.frames
         ],
     }
     return json.dumps(data).replace("<", "\\u003c")  # no "</script>" or "<!--" can end the element early
