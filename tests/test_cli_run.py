@@ -88,11 +88,15 @@ def test_report_references_only_existing_local_files(finished):
     page = (finished / "report.html").read_text()
     parser = Sources()
     parser.feed(page)
-    assert len(parser.paths) >= 3 * FRAMES
-    for path in parser.paths:
+    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page).group(1))
+    viewer = [shown[key] for frame in data["frames"] for shown in frame["panels"].values()
+              for key in ("src", "error") if shown.get(key)]
+    inline = [path for path in parser.paths if path.startswith("data:image/png;base64,")]  # the flow legend
+    assert len(viewer) >= 3 * FRAMES and len(inline) == 1
+    for path in set(parser.paths + viewer) - set(inline):
         assert not re.match(r"^[a-z]+:|^/", path), f"not a relative path: {path}"
         assert (finished / path).is_file(), path
-    assert "frames/0003.png" in parser.paths and "source.png" in parser.paths
+    assert "frames/0003.png" in viewer and "achieved_color/0003.png" in viewer and "source.png" in parser.paths
     assert "guidance.steps" in page and "<script>" in page
 
 

@@ -10,7 +10,7 @@ Angles are in degrees and positive angles turn counter-clockwise *as seen on scr
 
 Modules: ``warp`` (backward warping, occlusion masks), ``elementary`` (exact flows of simple maps),
 ``ops`` (compose, invert, resize, ...), ``io`` (.flo / .npy / KITTI .png files, masks), ``viz``
-(colour coding, arrows) and ``spec`` (the inline motion language of the command line).
+(colour coding, arrows, error heat maps) and ``spec`` (the inline motion language of the command line).
 """
 
 from mtransfer.flows.elementary import (
@@ -28,7 +28,7 @@ from mtransfer.flows.elementary import (
 from mtransfer.flows.io import read_flow, read_flow_and_valid, read_mask, write_flow
 from mtransfer.flows.ops import blend, compose, invert, move_image, resize_flow, restrict, scale_motion
 from mtransfer.flows.spec import load_flow, motion_usage, parse_flow_spec
-from mtransfer.flows.viz import color_wheel, flow_to_color, quiver_overlay
+from mtransfer.flows.viz import color_wheel, error_scale, error_to_color, flow_to_color, quiver_overlay
 from mtransfer.flows.warp import (
     as_flow_batch,
     disocclusion_mask,
@@ -46,6 +46,8 @@ __all__ = [
     "color_wheel",
     "compose",
     "disocclusion_mask",
+    "error_scale",
+    "error_to_color",
     "flow_to_color",
     "homography",
     "homography_from_points",

@@ -1,4 +1,4 @@
-"""Pictures of flows: the Middlebury colour coding, its legend, and arrows drawn over an image.
+"""Pictures of flows: the Middlebury colour coding, its legend, arrows drawn over an image, and error heat maps.
 
 Colour coding (Baker et al., "A Database and Evaluation Methodology for Optical Flow", ICCV 2007):
 hue gives the direction, saturation the speed relative to ``max_magnitude``; no motion is white.
@@ -68,6 +68,37 @@ def color_wheel(size: int = 128) -> torch.Tensor:
     offsets = pixel_grid(size, size) - half
     image = flow_to_color(offsets, max_magnitude=max(half, 1e-6))
     return torch.where(offsets.norm(dim=0) <= half, image, torch.ones(()))
+
+
+# Colour stops of the flow-error heat map (dark = right on target, bright = far off), sampled from the
+# perceptually uniform "inferno" colour map; the report draws its colour bar from the same stops.
+HEAT_STOPS = ((0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
+              (250, 193, 39), (252, 255, 164))
+
+
+def error_to_color(error: torch.Tensor, max_error: float) -> torch.Tensor:
+    """Heat map ``(3, H, W)`` in [0, 1] of a per-pixel error ``(H, W)`` or ``(1, H, W)`` (e.g. px of flow).
+
+    ``max_error`` maps to the brightest colour and larger errors are clipped to it; give every frame of
+    a clip the same value so the maps compare.
+    """
+    if max_error <= 0:
+        raise ValueError(f"max_error must be positive, got {max_error}")
+    error = error.detach().float().reshape(error.shape[-2:])
+    stops = torch.tensor(HEAT_STOPS, dtype=torch.float32, device=error.device) / 255
+    position = (error / max_error).clamp(0, 1) * (len(stops) - 1)
+    lower = position.floor().long().clamp(max=len(stops) - 2)
+    frac = (position - lower)[..., None]
+    colour = (1 - frac) * stops[lower] + frac * stops[lower + 1]
+    return colour.permute(2, 0, 1)
+
+
+def error_scale(errors: list[torch.Tensor], max_motion: float) -> float:
+    """The error (px) drawn brightest in the heat maps of a clip: the largest target motion, or the largest
+    per-frame 99th percentile of the errors when that is higher, so a far-off result still shows where it
+    is worst instead of one flat colour. 1 px when both are zero."""
+    worst = max((float(torch.quantile(e.detach().float().flatten(), 0.99)) for e in errors if e.numel()), default=0.0)
+    return max(max_motion, worst) or 1.0
 
 
 def quiver_overlay(

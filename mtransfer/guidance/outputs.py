@@ -1,7 +1,9 @@
-"""The files of one edit: images, flow pictures, a side-by-side comparison, loss curves, previews, run.json.
+"""The files of one edit: images, flow pictures, a side-by-side comparison, loss curves, previews, an HTML
+report and run.json.
 
 Every file is written atomically (``mtransfer.files``), so an interrupted run never leaves half a PNG.
-Target and achieved flows are colour-coded on one scale (the target's largest motion) so they compare.
+Target and achieved flows are colour-coded on one scale (the target's largest motion) so they compare; the
+error map ``|achieved − target|`` is scaled by ``error_scale``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from mtransfer.files import save_image, to_uint8, write_json
-from mtransfer.flows.viz import flow_to_color
+from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import EditResult
+from mtransfer.pipeline.report import Report, ReportFrame, figure_values, write_report
 
 CURVES = (("total", "energy (total)"), ("flow", "flow loss (mean |px|)"), ("color", "colour loss"),
           ("grad_norm", "guidance norm |sqrt(1-a) g| before clipping (log scale)"))
@@ -100,6 +103,9 @@ def write_edit(
     save_image(folder / "edited.png", result.image)
     save_image(folder / "target_flow.png", target_picture)
     save_image(folder / "achieved_flow.png", achieved_picture)
+    error = (result.achieved_flow.float().cpu() - target_flow.float().cpu()).norm(dim=0)
+    top_error = error_scale([error], scale or 0.0)
+    save_image(folder / "flow_error.png", error_to_color(error, top_error))
     edit_label = "edit (DIVERGED)" if result.diverged else "edit"
     save_image(
         folder / "comparison.png",
@@ -111,8 +117,8 @@ def write_edit(
     for step, preview in result.previews:
         save_image(folder / "previews" / f"step_{step:04d}.png", preview)
     write_json(folder / "losses.json", [_finite(h) for h in result.losses])
-    error = (result.achieved_flow.float().cpu() - target_flow.float().cpu()).norm(dim=0)
     final = _finite(result.losses[-1]) if result.losses else {}
+    _write_edit_report(folder, record, result, scale or 0.0, error, top_error, final)
     write_json(
         folder / "run.json",
         {
@@ -127,6 +133,38 @@ def write_edit(
         },
     )
     return folder
+
+
+def _write_edit_report(
+    folder: Path, record: dict[str, Any], result: EditResult, scale: float, error: torch.Tensor, top_error: float,
+    final: dict,
+) -> Path:
+    """``report.html``: the run report's layout for one frame (source | target flow | edit | achieved flow)."""
+    figures = {
+        "seconds": result.timing.get("sampling_s"),
+        "flow_error_mean_px": float(error.mean()),
+        "flow_error_max_px": float(error.max()),
+        **{f"final_{key}": value for key, value in final.items() if key not in ("step", "recursion", "t")},
+    }
+    frame = ReportFrame(
+        index=0, target_flow="target_flow.png", motion_px=scale, still=scale == 0, result="edited.png",
+        achieved_flow="achieved_flow.png", flow_error="flow_error.png",
+        status="diverged" if result.diverged else "edited", figures=figure_values(figures),
+    )
+    size = record.get("size") or list(result.image.shape[-2:])
+    summary = [
+        f"{Path(str(record.get('image', 'image'))).name} at {size[1]}x{size[0]} (width x height), motion "
+        f"{record.get('flow')!s}; pipeline '{record.get('pipeline')}', "
+        + (f"prompt {record['prompt']!r}." if record.get("prompt") else "no prompt."),
+        f"{len(result.losses)} guided passes; status {'DIVERGED: ' + str(result.divergence) if result.diverged else 'ok'}.",
+    ]
+    files = ["edited.png", "comparison.png", "source.png", "target_flow.png", "achieved_flow.png", "flow_error.png",
+             "loss.png", "losses.json", "run.json"]
+    return write_report(folder / "report.html", Report(
+        title=f"mtransfer edit: {Path(str(record.get('image', 'image'))).name}", summary=summary, source="source.png",
+        frames=[frame], flow_scale_px=scale, error_scale_px=top_error, settings=record, files=files,
+        pictures=[("loss.png", "energy, flow loss, colour loss and guidance norm over the guided passes")],
+    ))
 
 
 def _finite(values: dict) -> dict:

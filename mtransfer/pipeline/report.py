@@ -1,131 +1,497 @@
-"""``report.html``: one self-contained page per run, in the spirit of the paper's project page.
+"""``report.html``: one self-contained page to judge a run (or a single edit) in a browser.
 
-For every frame a row shows the driving frame, the target (aligned) flow and the edit; hovering the edit
-swaps it for the source image or the target flow (a radio button chooses which). Plain HTML and CSS with
-a three-line script, relative paths only, so the page opens from disk and survives moving the folder.
+On top, a viewer over the frames (slider, arrow keys, play button) shows the driving frame (the source for
+a single edit), the target flow, the result and the achieved flow side by side, enlarged with crisp pixels
+when the run is small. The result flips to the source (hover it, or the toggle) and the achieved flow to
+an error heat map ``|achieved − target|`` in px with its colour bar. Flow pictures have a colour-wheel
+legend with the px scale, and a frame without motion says so instead of showing a white box. Below come
+the per-frame numbers (whatever the caller gives: time, flow error, energies, metrics) as small plots over
+the frames and a sortable table, the output files, and the settings folded away.
+
+Plain HTML, CSS and a short script; pictures are relative paths (or inline data), so the page opens from
+disk with no server and no network, and survives moving the folder.
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtransfer.files import write_bytes
+from PIL import Image
+
+from mtransfer.files import to_uint8, write_bytes
+from mtransfer.flows.viz import HEAT_STOPS, color_wheel
+
+
+ACHIEVED_COLOR = "achieved_color"  # folders of the report's pictures of achieved flows and their errors
+FLOW_ERROR = "flow_error"
 
 
 @dataclass(frozen=True)
 class ReportFrame:
-    """One row of the report; paths are relative to the run folder, ``result`` is None for --flow-only."""
+    """One frame of the viewer. Paths are relative to the report's folder.
+
+    ``driving`` is None for a single edit (the source takes its place), ``result`` None for --flow-only
+    (the edit mask takes its place), ``achieved_flow``/``flow_error`` None where no edit was made.
+    ``figures`` are the frame's numbers, keyed by name (``flow_error_px`` reads "flow error (px)").
+    """
 
     index: int
-    driving: str
-    flow_color: str
-    edit_mask: str
+    target_flow: str
+    motion_px: float
+    still: bool = False
+    driving: str | None = None
     result: str | None = None
-    notes: dict[str, str] = field(default_factory=dict)
+    achieved_flow: str | None = None
+    flow_error: str | None = None
+    edit_mask: str | None = None
+    status: str = ""
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything the page shows. ``flow_scale_px`` is the speed drawn fully saturated in the flow
+    pictures (the legend's rim), ``error_scale_px`` the top of the error map's colour bar."""
+
+    title: str
+    summary: list[str]
+    source: str
+    frames: list[ReportFrame]
+    flow_scale_px: float
+    error_scale_px: float
+    settings: dict[str, Any]
+    fps: float = 0.0
+    files: list[str] = field(default_factory=list)
+    pictures: list[tuple[str, str]] = field(default_factory=list)  # (path, caption) shown under the figures
 
 
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { font-size: 1.15em; margin-top: 2em; }
-.muted { color: #777; }
-.media { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
-.media figure, .row figure { margin: 0; }
-figcaption { font-size: .85em; color: #555; text-align: center; }
-img, video { display: block; max-width: 100%; image-rendering: auto; }
-.row { display: grid; grid-template-columns: 5em repeat(3, 1fr); gap: .6em; align-items: center;
-       border-top: 1px solid #eee; padding: .5em 0; }
-.row .label { font-weight: 600; } .row .label span { display: block; font-weight: 400; font-size: .8em; color: #777; }
-.swap { position: relative; cursor: crosshair; }
-.swap img.alt { position: absolute; inset: 0; width: 100%; height: 100%; opacity: 0; }
-body[data-hover=source] .swap:hover img.source, body[data-hover=flow] .swap:hover img.flow { opacity: 1; }
-table { border-collapse: collapse; font-size: .9em; } td { padding: .15em .8em .15em 0; vertical-align: top; }
-td:first-child { color: #555; white-space: nowrap; } code { font-size: .95em; }
+:root { color-scheme: light dark; --fg: #1c1c1f; --bg: #fff; --muted: #66666d; --line: #c9c9d0; --panel: #f3f3f5;
+  --accent: #0b62d6; --hatch: rgba(0, 0, 0, .08); }
+@media (prefers-color-scheme: dark) {
+  :root { --fg: #e6e6e9; --bg: #161619; --muted: #a0a0a8; --line: #45454d; --panel: #222226; --accent: #6ea8ff;
+    --hatch: rgba(255, 255, 255, .09); } }
+* { box-sizing: border-box; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1280px;
+  padding: 10px 20px 40px; color: var(--fg); background: var(--bg); }
+h1 { font-size: 1.3em; margin: .2em 0 .1em; overflow-wrap: anywhere; }
+h2 { font-size: 1.08em; margin: 1.8em 0 .5em; }
+.summary p { margin: .1em 0; font-size: .88em; color: var(--muted); }
+.controls { display: flex; flex-wrap: wrap; align-items: center; gap: .45em .7em; padding: .5em 0; margin-top: .4em;
+  position: sticky; top: 0; z-index: 2; background: var(--bg); border-bottom: 1px solid var(--line); }
+.controls input[type=range] { flex: 1 1 160px; min-width: 100px; accent-color: var(--accent); }
+.controls label { white-space: nowrap; font-size: .92em; }
+.controls output { font-variant-numeric: tabular-nums; min-width: 6.5em; }
+button { font: inherit; padding: .2em .7em; border: 1px solid var(--line); border-radius: 6px; background: var(--panel);
+  color: var(--fg); cursor: pointer; }
+button:hover { border-color: var(--accent); }
+.panels { display: grid; grid-template-columns: repeat(var(--columns), minmax(0, 1fr)); gap: 14px; margin-top: 12px;
+  align-items: start; }
+@media (max-width: 900px) { .panels { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
+@media (max-width: 560px) { .panels { grid-template-columns: minmax(0, 1fr); } body { padding: 8px 12px 30px; } }
+.panel { margin: 0; }
+.pic { position: relative; border: 1px solid var(--line); background: var(--panel); line-height: 0; }
+.pic img { display: block; width: 100%; height: auto; max-height: 70vh; object-fit: contain; }
+.pic img.crisp { image-rendering: pixelated; }
+.pic img.alt { position: absolute; inset: 0; height: 100%; opacity: 0; }
+.flipped .pic.result img.alt, .pic.result:hover img.alt { opacity: 1; }
+.pic .note { display: none; position: absolute; inset: 0; align-items: center; justify-content: center; text-align: center;
+  padding: 1em; line-height: 1.35; font-weight: 600; color: var(--muted);
+  background: repeating-linear-gradient(45deg, var(--panel) 0 9px, var(--hatch) 9px 18px); }
+.pic.empty .note { display: flex; } .pic.empty img { visibility: hidden; }
+figcaption { text-align: center; font-size: .9em; margin-top: .3em; }
+figcaption .detail { display: block; color: var(--muted); font-size: .92em; }
+.error-title, .flip-title, .legend .errorbar { display: none; }
+.error-mode .error-title, .flipped .flip-title { display: inline; }
+.error-mode .normal-title, .flipped .result-title { display: none; }
+.error-mode .legend .errorbar { display: flex; }
+.numbers { margin: .6em 0 0; font-size: .88em; color: var(--muted); font-variant-numeric: tabular-nums; }
+.legend { display: flex; flex-wrap: wrap; gap: .6em 2.2em; align-items: center; margin-top: .6em; font-size: .85em;
+  color: var(--muted); }
+.legend > div { display: flex; align-items: center; gap: .7em; }
+.legend img { width: 64px; height: 64px; border-radius: 50%; border: 1px solid var(--line); }
+.colorbar { width: 180px; height: 14px; border: 1px solid var(--line); }
+.hint { font-size: .8em; color: var(--muted); }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 14px; margin-bottom: 1.2em; }
+.plots figure { margin: 0; } .plots figcaption { text-align: left; }
+svg.plot { width: 100%; height: auto; display: block; overflow: visible; }
+svg.plot text { font-size: 10px; fill: var(--muted); font-variant-numeric: tabular-nums; }
+svg.plot .frame { fill: none; stroke: var(--line); }
+svg.plot polyline { fill: none; stroke: var(--accent); stroke-width: 1.6; }
+svg.plot circle { fill: var(--accent); cursor: pointer; }
+svg.plot .cursor { stroke: var(--fg); stroke-width: 1; stroke-dasharray: 3 2; opacity: .6; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: .88em; font-variant-numeric: tabular-nums; }
+th, td { padding: .25em .7em; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
+th:nth-child(2), td:nth-child(2) { text-align: left; }
+th button { border: 0; background: none; padding: 0; font-weight: 600; }
+th[aria-sort=ascending] button::after { content: " \\25B2"; } th[aria-sort=descending] button::after { content: " \\25BC"; }
+tbody tr { cursor: pointer; } tbody tr:hover { background: var(--panel); }
+tbody tr.current { background: var(--hatch); font-weight: 600; }
+table.settings td { text-align: left; white-space: normal; } table.settings td:first-child { color: var(--muted); }
+details summary { cursor: pointer; font-weight: 600; margin: 1.6em 0 .5em; }
+.files a { color: var(--accent); margin-right: 1em; }
+figure.pictures { margin: 1.2em 0 0; } figure.pictures figcaption { text-align: left; }
+.pictures img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
 """
 
 SCRIPT = """
-for (const radio of document.querySelectorAll('input[name=hover]'))
-  radio.addEventListener('change', () => { document.body.dataset.hover = radio.value; });
+(() => {
+  const data = JSON.parse(document.getElementById('report-data').textContent);
+  const frames = data.frames, body = document.body;
+  const slider = document.getElementById('slider'), label = document.getElementById('frame-label');
+  const play = document.getElementById('play'), numbers = document.getElementById('numbers');
+  let current = data.start, timer = null;
+
+  function crisp(img) {  // nearest-neighbour pixels when a picture is shown at 1.5x its size or more
+    if (img.naturalWidth) img.classList.toggle('crisp', img.clientWidth * devicePixelRatio >= 1.5 * img.naturalWidth);
+  }
+  const pictures = [...document.querySelectorAll('.pic img')];
+  pictures.forEach(img => { img.addEventListener('load', () => crisp(img)); crisp(img); });
+  addEventListener('resize', () => pictures.forEach(crisp));
+
+  function show(index) {
+    current = Math.max(0, Math.min(frames.length - 1, index));
+    const frame = frames[current], errors = body.classList.contains('error-mode');
+    for (const panel of document.querySelectorAll('.panel')) {
+      const shown = frame.panels[panel.dataset.panel], pic = panel.querySelector('.pic');
+      const alternative = errors && 'error' in shown, src = alternative ? shown.error : shown.src;
+      const img = pic.querySelector('img.main');
+      if (src) img.src = src;
+      pic.classList.toggle('empty', !src || Boolean(shown.note));
+      pic.querySelector('.note').textContent = shown.note || '';
+      panel.querySelector('.detail').textContent = (alternative ? shown.error_detail : shown.detail) || '';
+    }
+    if (slider) slider.value = current;
+    if (label) label.textContent = `frame ${frame.index} / ${frames[frames.length - 1].index}`;
+    numbers.textContent = frame.numbers;
+    for (const row of document.querySelectorAll('tr[data-frame]'))
+      row.classList.toggle('current', Number(row.dataset.frame) === current);
+    for (const plot of document.querySelectorAll('svg.plot')) {
+      const x = Number(plot.dataset.x0) + Number(plot.dataset.dx) * current, cursor = plot.querySelector('.cursor');
+      cursor.setAttribute('x1', x); cursor.setAttribute('x2', x);
+    }
+  }
+  function toggle(name, on) { body.classList.toggle(name, on); show(current); }
+  function playing(on) {
+    clearInterval(timer); timer = null;
+    if (on) timer = setInterval(() => show((current + 1) % frames.length), 1000 / data.fps);
+    if (play) play.textContent = on ? '\\u275A\\u275A pause' : '\\u25B6 play';
+  }
+
+  if (slider) slider.addEventListener('input', () => { playing(false); show(Number(slider.value)); });
+  document.getElementById('prev')?.addEventListener('click', () => { playing(false); show(current - 1); });
+  document.getElementById('next')?.addEventListener('click', () => { playing(false); show(current + 1); });
+  play?.addEventListener('click', () => playing(timer === null));
+  const flip = document.getElementById('flip'), errmap = document.getElementById('errmap');
+  flip.addEventListener('change', () => toggle('flipped', flip.checked));
+  errmap?.addEventListener('change', () => toggle('error-mode', errmap.checked));
+  addEventListener('keydown', event => {
+    if (event.altKey || event.ctrlKey || event.metaKey || event.target.closest('textarea, select')) return;
+    const step = {ArrowRight: 1, ArrowLeft: -1}[event.key];
+    if (step && frames.length > 1) {
+      if (event.target !== slider) { playing(false); show(current + step); event.preventDefault(); }
+    } else if (event.key === ' ' && play && event.target.tagName !== 'BUTTON') { playing(timer === null); event.preventDefault(); }
+    else if (event.key === 's') flip.click();
+    else if (event.key === 'e' && errmap) errmap.click();
+  });
+  for (const row of document.querySelectorAll('tr[data-frame]'))
+    row.addEventListener('click', () => { playing(false); show(Number(row.dataset.frame)); });
+  for (const point of document.querySelectorAll('svg.plot circle'))
+    point.addEventListener('click', () => { playing(false); show(Number(point.dataset.frame)); });
+
+  for (const table of document.querySelectorAll('table.sortable')) {
+    const heads = [...table.tHead.rows[0].cells];
+    heads.forEach((head, column) => head.querySelector('button').addEventListener('click', () => {
+      const ascending = head.getAttribute('aria-sort') !== 'ascending';
+      heads.forEach(h => h.removeAttribute('aria-sort'));
+      head.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
+      const value = row => row.cells[column].dataset.value;
+      const rows = [...table.tBodies[0].rows].sort((a, b) => {
+        const x = value(a), y = value(b);
+        if (x === '' || y === '') return (x === '') - (y === '');  // missing values last either way
+        const order = isNaN(x) || isNaN(y) ? x.localeCompare(y) : Number(x) - Number(y);
+        return ascending ? order : -order;
+      });
+      rows.forEach(row => table.tBodies[0].appendChild(row));
+    }));
+  }
+  for (const frame of frames)  // load every picture now so that scrubbing and playing never wait
+    for (const shown of Object.values(frame.panels))
+      for (const src of [shown.src, shown.error]) if (src) new Image().src = src;
+  show(current);
+})();
 """
 
-
-def _img(src: str, alt: str, css: str = "") -> str:
-    css_attr = f' class="{css}"' if css else ""
-    return f'<img src="{html.escape(src)}" alt="{html.escape(alt)}"{css_attr} loading="lazy">'
-
-
-def _figure(inner: str, caption: str) -> str:
-    return f"<figure>{inner}<figcaption>{html.escape(caption)}</figcaption></figure>"
+STATUS_TEXT = {
+    "edited": "",
+    "still": "no motion to follow: the source is kept",
+    "diverged": "DIVERGED: last good estimate",
+}
 
 
-def _row(frame: ReportFrame, source: str) -> str:
-    label = f'<div class="label">frame {frame.index}'
-    label += "".join(f"<span>{html.escape(k)}: {html.escape(v)}</span>" for k, v in frame.notes.items()) + "</div>"
-    driving = _figure(_img(frame.driving, f"driving frame {frame.index}"), "driving frame")
-    flow = _figure(_img(frame.flow_color, f"target flow {frame.index}"), "target flow")
-    if frame.result is None:
-        last = _figure(_img(frame.edit_mask, f"edit mask {frame.index}"), "edit mask")
+def figure_label(key: str) -> str:
+    """A readable column name for a figure key: ``final_energy.flow`` → "final energy flow",
+    ``flow_error_px`` → "flow error (px)", ``seconds`` → "seconds"."""
+    words = key.replace(".", " ").replace("_", " ").split()
+    units = {"px": "px", "s": "s", "db": "dB", "pct": "%"}
+    if len(words) > 1 and words[-1].lower() in units:
+        return " ".join(words[:-1]) + f" ({units[words[-1].lower()]})"
+    return " ".join(words)
+
+
+def figure_values(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a (nested) record, flattened to ``outer.inner`` keys; flags and text are left out."""
+    values: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            values.update(figure_values(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[prefix + key] = float(value)
+    return values
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
+
+
+def _figure_keys(frames: list[ReportFrame]) -> list[str]:
+    keys: dict[str, None] = {}
+    for frame in frames:
+        keys.update(dict.fromkeys(frame.figures))
+    return list(keys)
+
+
+def _png_data_uri(image: Any) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# --- the viewer ----------------------------------------------------------------------------------------
+
+
+def _panels(report: Report) -> list[tuple[str, str, str]]:
+    """``(key, title, title in the alternative mode)`` of the viewer's columns, left to right."""
+    single = report.frames[0].driving is None
+    has_results = any(frame.result is not None for frame in report.frames)
+    panels = [("first", "source image" if single else "driving frame", ""), ("target", "target flow", "")]
+    if has_results:
+        panels += [("result", "result", "source image"), ("achieved", "achieved flow", "|achieved − target| (px)")]
     else:
-        swap = (
-            '<div class="swap">'
-            + _img(frame.result, f"edit {frame.index}")
-            + _img(source, "source image", "alt source")
-            + _img(frame.flow_color, "target flow", "alt flow")
-            + "</div>"
+        panels.append(("mask", "edit mask", ""))
+    return panels
+
+
+def _frame_panels(report: Report, frame: ReportFrame) -> dict[str, dict[str, str | None]]:
+    """What each column shows for one frame: picture, a note replacing it, a detail line under it."""
+    columns = {key for key, _, _ in _panels(report)}
+    panels: dict[str, dict[str, str | None]] = {
+        "first": {"src": frame.driving or report.source, "detail": f"frame {frame.index}" if frame.driving else ""},
+        "target": {
+            "src": frame.target_flow,
+            "note": "no motion" if frame.still else "",
+            "detail": f"largest motion {frame.motion_px:.2f} px",
+        },
+        "mask": {"src": frame.edit_mask, "detail": "white: guidance may change these pixels"},
+    }
+    if frame.result is not None:
+        panels["result"] = {"src": frame.result, "detail": STATUS_TEXT.get(frame.status, frame.status)}
+        no_edit = "" if frame.achieved_flow else "no edit was made for this frame"
+        panels["achieved"] = {
+            "src": frame.achieved_flow, "error": frame.flow_error, "note": no_edit,
+            "detail": "" if no_edit else "measured from the source to the result",
+            "error_detail": "" if no_edit else "per pixel; brighter is further off",
+        }
+    return {key: shown for key, shown in panels.items() if key in columns}
+
+
+def _frame_numbers(frame: ReportFrame, single: bool) -> str:
+    parts = [] if single else [f"frame {frame.index}"]
+    parts += [f"{figure_label(k)} {_number(v)}" for k, v in frame.figures.items()]
+    return " · ".join(parts)
+
+
+def _viewer(report: Report, start: int) -> str:
+    frames, first = report.frames, report.frames[start]
+    panels = _panels(report)
+    shown = _frame_panels(report, first)
+    figures = []
+    for key, title, alternative in panels:
+        now = shown[key]
+        css = "pic result" if key == "result" else "pic"
+        placeholder = now["src"] or report.source  # hidden under the note; keeps the panel's size
+        pictures = f'<img class="main" src="{html.escape(placeholder)}" alt="{html.escape(title)}">'
+        if key == "result":
+            pictures += f'<img class="alt" src="{html.escape(report.source)}" alt="source image">'
+        if key == "result":
+            caption = (f'<span class="result-title">{html.escape(title)}</span>'
+                       f'<span class="flip-title">{html.escape(alternative)} (flipped)</span>')
+        elif alternative:
+            caption = f'<span class="normal-title">{html.escape(title)}</span><span class="error-title">{html.escape(alternative)}</span>'
+        else:
+            caption = html.escape(title)
+        empty = " empty" if now.get("note") or not now["src"] else ""
+        figures.append(
+            f'<figure class="panel" data-panel="{key}"><div class="{css}{empty}">{pictures}'
+            f'<div class="note">{html.escape(now.get("note") or "")}</div></div>'
+            f'<figcaption>{caption}<span class="detail">{html.escape(now.get("detail") or "")}</span></figcaption></figure>'
         )
-        last = _figure(swap, "motion-edited (hover)")
-    return f'<div class="row">{label}{driving}{flow}{last}</div>'
+    has_results = any(key == "result" for key, _, _ in panels)
+    controls = []
+    if len(frames) > 1:
+        controls += [
+            '<button id="prev" type="button" aria-label="previous frame">&#9664;</button>',
+            '<button id="play" type="button">&#9654; play</button>',
+            '<button id="next" type="button" aria-label="next frame">&#9654;</button>',
+            f'<input id="slider" type="range" min="0" max="{len(frames) - 1}" value="{start}" aria-label="frame">',
+            f'<output id="frame-label">frame {first.index} / {frames[-1].index}</output>',
+        ]
+    if has_results:
+        controls += [
+            '<label title="or hover the result; key S"><input id="flip" type="checkbox"> show the source</label>',
+            '<label title="key E"><input id="errmap" type="checkbox"> error map</label>',
+        ]
+    else:
+        controls.append('<input id="flip" type="checkbox" hidden>')
+    keys = "&larr; &rarr; step, space plays, " if len(frames) > 1 else ""
+    hint = f'<p class="hint">Keys: {keys}S flips the result to the source (so does hovering it), E shows the error map.</p>' \
+        if has_results else ""
+    stops = ", ".join(f"rgb{stop}" for stop in HEAT_STOPS)
+    legend = (
+        f'<div class="legend"><div><img src="{_png_data_uri(color_wheel(96))}" alt="flow colour wheel">'
+        f'<span>Flow colours: hue = direction (right red, down yellow, left cyan, up blue),<br>'
+        f'white centre = no motion, the rim = {report.flow_scale_px:.2f} px (faster: darker)</span></div>'
+        + (f'<div class="errorbar"><span>0</span><div class="colorbar" style="background: linear-gradient(to right, {stops})">'
+           f'</div><span>&ge; {report.error_scale_px:.2f} px of |achieved &minus; target|</span></div>' if has_results else "")
+        + "</div>"
+    )
+    return (
+        f'<section class="viewer"><div class="controls">{"".join(controls)}</div>'
+        f'<div class="panels" style="--columns: {len(panels)}">{"".join(figures)}</div>'
+        f'<p class="numbers" id="numbers">{html.escape(_frame_numbers(first, len(frames) == 1))}</p>{legend}{hint}</section>'
+    )
+
+
+# --- figures, files, settings --------------------------------------------------------------------------
+
+
+def _plot(frames: list[ReportFrame], key: str, start: int) -> str:
+    """An inline SVG line plot of one figure over the frames, with a cursor at the shown frame."""
+    width, height, left, right, top, bottom = 260, 100, 44, 8, 8, 18
+    points = [(f.index, f.figures[key]) for f in frames if key in f.figures and math.isfinite(f.figures[key])]
+    low, high = min(v for _, v in points), max(v for _, v in points)
+    if high == low:
+        low, high = low - 0.5, high + 0.5
+    last = max(frames[-1].index, 1)
+    dx = (width - left - right) / last
+
+    def xy(index: int, value: float) -> tuple[float, float]:
+        return left + dx * index, top + (height - top - bottom) * (high - value) / (high - low)
+
+    coordinates = [xy(i, v) for i, v in points]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in coordinates)
+    dots = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.2" data-frame="{i}"><title>frame {i}: {_number(v)}</title></circle>'
+        for (i, v), (x, y) in zip(points, coordinates)
+    )
+    cursor = left + dx * frames[start].index
+    return (
+        f'<figure><svg class="plot" viewBox="0 0 {width} {height}" data-x0="{left}" data-dx="{dx:.4f}" role="img" '
+        f'aria-label="{html.escape(figure_label(key))} over frames">'
+        f'<rect class="frame" x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}"/>'
+        f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{_number(high)}</text>'
+        f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{_number(low)}</text>'
+        f'<text x="{left}" y="{height - 4}">frame 0</text>'
+        f'<text x="{width - right}" y="{height - 4}" text-anchor="end">{frames[-1].index}</text>'
+        f'<line class="cursor" x1="{cursor:.1f}" x2="{cursor:.1f}" y1="{top}" y2="{height - bottom}"/>'
+        f'<polyline points="{line}"/>{dots}</svg><figcaption>{html.escape(figure_label(key))}</figcaption></figure>'
+    )
+
+
+def _figures(report: Report, start: int) -> str:
+    frames = report.frames
+    keys = _figure_keys(frames)
+    plots = [
+        _plot(frames, key, start) for key in keys
+        if len(frames) > 1 and any(key in f.figures and math.isfinite(f.figures[key]) for f in frames)
+    ]
+    heads = ["frame", "status"] + [figure_label(k) for k in keys]
+    head = "".join(f'<th scope="col"><button type="button">{html.escape(h)}</button></th>' for h in heads)
+    rows = []
+    for position, frame in enumerate(frames):
+        cells = [f'<td data-value="{frame.index}">{frame.index}</td>',
+                 f'<td data-value="{html.escape(frame.status)}">{html.escape(frame.status)}</td>']
+        for key in keys:
+            value = frame.figures.get(key)
+            cells.append(f'<td data-value="{value!r}">{_number(value)}</td>' if value is not None
+                         else '<td data-value="">&ndash;</td>')
+        current = ' class="current"' if position == start else ""
+        rows.append(f'<tr data-frame="{position}"{current}>{"".join(cells)}</tr>')
+    plots_html = f'<div class="plots">{"".join(plots)}</div>' if plots else ""
+    table = (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
+             f'<tbody>{"".join(rows)}</tbody></table></div>')
+    pictures = "".join(
+        f'<figure class="pictures"><img src="{html.escape(path)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for path, caption in report.pictures
+    )
+    hint = '<p class="hint">Click a column to sort, a row or a point to show that frame.</p>' if len(frames) > 1 else ""
+    heading = "Figures" if len(frames) == 1 else "Per-frame figures"
+    return f"<h2>{heading}</h2>{plots_html}{table}{hint}{pictures}"
 
 
 def _settings_table(config: dict[str, Any]) -> str:
     rows = []
     for section, values in config.items():
         if isinstance(values, dict):
-            for key, value in values.items():
-                rows.append((f"{section}.{key}", json.dumps(value)))
+            rows += [(f"{section}.{key}", json.dumps(value)) for key, value in values.items()]
         else:
             rows.append((section, json.dumps(values)))
     body = "".join(f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(v)}</code></td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+    return f'<details><summary>Settings</summary><div class="scroll"><table class="settings">{body}</table></div></details>'
 
 
-def render_report(
-    title: str,
-    summary: list[str],
-    source: str,
-    frames: list[ReportFrame],
-    media: list[tuple[str, str]],
-    config: dict[str, Any],
-) -> str:
-    """The page as a string. ``media`` is ``(relative path, caption)`` of the animations shown on top."""
-    top = []
-    for path, caption in media:
-        if path.endswith(".mp4"):
-            inner = f'<video src="{html.escape(path)}" controls loop muted autoplay playsinline></video>'
-        else:
-            inner = _img(path, caption)
-        top.append(_figure(inner, caption))
-    top.append(_figure(_img(source, "source image"), "source image"))
-    has_results = any(frame.result is not None for frame in frames)
-    hover = (
-        '<p>Hover an edit to see <label><input type="radio" name="hover" value="source" checked> the source '
-        'image</label> <label><input type="radio" name="hover" value="flow"> the target flow</label></p>'
-        if has_results else '<p class="muted">Flow only: no edits were made (--flow-only).</p>'
-    )
-    rows = "".join(_row(frame, source) for frame in frames)
+def _page_data(report: Report, start: int) -> str:
+    """The per-frame panels and numbers as JSON for the script, safe inside ``<script>``."""
+    data = {
+        "start": start,
+        "fps": min(max(report.fps, 1.0), 30.0),
+        "frames": [
+            {"index": f.index, "panels": _frame_panels(report, f), "numbers": _frame_numbers(f, len(report.frames) == 1)} for f in report.frames
+        ],
+    }
+    return json.dumps(data).replace("<", "\\u003c")  # no "</script>" or "<!--" can end the element early
+
+
+def render_report(report: Report) -> str:
+    """The page as a string. The viewer opens on the frame with the largest target motion."""
+    if not report.frames:
+        raise ValueError("a report needs at least one frame")
+    start = max(range(len(report.frames)), key=lambda i: report.frames[i].motion_px)
+    files = " ".join(f'<a href="{html.escape(path)}">{html.escape(path)}</a>' for path in report.files)
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-        f'<body data-hover="source"><h1>{html.escape(title)}</h1>'
-        + "".join(f'<p class="muted">{html.escape(line)}</p>' for line in summary)
-        + f'<div class="media">{"".join(top)}</div><h2>Frames</h2>{hover}{rows}'
-        + f"<h2>Settings</h2>{_settings_table(config)}<script>{SCRIPT}</script></body></html>\n"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(report.title)}</title><style>{STYLE}</style></head>\n<body>"
+        f"<h1>{html.escape(report.title)}</h1>"
+        f'<div class="summary">{"".join(f"<p>{html.escape(line)}</p>" for line in report.summary)}</div>'
+        + _viewer(report, start)
+        + _figures(report, start)
+        + (f'<h2>Files</h2><p class="files">{files}</p>' if files else "")
+        + _settings_table(report.settings)
+        + f'<script type="application/json" id="report-data">{_page_data(report, start)}</script>'
+        + f"<script>{SCRIPT}</script></body></html>\n"
     )
 
 
-def write_report(path: Path, *args: Any, **kwargs: Any) -> Path:
+def write_report(path: Path, report: Report) -> Path:
     """``render_report`` written atomically to ``path``."""
-    return write_bytes(path, render_report(*args, **kwargs).encode())
+    return write_bytes(path, render_report(report).encode())

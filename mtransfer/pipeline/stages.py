@@ -24,6 +24,7 @@ Run folder layout (paths relative to it)::
     frames/0000.png               the results
     cache/latents, cache/achieved_flow, cache/source_state.pt   what resuming and the report need
     result.mp4, result.gif, side_by_side.mp4, flow.mp4, report.html
+    achieved_color/0001.png, flow_error/0001.png                 the report's achieved flow and its error
     driving_color/0001.png, summary.json                         (``mtransfer flow`` only)
 """
 
@@ -51,11 +52,11 @@ from mtransfer.estimators import FlowEstimator
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
-from mtransfer.flows.viz import flow_to_color
+from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import SourceState
 from mtransfer.pipeline.align import align_flows, motion_mask
 from mtransfer.pipeline.manifest import Manifest
-from mtransfer.pipeline.report import ReportFrame, write_report
+from mtransfer.pipeline.report import ACHIEVED_COLOR, FLOW_ERROR, Report, ReportFrame, figure_values, write_report
 from mtransfer.video import iter_frames, write_video
 from mtransfer.video_flow import video_flows
 
@@ -84,7 +85,8 @@ STAGE_OUTPUTS = {
     "flow": (DRIVING_FLOW,),
     "align": (SOURCE, FLOW, FLOW_COLOR, EDIT_MASK),
     "guide": (FRAMES, LATENTS, ACHIEVED_FLOW, SOURCE_STATE),
-    "encode": (RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE, FLOW_VIDEO, REPORT, DRIVING_COLOR, SUMMARY),
+    "encode": (RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE, FLOW_VIDEO, REPORT, DRIVING_COLOR, SUMMARY,
+               ACHIEVED_COLOR, FLOW_ERROR),
 }
 
 
@@ -441,25 +443,37 @@ def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
 
 
 def _write_report(ctx: RunContext, clip: Clip, motion: Motion, has_results: bool, fps: float) -> None:
-    guide = ctx.manifest.stage("guide")["frames"] if has_results else {}
-    rows = []
+    """``report.html``, with the achieved flows drawn on the target flows' colour scale and their error
+    maps ``|achieved − target|`` on one scale for the clip (``error_scale``)."""
+    stages = ctx.manifest.record["stages"]
+    achieved = {
+        i: read_flow(ctx.file(ACHIEVED_FLOW, i, ".flo")) for i in range(len(motion.flows))
+        if has_results and not motion.still[i] and ctx.file(ACHIEVED_FLOW, i, ".flo").exists()
+    }
+    errors = {i: (flow - motion.flows[i]).norm(dim=0) for i, flow in achieved.items()}
+    top_error = error_scale(list(errors.values()), motion.max_magnitude)
+    frames = []
     for index in range(len(motion.flows)):
-        info = guide.get(f"{index:04d}", {})
-        notes = {"motion": f"{float(motion.flows[index].norm(dim=0).max()):.2f} px max"}
-        if info.get("still"):
-            notes["edit"] = "none (no motion)"
-        elif "flow_error_px" in info:
-            notes["flow error"] = f"{info['flow_error_px']:.2f} px"
-            notes["time"] = f"{info['seconds']:.1f} s"
-            if info.get("diverged"):
-                notes["diverged"] = "yes"
-        rows.append(ReportFrame(
+        name = f"{index:04d}"
+        records = {stage: record.get("frames", {}).get(name, {}) for stage, record in stages.items()}
+        achieved_color = error_map = None
+        if index in achieved:
+            achieved_color, error_map = f"{ACHIEVED_COLOR}/{name}.png", f"{FLOW_ERROR}/{name}.png"
+            save_image(ctx.folder / achieved_color, flow_to_color(achieved[index], motion.max_magnitude))
+            save_image(ctx.folder / error_map, error_to_color(errors[index], top_error))
+        diverged = records.get("guide", {}).get("diverged")
+        frames.append(ReportFrame(
             index=index,
-            driving=f"{DRIVING}/{index:04d}.png",
-            flow_color=f"{FLOW_COLOR}/{index:04d}.png",
-            edit_mask=f"{EDIT_MASK}/{index:04d}.png",
-            result=f"{FRAMES}/{index:04d}.png" if has_results else None,
-            notes=notes,
+            target_flow=f"{FLOW_COLOR}/{name}.png",
+            motion_px=float(motion.flows[index].norm(dim=0).max()),
+            still=motion.still[index],
+            driving=f"{DRIVING}/{name}.png",
+            result=f"{FRAMES}/{name}.png" if has_results else None,
+            achieved_flow=achieved_color,
+            flow_error=error_map,
+            edit_mask=f"{EDIT_MASK}/{name}.png",
+            status="still" if motion.still[index] else "diverged" if diverged else "edited" if has_results else "",
+            figures={k: v for record in records.values() for k, v in figure_values(record).items()},
         ))
     settings = ctx.settings
     height, width = ctx.size
@@ -470,8 +484,11 @@ def _write_report(ctx: RunContext, clip: Clip, motion: Motion, has_results: bool
         f"{settings.video.estimator} ({settings.video.flow}) for the video; {settings.guidance.steps} steps x "
         f"{settings.guidance.recursions} recursions; largest target motion {motion.max_magnitude:.2f} px.",
     ]
-    media = [(FLOW_VIDEO, "driving video | target flow")]
-    if has_results:
-        media = [(RESULT_GIF, "result"), (SIDE_BY_SIDE, "driving | target flow | result")]
-    title = f"mtransfer: {ctx.video.stem} onto {ctx.image.stem}"
-    write_report(ctx.folder / REPORT, title, summary, SOURCE, rows, media, settings.as_record())
+    if not has_results:
+        summary.append("Flow only (--flow-only): no edits were made; the edit masks show where guidance would act.")
+    files = ([RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE] if has_results else []) + [FLOW_VIDEO, ctx.manifest.path.name]
+    write_report(ctx.folder / REPORT, Report(
+        title=f"mtransfer: {ctx.video.stem} onto {ctx.image.stem}", summary=summary, source=SOURCE, frames=frames,
+        flow_scale_px=motion.max_magnitude, error_scale_px=top_error, settings=settings.as_record(), fps=fps,
+        files=files,
+    ))
