@@ -29,7 +29,15 @@ from mtransfer.flows.io import read_flow, read_flow_and_valid, read_mask, write_
 from mtransfer.flows.ops import blend, compose, invert, move_image, resize_flow, restrict, scale_motion
 from mtransfer.flows.spec import load_flow, motion_usage, parse_flow_spec
 from mtransfer.flows.viz import color_wheel, flow_to_color, quiver_overlay
-from mtransfer.flows.warp import as_flow_batch, disocclusion_mask, occlusion_mask, pixel_grid, sample_at, warp
+from mtransfer.flows.warp import (
+    as_flow_batch,
+    disocclusion_mask,
+    occlusion_mask,
+    pixel_grid,
+    sample_at,
+    splat_image,
+    warp,
+)
 
 __all__ = [
     "as_flow_batch",
@@ -59,6 +67,7 @@ __all__ = [
     "scale_motion",
     "scaling",
     "shear",
+    "splat_image",
     "stretch",
     "translation",
     "twirl",
