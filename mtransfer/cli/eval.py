@@ -74,10 +74,14 @@ def eval_command(
 ) -> None:
     """Judge the edits in FOLDER independently of the estimator that guided them."""
     with progress_bar(console) as progress:
-        task = progress.add_task("judge", total=None)
-        evaluation = evaluate_run(
-            folder, device=device, estimator=estimator,
-            progress=lambda total: progress.update(task, total=total) if total else progress.advance(task),
-        )
+        tasks = []  # the bar appears once the folder has been read and its frames counted
+
+        def advance(total: int) -> None:
+            if total:
+                tasks.append(progress.add_task("judge", total=total))
+            else:
+                progress.advance(tasks[0])
+
+        evaluation = evaluate_run(folder, device=device, estimator=estimator, progress=advance)
     Console().print(evaluation_table(evaluation))
     console.print(f"[green]written[/] {folder / EVALUATION}", highlight=False)

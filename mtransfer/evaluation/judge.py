@@ -35,6 +35,13 @@ from mtransfer.estimators import FlowEstimator, load_estimator
 from mtransfer.estimators.raft import has_local_weights
 from mtransfer.flows import as_flow_batch, compose, resize_flow, warp
 
+DISTINCT = 0.5
+"""The residual hypothesis only counts where it matches at least this much better than the same warp of an
+unmoved image would: where neither hypothesis explains the result (content gone, smeared or re-painted
+elsewhere) an arbitrary win must not credit the target, and where the source looks alike at ``p`` and
+``p + target`` (flat or repeated texture) the motion cannot be observed at all."""
+
+
 def judge_estimator_name(guidance_estimator: str | None = None) -> str:
     """The best judge available here that is not ``guidance_estimator`` (the one inside the energy)."""
     for name in ("raft-large", "raft-small"):
@@ -92,7 +99,9 @@ def judge_motion(
     direct = estimator(source, result)
     residual = compose(estimator(source, warp(result, target, padding_mode="border")), target)
     sigma = window * max(size)
-    wins = _matching_cost(source, result, residual, sigma) < _matching_cost(source, result, direct, sigma)
+    residual_cost = _matching_cost(source, result, residual, sigma)
+    unmoved_cost = _matching_cost(source, source, target, sigma)  # the target's cost if nothing had moved
+    wins = (residual_cost < _matching_cost(source, result, direct, sigma)) & (residual_cost < DISTINCT * unmoved_cost)
     flow = torch.where(wins, residual, direct)
     full = lambda f: resize_flow(f, (height, width)) if size != (height, width) else f
     return Judgement(full(flow), full(direct), full(residual), wins.float().mean((1, 2, 3)))
