@@ -68,6 +68,10 @@ def test_edit_on_the_tiny_model_writes_every_output(inputs: Path, cache: Path) -
     out = inputs / "outputs" / "photo-edit"
     for name in ("edited.png", "source.png", "target_flow.png", "achieved_flow.png"):
         assert read_png(out / name).shape == (64, 64, 3), name
+    from mtransfer.flows import parse_flow_spec, read_flow
+
+    written = read_flow(out / "target_flow.flo")  # the flow `mtransfer eval` judges the edit against
+    assert torch.allclose(written, parse_flow_spec("translate(3, 1) | rotate(5)", 64, 64), atol=1e-5)
     comparison = read_png(out / "comparison.png")
     assert comparison.shape[1] > 4 * comparison.shape[0] // 2  # four panels side by side
     curves = read_png(out / "loss.png")

@@ -126,6 +126,19 @@ def load_raft(
     return estimator.to(device)
 
 
+def has_local_weights(name: str) -> bool:
+    """Whether ``load_raft(name)`` would find trained weights without the network.
+
+    True when ``$MTRANSFER_RAFT_WEIGHTS`` names a file (it is checked against the variant only on loading)
+    or torchvision's default weights for ``name`` are in the torch hub cache.
+    """
+    if name not in _VARIANTS:
+        return False
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV]).is_file()
+    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(_VARIANTS[name][1].DEFAULT.url).name).is_file()
+
+
 def _hub_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[str, torch.Tensor]]:
     """torchvision's named weights from the hub cache; only a missing cache file touches the network."""
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name

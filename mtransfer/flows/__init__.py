@@ -36,6 +36,7 @@ from mtransfer.flows.warp import (
     pixel_grid,
     reference_occlusion_mask,
     sample_at,
+    splat_image,
     warp,
 )
 
@@ -70,6 +71,7 @@ __all__ = [
     "scale_motion",
     "scaling",
     "shear",
+    "splat_image",
     "stretch",
     "translation",
     "twirl",

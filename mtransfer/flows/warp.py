@@ -115,3 +115,35 @@ def disocclusion_mask(flow: torch.Tensor) -> torch.Tensor:
     hits = torch.zeros((batch, height * width), device=flow.device, dtype=flow.dtype)
     hits = hits.scatter_add(1, index, inside.to(flow.dtype))
     return (hits == 0).to(flow.dtype).view(batch, 1, height, width)
+
+
+@torch.no_grad()
+def splat_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Carry ``image`` (B, C, H, W) forward by ``flow`` by splatting each pixel onto its nearest destination.
+
+    Unlike ``ops.move_image`` it needs no inverse flow, so it stays right for discontinuous motions such
+    as one object moved far across a still background (inverting those from the destination side finds
+    the background's zero motion instead). Where pixels collide the fastest win (moving content passes in
+    front, as in ``occlusion_mask``); destinations nobody lands on take the nearest landed pixel.
+    """
+    from scipy import ndimage  # comes with scikit-image; imported here to keep ``mtransfer.flows`` light
+
+    flow = as_flow_batch(flow)
+    batch, channels, height, width = image.shape
+    index, inside = _destination_index(flow)
+    weights = (inside & (occlusion_mask(flow).flatten(1) > 0)).to(image.dtype).expand(batch, -1)
+    index = index.expand(batch, -1)
+    sums = image.new_zeros(batch, channels, height * width).scatter_add(
+        2, index[:, None].expand(-1, channels, -1), image.flatten(2) * weights[:, None]
+    )
+    counts = image.new_zeros(batch, height * width).scatter_add(1, index, weights)
+    moved = (sums / counts.clamp_min(1)[:, None]).view(batch, channels, height, width)
+    holes = (counts == 0).view(batch, height, width).cpu().numpy()
+    filled = []
+    for picture, hole in zip(moved, holes):
+        if hole.all() or not hole.any():
+            filled.append(picture)
+            continue
+        _, (rows, cols) = ndimage.distance_transform_edt(hole, return_indices=True)
+        filled.append(picture[:, torch.from_numpy(rows), torch.from_numpy(cols)])
+    return torch.stack(filled)

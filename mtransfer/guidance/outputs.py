@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mtransfer.files import save_image, to_uint8, write_json
+from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import EditResult
 from mtransfer.pipeline.report import Report, ReportFrame, figure_values, write_report
@@ -101,6 +102,7 @@ def write_edit(
     achieved_picture = flow_to_color(result.achieved_flow, scale)
     save_image(folder / "source.png", source)
     save_image(folder / "edited.png", result.image)
+    write_flow(folder / "target_flow.flo", target_flow)  # what `mtransfer eval` judges the edit against
     save_image(folder / "target_flow.png", target_picture)
     save_image(folder / "achieved_flow.png", achieved_picture)
     error = (result.achieved_flow.float().cpu() - target_flow.float().cpu()).norm(dim=0)

@@ -1,0 +1,131 @@
+"""Evaluating a folder written by ``mtransfer run`` or ``mtransfer edit``: ``evaluate_run(folder)``.
+
+A run folder has ``manifest.json``, ``source.png``, ``frames/NNNN.png``, ``flow/NNNN.flo`` and
+``edit_mask/NNNN.png`` (see ``mtransfer.pipeline.stages``). An edit folder has ``run.json``,
+``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving region of the
+target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The figures are
+written to ``evaluation.json`` in the folder (atomically) and returned.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtransfer.errors import MtransferError, input_error
+from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
+from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
+from mtransfer.estimators import load_estimator
+from mtransfer.files import load_image, read_json, write_json
+from mtransfer.flows.io import read_flow, read_mask
+from mtransfer.pipeline.align import motion_mask
+
+EVALUATION = "evaluation.json"
+MOTIONLESS_PX = 0.5
+"""Frames whose target moves no pixel further than this are left out of the summary (they are the source)."""
+
+
+def _same_size(path: Path, tensor: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
+    if tuple(tensor.shape[-2:]) != size:
+        raise input_error(path, f"{what} is {tensor.shape[-2]}x{tensor.shape[-1]}, the source is {size[0]}x{size[1]}")
+    return tensor
+
+
+def _load_run(folder: Path) -> tuple[str, dict, list[tuple[int, Path, Path, Path | None]]]:
+    """The folder's kind, the record naming the guidance estimator, and (index, result, flow, mask) per frame."""
+    if (folder / "manifest.json").is_file() and (folder / "frames").is_dir():
+        manifest = read_json(folder / "manifest.json")
+        frames = sorted(p for p in (folder / "frames").glob("*.png") if p.stem.isdigit())
+        if not frames:
+            raise input_error(folder / "frames", "no result frames yet; run the guide stage first")
+        return "run", manifest.get("config", {}), [
+            (int(p.stem), p, folder / "flow" / f"{p.stem}.flo", folder / "edit_mask" / f"{p.stem}.png") for p in frames
+        ]
+    if (folder / "run.json").is_file() and (folder / "edited.png").is_file():
+        if not (folder / "target_flow.flo").is_file():
+            raise input_error(folder / "target_flow.flo", "missing; edits written by older versions lack it, rerun the edit")
+        return "edit", read_json(folder / "run.json"), [(0, folder / "edited.png", folder / "target_flow.flo", None)]
+    raise input_error(
+        folder, "not a run folder (manifest.json and frames/) nor an edit folder (run.json and edited.png)"
+    )
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if any(v is not None and math.isinf(v) for v in values) and not finite:
+        return math.inf
+    return statistics.fmean(finite) if finite else None
+
+
+def _json_ready(value: Any) -> Any:
+    """JSON has no infinity: an infinite figure (identical pixels, PSNR) is written as the string "inf"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def evaluate_run(
+    folder: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    estimator: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Fidelity (by the judge), preservation and temporal consistency of every frame in ``folder``.
+
+    ``estimator`` overrides the judge's choice (``judge_estimator_name``); ``progress(total)`` is called
+    once with the number of frames and then ``progress(0)`` after each one. Writes ``evaluation.json``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise input_error(folder, "no such run folder")
+    kind, record, frames = _load_run(folder)
+    guidance = (record.get("estimator") or {}).get("name")
+    name = estimator or judge_estimator_name(guidance)
+    if name == guidance:
+        raise MtransferError(f"the judge must not be the estimator that guided the edit ({name}); pick another")
+    judge = load_estimator(name, device=device)
+    source = load_image(folder / "source.png")
+    size = tuple(source.shape[-2:])
+    if progress:
+        progress(len(frames))
+    rows, results, targets = [], [], []
+    for index, result_path, flow_path, mask_path in frames:
+        result = _same_size(result_path, load_image(result_path), size, "result")
+        target = _same_size(flow_path, read_flow(flow_path), size, "target flow")
+        mask = motion_mask(target)[0] if mask_path is None else _same_size(mask_path, read_mask(mask_path), size, "edit mask")
+        measured = judge_motion(judge, source[None].to(device), result[None].to(device), target.to(device)).flow[0]
+        rows.append({
+            "frame": index,
+            "max_motion_px": float(target.norm(dim=0).max()),
+            **fidelity(measured, target, mask),
+            **preservation(source, result, mask),
+        })
+        results.append(result)
+        targets.append(target)
+        if progress:
+            progress(0)
+    temporal = temporal_consistency(torch.stack(results), torch.stack(targets), source)
+    for row, error, baseline in zip(rows[1:], temporal["warping_error"], temporal["baseline_warping_error"]):
+        row.update(warping_error=error, baseline_warping_error=baseline)
+    moving = [row for row in rows if row["max_motion_px"] > MOTIONLESS_PX]  # frame 0 is the source itself
+    keys = ("epe_edit", "epe_all", "within_1px_edit", "within_1px_all", "psnr", "ssim",
+            "warping_error", "baseline_warping_error")
+    evaluation = {
+        "folder": str(folder),
+        "kind": kind,
+        "judge": {"estimator": name, "guidance_estimator": guidance},
+        "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in keys},
+        "frames": rows,
+    }
+    write_json(folder / EVALUATION, _json_ready(evaluation))
+    return evaluation
