@@ -6,6 +6,11 @@ moves the square by (dx, dy), the sampler can only succeed by ending on the memb
 p0 + (dx, dy); unguided, DDIM from the source's inversion noise must give the source back; outside the
 edit mask, the source's latents are pasted, so the background stays the source's.
 
+The second test edits real pictures (from ``skimage.data`` and the bundled cat) inside the model the
+``offline-demo`` preset builds: the picture under every whole-pixel shift within a radius. Guided by
+``translate(dx, dy)``, each edit must end exactly on the member shifted by (dx, dy), for several
+pictures and directions.
+
 Tuning (settings, not assertions): the weight-free pyramid estimator is unreliable at the square's
 occlusion boundaries, where the colour term trusts its flow for warping, so that term would favour the
 unmoved picture; the colour weight is 0 here and the flow term does the work. The set's members are so
@@ -20,9 +25,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtransfer.diffusion import FiniteSetBackend
+from mtransfer.diffusion import FiniteSetBackend, motion_family
 from mtransfer.estimators import PyramidEstimator
+from mtransfer.files import load_image
+from mtransfer.flows import translation
 from mtransfer.guidance import GuidanceConfig, edit_image, prepare_source
+from mtransfer.pipeline.settings import RunSettings
+from mtransfer.presets import load_pipeline
+from benchmarks.exact_world import picture_path
 
 SIZE, SQUARE = 48, 20
 P0 = (12, 14)  # top-left corner (x, y) of the square in the source
@@ -89,3 +99,26 @@ def test_guidance_moves_the_square_to_the_target_position(world: dict) -> None:
                           edit_mask=mask)
     position, residual = nearest_position(unguided.image, world["members"])
     assert position == P0 and residual < 0.02
+
+
+RADIUS = 5
+SHIFTS = [(x, y) for y in range(-RADIUS, RADIUS + 1) for x in range(-RADIUS, RADIUS + 1)]
+
+
+@pytest.mark.parametrize(
+    ("picture", "move"),
+    [("astronaut", (3, 2)), ("astronaut", (-4, 3)), ("coffee", (-5, -1)), ("cat", (-4, 3)), ("cat", (0, 5))],
+)
+def test_guidance_lands_exactly_on_the_requested_shift_of_a_real_picture(picture: str, move: tuple[int, int],
+                                                                          tmp_path) -> None:
+    demo = RunSettings.from_config(load_pipeline("offline-demo"))
+    config = demo.guidance.replace(steps=50, recursions=2)  # the preset's weights; fewer steps at this size
+    source = load_image(picture_path(picture, tmp_path), size=(48, 64))
+    members = motion_family(source, translations=SHIFTS)
+    backend = FiniteSetBackend(members)
+    state = prepare_source(backend, source, "", config)
+    flow = translation(48, 64, *move)
+    result = edit_image(backend, PyramidEstimator(), state, flow, config)
+    distance = (members - result.image[None]).abs().flatten(1).mean(1)
+    assert SHIFTS[int(distance.argmin())] == move
+    assert float(distance.min()) < 0.02  # that member itself, not a blend of neighbours

@@ -24,18 +24,13 @@ from mtransfer.flows.warp import warp
 class FiniteSetBackend:
     """``DiffusionBackend`` over ``images`` ``(N, 3, H, W)`` in [0, 1]; latents are the pixels in [-1, 1].
 
-    ``alphas_cumprod`` defaults to the SD v1 training schedule, so step counts and guidance weights mean
-    the same as with Stable Diffusion.
+    ``alphas_cumprod`` defaults to the SD v1 training schedule with its noisy end stretched
+    (``family_schedule``) so that the first step cannot yet tell the images apart.
     """
 
     def __init__(self, images: torch.Tensor, alphas_cumprod: torch.Tensor | None = None) -> None:
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
             raise ValueError(f"images must be (N, 3, H, W) with N >= 1, got {tuple(images.shape)}")
-        if alphas_cumprod is None:
-            from mtransfer.diffusion.stable_diffusion import sd_alphas_cumprod
-
-            alphas_cumprod = sd_alphas_cumprod()
-        self.alphas_cumprod = alphas_cumprod
         self.device = images.device
         self.dtype = images.dtype
         self.image_size = tuple(images.shape[-2:])
@@ -44,6 +39,11 @@ class FiniteSetBackend:
         # float32 rounding of those would flip which image wins.
         self._points = (images * 2 - 1).flatten(1).double()
         self._half_sq_norms = self._points.square().sum(1) / 2
+        if alphas_cumprod is None:
+            from mtransfer.diffusion.stable_diffusion import sd_alphas_cumprod
+
+            alphas_cumprod = family_schedule(self._points, sd_alphas_cumprod())
+        self.alphas_cumprod = alphas_cumprod
 
     def latent_size(self, height: int, width: int) -> tuple[int, int, int]:
         if (height, width) != self.image_size:
@@ -74,6 +74,27 @@ class FiniteSetBackend:
     def eps(self, z: torch.Tensor, t: int, cond: torch.Tensor | None = None) -> torch.Tensor:
         a = float(self.alphas_cumprod[int(t)])
         return (z - math.sqrt(a) * self.posterior_mean(z, t)) / math.sqrt(1 - a)
+
+
+def family_schedule(points: torch.Tensor, base: torch.Tensor, first_step_gap: float = 1.0) -> torch.Tensor:
+    """``base`` alpha bars with the noisy end stretched until the first step cannot tell ``points`` apart.
+
+    Given ``z_t`` near member ``i``, member ``j``'s log-posterior trails by about
+    ``SNR(t) |x_i - x_j|^2 / 2``. Whole images are far apart (a 1 px shift of a textured 96x128 picture
+    is ~2,400 in squared [-1, 1] units), so under SD's schedule, whose noisiest level has SNR 0.0047,
+    the exact posterior has already chosen the unmoved source before the first step and its Jacobian
+    (``sqrt(a)/(1-a)`` times the posterior covariance) leaves guidance nothing to act on. Here the log
+    SNR is lowered linearly in ``t`` (unchanged at ``t = 0``, so samples still end clean) until the
+    widest gap in the set is ``first_step_gap`` at the last timestep; the family then separates
+    coarse-to-fine during the run. ``points`` ``(N, D)`` in [-1, 1]; ``base`` ``(T,)``.
+    """
+    centre = points.mean(0)
+    widest = 4 * float((points - centre).square().sum(1).max())  # bounds every pairwise squared distance
+    log_snr = (base / (1 - base)).double().log()
+    wanted = math.log(2 * first_step_gap / widest) if widest > 0 else float(log_snr[-1])
+    lowering = min(0.0, wanted - float(log_snr[-1]))
+    log_snr = log_snr + lowering * torch.linspace(0, 1, len(base), dtype=torch.float64)
+    return torch.sigmoid(log_snr).to(base.dtype)
 
 
 def motion_family(
