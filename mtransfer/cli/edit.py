@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.markup import escape
 
 from mtransfer.cli import app, console
 from mtransfer.progress import progress_bar
@@ -15,7 +16,7 @@ from mtransfer.cli.generate import load_trajectory
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError, input_error
 from mtransfer.estimators import load_estimator
-from mtransfer.files import load_image
+from mtransfer.files import ensure_writable, load_image, rescue_on_failure
 from mtransfer.flows.io import read_mask
 from mtransfer.flows.spec import load_flow
 from mtransfer.guidance.edit import edit_image, prepare_source
@@ -136,6 +137,7 @@ def edit(
     )
     prompt_text = generation["prompt"] if generation is not None and prompt is None else run.model.prompt
     folder = out if out is not None else Path("outputs") / f"{image.stem}-edit"
+    ensure_writable(folder)
     guidance = run.guidance
 
     timing: dict[str, float] = {}
@@ -148,7 +150,7 @@ def edit(
     timing["load_s"] = time.perf_counter() - started
     warning = cpu_warning(run.model, torch_device, guidance.steps * guidance.recursions, 1)
     if warning:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     with speed_switches(backend, flow_estimator, run.model.speed) as (backend, flow_estimator), progress_bar(console) as progress:
         started = time.perf_counter()
         task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)
@@ -181,7 +183,8 @@ def edit(
         "versions": versions(),
         "load_timing": timing,
     }
-    write_edit(folder, source, target_flow, result, record)
+    with rescue_on_failure(folder, lambda where: write_edit(where, source, target_flow, result, record)):
+        write_edit(folder, source, target_flow, result, record)
     if result.diverged:
         raise MtransferError(
             f"{result.divergence}; the last good estimate is in {folder} (run.json status 'diverged'); "
@@ -190,6 +193,6 @@ def edit(
     final = result.losses[-1] if result.losses else {}
     losses = ", ".join(f"{k} {final[k]:.4g}" for k in ("total", "flow", "color") if k in final)
     console.print(
-        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): {folder}/edited.png",
+        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): {escape(str(folder))}/edited.png",
         highlight=False,
     )

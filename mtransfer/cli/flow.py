@@ -11,16 +11,18 @@ from typing import Annotated, Literal
 import torch
 import typer
 from rich.progress import Progress
+from rich.markup import escape
 from rich.table import Table
 
 from mtransfer.cli import app, console
+from mtransfer.devices import parse_device
 from mtransfer.progress import progress_bar
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import ESTIMATORS, load_estimator
-from mtransfer.files import save_image, write_json
+from mtransfer.files import ensure_writable, save_image, write_json
 from mtransfer.flows.io import read_flow, write_flow
 from mtransfer.flows.viz import flow_to_color
-from mtransfer.video import iter_frames, parse_size, probe_video, write_video
+from mtransfer.video import iter_frames, large_flow_warning, output_size, parse_size, probe_video, write_video
 from mtransfer.video_flow import Reference, video_flows
 
 EstimatorName = Literal[ESTIMATORS]  # the names load_estimator accepts, as command-line choices
@@ -61,7 +63,7 @@ def _summary_table(summary: dict) -> Table:
     table = Table(title="mtransfer flow", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("video", summary["video"])
+    table.add_row("video", escape(summary["video"]))
     table.add_row("frames", f"{clip['frame_count']} of {source['frame_count']} (stride {summary['stride']})")
     table.add_row("size", f"{clip['width']}x{clip['height']} (source {source['width']}x{source['height']})")
     table.add_row("fps", f"{clip['fps']:.3g} (source {source['fps']:.3g})")
@@ -69,7 +71,7 @@ def _summary_table(summary: dict) -> Table:
     table.add_row("reference", summary["reference"])
     table.add_row("|flow| mean / max", f"{summary['mean_magnitude']:.2f} / {summary['max_magnitude']:.2f} px")
     table.add_row("time", f"{summary['seconds']:.1f} s")
-    table.add_row("output", summary["output"])
+    table.add_row("output", escape(summary["output"]))
     return table
 
 
@@ -151,15 +153,18 @@ def flow(
     """Estimate the optical flow of VIDEO and write it as .flo files, colour images and a preview video."""
     started = time.perf_counter()
     resize = parse_size(size) if size is not None else None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MtransferError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu")
+    device = str(parse_device(device))
     source = probe_video(video)
+    expected = min(math.ceil(source.frame_count / stride), max_frames or source.frame_count)
+    warning = large_flow_warning(*output_size(source.height, source.width, resize), expected)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     out = out if out is not None else Path("outputs") / f"{video.stem}-flow"
+    ensure_writable(out)
     if estimator == "tvl1":
         console.print("[dim]hint: --estimator raft-large gives more accurate flow when its weights are available[/]")
     flow_estimator = load_estimator(estimator, device=device, weights=weights)
 
-    expected = min(math.ceil(source.frame_count / stride), max_frames or source.frame_count)
     clip_fps = source.fps / stride
     with progress_bar(console) as progress:
         clip = _decode(video, out, progress, expected, stride=stride, max_frames=max_frames, size=resize)

@@ -128,4 +128,4 @@ def render_report(
 
 def write_report(path: Path, *args: Any, **kwargs: Any) -> Path:
     """``render_report`` written atomically to ``path``."""
-    return write_bytes(path, render_report(*args, **kwargs).encode())
+    return write_bytes(path, render_report(*args, **kwargs).encode("utf-8", errors="backslashreplace"))

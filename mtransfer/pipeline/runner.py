@@ -14,15 +14,16 @@ import json
 import math
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
-from mtransfer.errors import MtransferError, input_error, require_file
-from mtransfer.files import load_image
+from mtransfer.errors import Interrupted, MtransferError, input_error, require_file
+from mtransfer.files import ensure_writable, load_image, read_json, remove_stale_temporaries
 from mtransfer.flows.io import read_mask
 from mtransfer.pipeline.align import mask_box, pixel_box
 from mtransfer.pipeline.models import check_models
@@ -40,7 +41,7 @@ from mtransfer.pipeline.stages import (
 )
 from mtransfer.progress import progress_bar
 from mtransfer.presets import load_pipeline
-from mtransfer.video import output_size, probe_video
+from mtransfer.video import large_flow_warning, output_size, probe_video
 
 LATENT_MULTIPLE = 8  # Stable Diffusion v1's VAE shrinks images 8x
 
@@ -67,6 +68,7 @@ class CheckedInputs:
     fps: float
     size: tuple[int, int]
     region_mask: Path | None
+    flow_size: tuple[int, int]
 
 
 def default_folder(video: Path, image: Path) -> Path:
@@ -82,6 +84,7 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
         frame_count = min(frame_count, video.max_frames)
     if frame_count < 2:
         raise input_error(request.video, f"only {frame_count} frame with stride {video.stride}; motion needs 2 or more")
+    flow_size = output_size(info.height, info.width, video.resize)  # refuses frames too small to measure
     image = load_image(request.image)
     size = settings.model.size or tuple(image.shape[-2:])
     if settings.model.model != "exact" and (size[0] % LATENT_MULTIPLE or size[1] % LATENT_MULTIPLE):
@@ -102,7 +105,7 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
         pixel_box(region, *size)
     if settings.align.source_region is not None:
         pixel_box(settings.align.source_region, *output_size(info.height, info.width, video.resize), "source_region")
-    return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask)
+    return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask, flow_size)
 
 
 def _plain(value: Any) -> Any:
@@ -161,7 +164,25 @@ def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], rest
     paths = [manifest.folder / name for stage in affected for name in STAGE_OUTPUTS[stage]]
     moved = manifest.supersede(affected, paths)
     if moved is not None:
-        console.print(f"--restart: moved the earlier {', '.join(affected)} results to {moved}", highlight=False)
+        console.print(f"--restart: moved the earlier {', '.join(affected)} results to {escape(str(moved))}",
+                      highlight=False)
+
+
+@contextmanager
+def interrupt_note(folder: Path) -> Iterator[None]:
+    """Ctrl-C during a run becomes ``Interrupted``: which frames of which stage are kept, and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = "nothing finished yet"
+        manifest_path = folder / "manifest.json"
+        if manifest_path.exists():
+            stages = read_json(manifest_path).get("stages", {})
+            parts = [f"{name} {len(record.get('frames', {}))} of {record.get('total', '?')} frames"
+                     if record.get("status") != "done" else f"{name} done"
+                     for name, record in stages.items() if isinstance(record, dict)]
+            kept = ", ".join(parts) or kept
+        raise Interrupted(f"{folder}: kept {kept}; run the same command again to resume from there") from None
 
 
 def run_pipeline(request: RunRequest, console: Console) -> Path:
@@ -170,11 +191,16 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
     config = load_pipeline(request.pipeline, request.overrides)
     settings = RunSettings.from_config(config)
     inputs = check_inputs(request, settings)
+    warning = large_flow_warning(*inputs.flow_size, inputs.frame_count)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
-    with RunLock(folder):
+    ensure_writable(folder)
+    with RunLock(folder), interrupt_note(folder):
+        remove_stale_temporaries(folder)  # left by a run killed mid-write; the lock says no write is running
         manifest = Manifest.open(folder)
         wanted = stage_settings(settings, inputs, request.flow_only)
         _resolve_changes(manifest, wanted, request.restart, console)
@@ -200,6 +226,6 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
             results = None if request.flow_only else guide_stage(ctx, motion)
             encode_stage(ctx, clip, motion, results)
     done = ", ".join(f"{count} {stage}" for stage, count in ctx.computed.items()) or "nothing (all up to date)"
-    console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {folder / 'report.html'}",
+    console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {escape(str(folder / 'report.html'))}",
                   highlight=False)
     return folder

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
+from mtransfer.devices import parse_device
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.guidance.config import GuidanceConfig
@@ -105,15 +106,7 @@ class ModelSettings:
         return self.model in OFFLINE_MODELS
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise MtransferError(f"model.device: not a device name, got {self.device!r} (use auto, cpu, cuda, cuda:1)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MtransferError(f"--device {self.device}: no CUDA GPU is visible to torch; use --device cpu or auto")
-        return device
+        return parse_device(self.device, "model.device")
 
 
 @dataclass(frozen=True)

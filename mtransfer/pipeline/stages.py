@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from mtransfer.errors import MtransferError
@@ -271,7 +272,7 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     if moving:
         warning = cpu_warning(settings.model, ctx.device, passes, len(moving))
         if warning:
-            ctx.console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+            ctx.console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
         backend = load_backend(settings.model, motion.source, ctx.device)
         estimator = load_estimator(
             settings.estimator.name, device=ctx.device,
@@ -356,6 +357,7 @@ def encode_stage(ctx: RunContext, clip: Clip, motion: Motion, results: torch.Ten
     paths = [ctx.folder / name for name in outputs]
     if ctx.manifest.is_done("encode", settings) and not ctx.computed and all(p.exists() for p in paths):
         return paths
+    _supersede_other_encoding(ctx, settings)
     ctx.manifest.begin("encode", settings, total=len(outputs))
     task = ctx.progress.add_task("encode", total=len(outputs))
     fps = ctx.settings.output.fps or clip.fps
@@ -372,7 +374,20 @@ def encode_stage(ctx: RunContext, clip: Clip, motion: Motion, results: torch.Ten
     _write_report(ctx, clip, motion, results is not None, fps)
     ctx.progress.advance(task)
     ctx.manifest.finish("encode", fps=fps)
+    ctx.computed["encode"] = len(outputs)
     return paths
+
+
+def _supersede_other_encoding(ctx: RunContext, settings: dict[str, Any]) -> None:
+    """Videos encoded with other ``[output]`` settings (or with/without ``--flow-only``) are moved to
+    ``superseded/`` before re-encoding, like any other stale result, and the user is told."""
+    record = ctx.manifest.record["stages"].get("encode")
+    if not record or record.get("status") != "done" or record.get("settings") == settings:
+        return
+    moved = ctx.manifest.supersede(["encode"], [ctx.folder / name for name in STAGE_OUTPUTS["encode"]])
+    if moved is not None:
+        ctx.console.print(f"re-encoding with other output settings; the earlier videos are in {escape(str(moved))}",
+                          highlight=False)
 
 
 def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
