@@ -382,3 +382,19 @@ def test_an_unexpected_error_is_one_line_and_a_log(tmp_path, monkeypatch, capsys
     assert code == 1 and "ZeroDivisionError" in line
     log = Path(line.split("the traceback is in ")[1].rstrip(")"))
     assert "Traceback" in log.read_text() and "a bug" in log.read_text()
+
+
+def test_an_infinite_npy_flow_is_refused_as_non_finite(tmp_path, monkeypatch, capsys) -> None:
+    flow = np.zeros((2, 16, 16), np.float32)
+    flow[0, 3, 3] = np.inf
+    flow[1, 4, 4] = np.nan  # NaN is the .npy mark for "unknown": allowed
+    np.save(tmp_path / "inf.npy", flow)
+    code, err = cli(monkeypatch, capsys, "motion", tmp_path / "inf.npy", "--size", "16x16", "--out", tmp_path / "m.flo")
+    line = one_plain_line(err)
+    assert code == 2 and "inf.npy" in line and "1 NaN or infinite" in line
+
+
+def test_a_strength_that_throws_the_motion_off_the_image_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--strength", "1e12"))
+    assert code == 2 and "far beyond" in one_plain_line(err)
+    assert not (tmp_path / "run" / "flow").exists()

@@ -50,7 +50,7 @@ def read_flow_and_valid(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         valid = (flow.abs() < 1e9).all(0, keepdim=True)
     elif suffix == ".npy":
         flow = _read_npy(path)
-        _refuse_non_finite(path, torch.nan_to_num(flow, nan=0.0), "a .npy flow marks unknown pixels with NaN")
+        _refuse_non_finite(path, torch.where(torch.isnan(flow), 0.0, flow), "a .npy flow marks unknown pixels with NaN")
         valid = torch.isfinite(flow).all(0, keepdim=True)
     elif suffix == ".png":
         flow, valid = _read_kitti(path)

@@ -38,7 +38,7 @@ from rich.progress import Progress
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import FlowEstimator, load_estimator
 from mtransfer.files import atomic_path, load_image, save_image
-from mtransfer.flows.io import read_flow, read_mask, write_flow
+from mtransfer.flows.io import motion_problem, read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import flow_to_color
 from mtransfer.guidance.edit import SourceState, edit_image, prepare_source
@@ -213,6 +213,9 @@ def align_stage(ctx: RunContext, driving: torch.Tensor) -> Motion:
     source = load_image(ctx.image, ctx.size)
     region = read_mask(ctx.region_mask, ctx.size) if ctx.region_mask is not None else None
     flows = align_flows(driving, ctx.size, align, region)
+    problem = motion_problem(flows.transpose(0, 1))
+    if problem:  # e.g. align.strength 1e12: refused before any file of this stage is written
+        raise MtransferError(f"{ctx.video}: the target motion after [align] (strength {align.strength:g}) {problem}")
     speeds = flows.norm(dim=1)
     still = [bool(speed.max() <= align.mask_threshold) for speed in speeds]
     if align.edit_mask:
