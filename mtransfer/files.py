@@ -8,36 +8,126 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mtransfer.errors import input_error, require_file
+from mtransfer.errors import OutputError, input_error, output_error, require_file
 
+MAX_IMAGE_PIXELS = 120_000_000
+"""Largest image mtransfer reads (120 megapixels, e.g. 12000x10000, above any phone camera): decoding
+a bigger one needs gigabytes of memory for a picture that is worked on at 512x512 anyway. Pillow's own
+limit (89 megapixels, with a warning, and an error at twice that) is replaced by this one."""
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# What ``atomic_path`` names its temporaries: ``.<stem>.<8 random characters><suffix>`` (``mkstemp``).
+_TEMPORARY = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[A-Za-z0-9]+)?$")
+
+
+def _failed_write(exc: BaseException) -> bool:
+    """An exception that means the bytes did not reach the disk: OSError, or torch's wrapped write errors."""
+    if isinstance(exc, OSError):
+        return True
+    return isinstance(exc, RuntimeError) and any(
+        mark in str(exc) for mark in ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+    )
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it."""
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``, on failure delete it.
+
+    A write that fails (disk full, read-only folder, a file where a folder goes, torch's "unexpected
+    pos") becomes an ``OutputError`` naming ``path``; the previous file at ``path``, if any, is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
         os.replace(tmp_path, path)
+    except Exception as exc:
+        if _failed_write(exc) and not isinstance(exc, OutputError):
+            raise output_error(path, exc) from exc
+        raise
     finally:
-        tmp_path.unlink(missing_ok=True)
+        if tmp_path is not None:
+            try:
+                tmp_path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a temporary left by ``atomic_path`` (a write killed before its rename)."""
+    return _TEMPORARY.match(path.name) is not None
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the half-written temporaries a killed run left in ``folder`` (recursively); only call this
+    while holding the folder's run lock, when no write of this folder can be in progress. They are
+    never results: a result only exists once its temporary has been renamed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for path in folder.rglob(".*"):
+            if path.is_file() and is_temporary(path):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def ensure_writable(folder: str | Path, option: str = "--out") -> Path:
+    """Check, before any work, that results can be written into ``folder`` (created later if missing).
+
+    The folder, or the nearest existing folder above it, must be a folder and accept a new file (tried
+    with a probe file that is removed again, so read-only mounts and permissions are both caught).
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
+        raise OutputError(f"{folder}: {where}, not a folder; choose another {option}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mtransfer-probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise output_error(folder, exc) from None
+    return folder
+
+
+@contextmanager
+def rescue_on_failure(folder: str | Path, save: Callable[[Path], Any]) -> Iterator[None]:
+    """Around the final writes of a command whose work is all in memory: when one fails (disk full, ...),
+    ``save(elsewhere)`` writes the results into a fresh folder under the system's temp folder and the
+    error says where, so that hours of computing are not lost to a full disk."""
+    try:
+        yield
+    except OutputError as exc:
+        try:
+            elsewhere = Path(tempfile.mkdtemp(prefix=f"mtransfer-rescue-{Path(folder).name}-"))
+            save(elsewhere)
+        except (OSError, OutputError):
+            raise exc from None
+        raise OutputError(f"{exc}; the results were saved to {elsewhere} instead") from None
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -58,18 +148,65 @@ def read_json(path: str | Path) -> Any:
         raise input_error(path, f"not valid JSON ({exc})") from None
 
 
-def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """An RGB image as a float tensor ``(3, H, W)`` in [0, 1]; ``size`` is (height, width) to resize to."""
-    path = require_file(path, "image")
+@contextmanager
+def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
+    """Open an image file, refusing unreadable files and images over ``MAX_IMAGE_PIXELS`` with one line."""
+    path = require_file(path, what)
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.LANCZOS)
-            array = np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as exc:
-        raise input_error(path, f"not a readable image ({exc.__class__.__name__})") from None
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # this module checks the size itself
+            try:
+                img = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+            with img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise input_error(path, f"is {width}x{height} (width x height), {width * height / 1e6:.0f} "
+                                      f"megapixels, over mtransfer's limit of {MAX_IMAGE_PIXELS / 1e6:.0f}; "
+                                      "downscale it first")
+                img.load()
+                yield img
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as exc:
+        raise input_error(path, f"not a readable {what} ({exc.__class__.__name__})") from None
+
+
+def _unit_array(img: Image.Image) -> np.ndarray:
+    """An image as a float32 ``(H, W, 3)`` array in [0, 1], whatever its mode and bit depth.
+
+    16- and 32-bit integer greyscale (``I;16``, ``I``: 16-bit PNGs and TIFFs) is scaled from 0..65535,
+    float greyscale (``F``) is taken as already in [0, 1]; everything else goes through Pillow's RGB.
+    """
+    if img.mode.startswith("I") or img.mode == "F":
+        scale = 1.0 if img.mode == "F" else 65535.0
+        grey = np.asarray(img.convert("F") if img.mode != "F" else img, dtype=np.float32) / scale
+        if not np.isfinite(grey).all():
+            raise ValueError("image holds non-finite values")
+        return np.repeat(grey.clip(0.0, 1.0)[..., None], 3, axis=2)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image(path: str | Path, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """An RGB image as a float tensor ``(3, H, W)`` in [0, 1]; ``size`` is (height, width) to resize to.
+
+    8-bit images are resized by Pillow (Lanczos) and kept exact when not resized; deeper images are
+    read at their full depth (a 16-bit greyscale PNG is not clipped to white) and resized the same way.
+    """
+    with open_image(path) as img:
+        try:
+            array = _unit_array(img)
+        except ValueError as exc:
+            raise input_error(path, str(exc)) from None
+        if size is not None and img.size != (size[1], size[0]):
+            if img.mode.startswith("I") or img.mode == "F":
+                grey = Image.fromarray(np.ascontiguousarray(array[..., 0]), mode="F")
+                grey = np.asarray(grey.resize((size[1], size[0]), Image.Resampling.LANCZOS), dtype=np.float32)
+                array = np.repeat(grey.clip(0.0, 1.0)[..., None], 3, axis=2)
+            else:
+                resized = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.LANCZOS)
+                array = np.asarray(resized, dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

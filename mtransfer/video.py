@@ -84,23 +84,49 @@ def probe_video(path: str | Path) -> VideoInfo:
         return VideoInfo(fps, frame_count, stream.codec_context.width, stream.codec_context.height, duration)
 
 
+MIN_SIDE = 8
+"""Smallest frame side mtransfer works at: flow estimators need a few pixels of neighbourhood (TV-L1's
+gradients fail on a 1-pixel side) and Stable Diffusion's latents are 1/8 of the image."""
+
+
 def output_size(height: int, width: int, size: tuple[int, int] | int | None) -> tuple[int, int]:
     """The ``(height, width)`` frames are resized to: ``size`` itself, or for an int, the short side.
 
     An int keeps the aspect ratio: a 1920x1080 video with ``size=256`` becomes 455x256 (width x height).
+    A result with a side under ``MIN_SIDE`` pixels is refused.
     """
     if size is None:
-        return height, width
-    if isinstance(size, int):
+        target = height, width
+    elif isinstance(size, int):
         scale = size / min(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
-    return int(size[0]), int(size[1])
+        target = max(1, round(height * scale)), max(1, round(width * scale))
+    else:
+        target = int(size[0]), int(size[1])
+    if min(target) < MIN_SIDE:
+        raise MtransferError(f"frames of {target[0]}x{target[1]} (height x width) are too small to measure motion; "
+                             f"each side needs at least {MIN_SIDE} px (video.size / --size)")
+    return target
+
+
+LARGE_FLOW_PIXELS = 4_000_000
+
+
+def large_flow_warning(height: int, width: int, frames: int) -> str | None:
+    """A warning when a clip's flow will be slow and big (over 4 megapixels a frame, e.g. above 4K), else None."""
+    if height * width <= LARGE_FLOW_PIXELS:
+        return None
+    total_mb = frames * height * width * 8 / 1e6  # two float32 components per pixel
+    return (f"flow will be measured at {height}x{width} (height x width), {total_mb:,.0f} MB of .flo files for "
+            f"{frames} frames and minutes per frame; a short side of 512 px is plenty: --set video.size=512 "
+            "(run) or --size 512 (flow)")
 
 
 def parse_size(text: str) -> tuple[int, int] | int:
-    """Command-line size: ``"128x160"`` is (height, width), ``"256"`` the short side."""
+    """Command-line size: ``"128x160"`` is (height, width), ``"256"`` the short side; sides of at least ``MIN_SIDE``."""
     parts = text.lower().replace(" ", "").split("x")
     if len(parts) in (1, 2) and all(part.isdigit() and int(part) > 0 for part in parts):
+        if min(int(part) for part in parts) < MIN_SIDE:
+            raise MtransferError(f"size '{text}': each side needs at least {MIN_SIDE} px")
         return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
     raise MtransferError(f"bad size '{text}': expected HEIGHTxWIDTH like 128x160, or a short side like 256")
 

@@ -24,6 +24,7 @@ from typing import Any, Collection, Mapping
 import torch
 
 from mtransfer.diffusion.backends import sd_size_fix
+from mtransfer.devices import parse_device
 from mtransfer.errors import MtransferError, input_error
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.guidance.config import GuidanceConfig
@@ -118,15 +119,7 @@ class ModelSettings:
         return height, width
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise MtransferError(f"model.device: not a device name, got {self.device!r} (use auto, cpu, cuda, cuda:1)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MtransferError(f"--device {self.device}: no CUDA GPU is visible to torch; use --device cpu or auto")
-        return device
+        return parse_device(self.device, "model.device")
 
 
 @dataclass(frozen=True)

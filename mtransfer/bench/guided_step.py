@@ -41,6 +41,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from mtransfer.bench.measure import PeakMemory, PhaseTimer, device_info, median, peak_tflops, timed
+from mtransfer.devices import parse_device
 from mtransfer.diffusion import ddim_timesteps, forward_noise
 from mtransfer.diffusion.backends import SD_SIZE_MULTIPLE, sd_size_fix
 from mtransfer.diffusion.stable_diffusion import StableDiffusionBackend, load_stable_diffusion, random_stable_diffusion
@@ -48,7 +49,7 @@ from mtransfer.errors import MtransferError
 from mtransfer.estimators import load_raft
 from mtransfer.estimators.raft import RaftEstimator
 from mtransfer.bench.plot import plot_split
-from mtransfer.files import write_json
+from mtransfer.files import ensure_writable, write_json
 from mtransfer.flows import reference_occlusion_mask, rotation
 from mtransfer.guidance import GuidanceConfig, MotionTarget, guided_eps, sample_motion_guided
 from mtransfer.speed import FastPath, fast_path, parse_fast_path
@@ -532,9 +533,10 @@ def parse_args(
     parser.add_argument("--json", type=Path, help="write the full report here")
     parser.add_argument("--plot", type=Path, help="write a PNG of the per-variant split here")
     args = parser.parse_args(argv)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MtransferError(f"--device {device}: no CUDA device is visible to torch; use --device cpu")
+    device = str(parse_device(args.device))
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            ensure_writable(path.parent, option)
     on_gpu = device.startswith("cuda")
     variants = tuple(args.variants.split(",")) if args.variants else (GPU_VARIANTS if on_gpu else CPU_VARIANTS)
     if args.compile and on_gpu:

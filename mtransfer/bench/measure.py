@@ -249,11 +249,12 @@ def run_script(main: Callable[[], Any]) -> None:
     import sys
 
     from rich.console import Console
+    from rich.markup import escape
 
     from mtransfer.errors import MtransferError
 
     try:
         main()
     except MtransferError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

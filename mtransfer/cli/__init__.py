@@ -1,13 +1,19 @@
-"""The ``mtransfer`` command line: one typer app, one module per sub-command."""
+"""The ``mtransfer`` command line: one typer app, one module per sub-command, one error path."""
 
 from __future__ import annotations
 
+import datetime
+import os
 import sys
+import tempfile
+import traceback
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import INTERRUPT_EXIT, MtransferError
 
 app = typer.Typer(
     name="mtransfer",
@@ -18,28 +24,77 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+INTERRUPTED = "interrupted: files already written are kept; `mtransfer run` resumes when given the same command again"
+
 
 @app.callback()
 def _root() -> None:
     """Keeps sub-command names mandatory even while only one command is registered."""
 
 
+def say(label: str, style: str, message: str) -> None:
+    """``label: message`` on stderr; the message is printed as is (paths like ``a[/b]`` are not markup)."""
+    console.print(Text.assemble((f"{label}:", style), " ", message), highlight=False, soft_wrap=True)
+
+
+def crash_log(exc: BaseException) -> Path | None:
+    """Write the traceback of an unexpected exception to ``<temp>/mtransfer-logs/`` (always writable, and
+    never the output folder, which may be the very thing that failed); None when even that fails."""
+    try:
+        folder = Path(tempfile.gettempdir()) / "mtransfer-logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = folder / f"crash-{stamp}-{os.getpid()}.log"
+        text = f"command: {' '.join(sys.argv)}\n\n" + "".join(traceback.format_exception(exc))
+        path.write_text(text, errors="backslashreplace")
+        return path
+    except OSError:
+        return None
+
+
+def _unexpected(exc: BaseException) -> int:
+    """One line for an exception mtransfer did not foresee, plus where its traceback was saved."""
+    log = crash_log(exc)
+    where = f"the traceback is in {log}" if log else "no log could be written"
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        say("error", "bold red", f"out of memory ({first[:200]}); try a smaller --size, --set model.dtype=\"float16\" "
+            f"or another --device; {where}")
+        return 2
+    if isinstance(exc, OSError) and exc.filename is not None:
+        say("error", "bold red", f"{os.fsdecode(exc.filename)}: {exc.strerror or first}; {where}")
+        return 2
+    say("error", "bold red", f"unexpected {type(exc).__name__}: {first[:300]} (a bug in mtransfer; {where})")
+    return 1
+
+
 def main() -> None:
-    """Entry point: user-fixable problems become one red line and exit status 2, never a traceback."""
+    """Entry point: every problem becomes one plain line and an exit status, never a traceback.
+
+    User-fixable problems (``MtransferError``) exit 2, usage errors from the parser 2, Ctrl-C 130 with
+    what is kept; anything else exits 1 with the path of a log file holding the traceback.
+    """
     from mtransfer.cli import commands  # noqa: F401  (registers the sub-commands)
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except MtransferError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume.")
-        sys.exit(130)
-    except typer.Exit as exc:
+        say("interrupted" if exc.exit_code == INTERRUPT_EXIT else "error",
+            "yellow" if exc.exit_code == INTERRUPT_EXIT else "bold red", str(exc))
         sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        code = INTERRUPT_EXIT
+    except typer.Exit as exc:
+        code = exc.exit_code
     except typer.Abort:
         sys.exit(1)
     except typer.TyperException as exc:  # usage errors (bad option values, missing arguments)
         exc.show()
         sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001  (the one place that turns a bug into a line and a log)
+        sys.exit(_unexpected(exc))
+    # Without standalone mode typer returns the status of `typer.Exit` (and of Ctrl-C, as 130) instead of exiting.
+    if code == INTERRUPT_EXIT:
+        say("interrupted", "yellow", INTERRUPTED.removeprefix("interrupted: "))
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.markup import escape
 
 from mtransfer.app import Editor, load_settings, versions
 from mtransfer.app.trajectory import load_trajectory
@@ -15,7 +16,7 @@ from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError, input_error
 from mtransfer.estimators import DIFFERENTIABLE
-from mtransfer.files import load_image
+from mtransfer.files import ensure_writable, load_image, rescue_on_failure
 from mtransfer.flows.io import read_mask
 from mtransfer.flows.spec import load_flow
 from mtransfer.guidance.outputs import write_edit
@@ -128,11 +129,12 @@ def edit(
     )
     prompt_text = generation["prompt"] if generation is not None and prompt is None else run.model.prompt
     folder = out if out is not None else Path("outputs") / f"{image.stem}-edit"
+    ensure_writable(folder)
     guidance = run.guidance
 
     timing: dict[str, float] = {}
     started = time.perf_counter()
-    warn = lambda text: console.print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)  # noqa: E731
+    warn = lambda text: console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)  # noqa: E731
     with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console) as progress:
         timing["load_s"] = time.perf_counter() - started
         started = time.perf_counter()
@@ -163,7 +165,8 @@ def edit(
         "versions": versions(),
         "load_timing": timing,
     }
-    write_edit(folder, source, target_flow, result, record)
+    with rescue_on_failure(folder, lambda where: write_edit(where, source, target_flow, result, record)):
+        write_edit(folder, source, target_flow, result, record)
     if result.diverged:
         raise MtransferError(
             f"{result.divergence}; the last good estimate is in {folder} (run.json status 'diverged'); "
@@ -172,6 +175,6 @@ def edit(
     final = result.losses[-1] if result.losses else {}
     losses = ", ".join(f"{k} {final[k]:.4g}" for k in ("total", "flow", "color") if k in final)
     console.print(
-        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): {folder}/edited.png",
+        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): {escape(str(folder))}/edited.png",
         highlight=False,
     )

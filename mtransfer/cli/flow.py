@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mtransfer.app.settings import VideoSettings
@@ -46,7 +47,7 @@ def _summary_table(summary: dict) -> Table:
     table = Table(title="mtransfer flow", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("video", summary["video"])
+    table.add_row("video", escape(summary["video"]))
     table.add_row("frames", f"{clip['frame_count']} of {source['frame_count']} (stride {summary['stride']})")
     table.add_row("size", f"{clip['width']}x{clip['height']} (source {source['width']}x{source['height']})")
     table.add_row("fps", f"{clip['fps']:.3g} (source {source['fps']:.3g})")
@@ -55,7 +56,7 @@ def _summary_table(summary: dict) -> Table:
     table.add_row("|flow| mean / max", f"{summary['mean_magnitude']:.2f} / {summary['max_magnitude']:.2f} px")
     computed = ", ".join(f"{count} {stage}" for stage, count in summary["computed"].items()) or "nothing new"
     table.add_row("time", f"{summary['seconds']:.1f} s (computed {computed})")
-    table.add_row("output", summary["output"])
+    table.add_row("output", escape(summary["output"]))
     return table
 
 

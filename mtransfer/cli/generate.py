@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 import typer
+from rich.markup import escape
 
 from mtransfer.app import load_backend, load_settings, versions
 from mtransfer.app.trajectory import save_trajectory
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError
-from mtransfer.files import save_image, write_json
+from mtransfer.files import ensure_writable, rescue_on_failure, save_image, write_json
 from mtransfer.guidance.edit import generate as generate_image
 from mtransfer.presets import available_pipelines
 from mtransfer.progress import progress_bar
@@ -58,6 +59,7 @@ def generate(
         raise MtransferError("generation needs a size: --size HEIGHTxWIDTH (e.g. 512x512)")
     folder = out or Path("outputs") / "generated" / (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "image")
     torch_device = run.model.torch_device()
+    ensure_writable(folder)
     backend = load_backend(run.model, None, torch_device)
     guidance = run.guidance
     started = time.perf_counter()
@@ -67,12 +69,18 @@ def generate(
             image, _, latents = generate_image(
                 backend, prompt, guidance, size=run.model.size, progress=lambda: progress.advance(task)
             )
-    save_image(folder / "image.png", image)
-    save_trajectory(folder / "trajectory.pt", latents, prompt=prompt, model=run.model.model, steps=guidance.steps,
-                    size=list(run.model.size), seed=guidance.seed, cfg_scale=guidance.cfg_scale)
-    write_json(folder / "run.json", {
+    record = {
         "command": "generate", "prompt": prompt, "pipeline": run.name, "overrides": overrides,
         "model": asdict(run.model), "guidance": asdict(guidance), "device": str(torch_device),
         "versions": versions(), "seconds": time.perf_counter() - started,
-    })
-    console.print(f"[green]done[/]: {folder}/image.png and {folder}/trajectory.pt", highlight=False)
+    }
+
+    def write_all(where: Path) -> None:
+        save_image(where / "image.png", image)
+        save_trajectory(where / "trajectory.pt", latents, prompt=prompt, model=run.model.model, steps=guidance.steps,
+                        size=list(run.model.size), seed=guidance.seed, cfg_scale=guidance.cfg_scale)
+        write_json(where / "run.json", record)
+
+    with rescue_on_failure(folder, write_all):
+        write_all(folder)
+    console.print(f"[green]done[/]: {escape(str(folder))}/image.png and trajectory.pt", highlight=False)

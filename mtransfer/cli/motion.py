@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mtransfer.cli import app, console
 from mtransfer.errors import MtransferError
-from mtransfer.files import load_image, save_image
+from mtransfer.files import ensure_writable, load_image, save_image
 from mtransfer.flows import flow_to_color, load_flow, motion_usage, move_image, quiver_overlay, write_flow
 from mtransfer.video import parse_size, write_video
 
@@ -50,6 +51,7 @@ def motion(
         image = torch.full((3, height, width), 0.5)
     flow = load_flow(spec, height, width)
     out = out or Path("outputs") / "motion" / "flow.flo"
+    ensure_writable(out.parent)
     stem = out.with_suffix("")
     written = [write_flow(out, flow)]
     written.append(save_image(f"{stem}_color.png", flow_to_color(flow)))
@@ -64,5 +66,5 @@ def motion(
     table.add_row("size", f"{height}x{width} (HxW)")
     table.add_row("mean / max motion", f"{magnitude.mean():.2f} / {magnitude.max():.2f} px")
     for path in written:
-        table.add_row("wrote", str(path))
+        table.add_row("wrote", escape(str(path)))
     console.print(table)

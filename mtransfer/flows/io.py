@@ -25,7 +25,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from mtransfer.errors import MtransferError, input_error, require_file
-from mtransfer.files import write_bytes
+from mtransfer.files import open_image, write_bytes
 
 FLOW_SUFFIXES = (".flo", ".npy", ".png")
 FLO_MAGIC = 202021.25
@@ -46,16 +46,44 @@ def read_flow_and_valid(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix == ".flo":
         flow = _read_flo(path)
+        _refuse_non_finite(path, flow, "a .flo marks unknown pixels with values above 1e9, not NaN or infinity")
         valid = (flow.abs() < 1e9).all(0, keepdim=True)
     elif suffix == ".npy":
         flow = _read_npy(path)
+        _refuse_non_finite(path, torch.where(torch.isnan(flow), 0.0, flow), "a .npy flow marks unknown pixels with NaN")
         valid = torch.isfinite(flow).all(0, keepdim=True)
     elif suffix == ".png":
         flow, valid = _read_kitti(path)
     else:
         raise _unknown_suffix(path)
-    valid = valid.float()
-    return torch.where(valid.bool(), flow, 0.0), valid
+    if not valid.any():
+        raise input_error(path, "holds no flow: every pixel is marked unknown (NaN, or above 1e9 in a .flo)")
+    return torch.where(valid, flow, 0.0), valid.float()
+
+
+MAX_MOTION = 4.0
+"""Displacements longer than this many times the image's larger side are refused: they move every pixel far
+out of the picture, which is never a useful target and is almost always a unit or scale mistake."""
+
+
+def motion_problem(flow: torch.Tensor) -> str | None:
+    """Why ``flow`` ``(2, H, W)`` cannot be a target motion (non-finite, or far beyond the image), or None."""
+    finite = torch.isfinite(flow)
+    if not finite.all():
+        return f"motion holds {int((~finite).sum())} NaN or infinite values"
+    height, width = flow.shape[-2:]
+    limit = MAX_MOTION * max(height, width)
+    largest = float(flow.abs().max()) if flow.numel() else 0.0
+    if largest > limit:
+        return (f"moves pixels by up to {largest:.4g} px, far beyond the {height}x{width} (height x width) image "
+                f"(more than {MAX_MOTION:g}x its larger side, {limit:g} px); check the units")
+    return None
+
+
+def _refuse_non_finite(path: Path, flow: torch.Tensor, convention: str) -> None:
+    bad = int((~torch.isfinite(flow)).sum())
+    if bad:
+        raise input_error(path, f"holds {bad} NaN or infinite values; {convention}")
 
 
 def write_flow(path: str | Path, flow: torch.Tensor, valid: torch.Tensor | None = None) -> Path:
@@ -87,10 +115,8 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Te
     The alpha channel is the mask when the image has a non-opaque one (a painted cut-out); otherwise
     the brightness is (white = 1). 8- and 16-bit images are both scaled to [0, 1].
     """
-    path = require_file(path, "mask image")
     try:
-        with Image.open(path) as img:
-            img.load()
+        with open_image(path, "mask image") as img:
             if "A" in img.getbands() and img.getchannel("A").getextrema()[0] < 255:
                 img = img.getchannel("A")
             full_scale = 65535.0 if img.mode.startswith("I") else 255.0

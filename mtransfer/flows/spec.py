@@ -49,7 +49,7 @@ import torch
 
 from mtransfer.errors import MtransferError, input_error
 from mtransfer.flows import elementary
-from mtransfer.flows.io import FLOW_SUFFIXES, read_flow, read_mask
+from mtransfer.flows.io import FLOW_SUFFIXES, motion_problem, read_flow, read_mask
 from mtransfer.flows.ops import compose, restrict, scale_motion
 
 # How a percentage is resolved for each kind of argument (see the module docstring).
@@ -131,6 +131,9 @@ def parse_flow_spec(spec: str, height: int, width: int, *, device: torch.device 
     for term in terms:
         term_flow = _parse_term(spec, term, height, width, device)
         flow = term_flow if flow is None else compose(flow, term_flow)
+    problem = motion_problem(flow)
+    if problem:
+        raise _spec_error(spec, problem)
     return flow
 
 
@@ -157,6 +160,9 @@ def load_flow(
             f"flow is {flow.shape[-2]}x{flow.shape[-1]} (height x width) but the image is {height}x{width}; "
             "the flow must be on the image's pixel grid",
         )
+    problem = motion_problem(flow)
+    if problem:
+        raise input_error(path, problem)
     return flow.to(device)
 
 

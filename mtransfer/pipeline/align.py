@@ -18,6 +18,7 @@ Boxes are ``(x0, y0, x1, y1)`` with exclusive ends, in pixels; sizes are ``(heig
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -103,6 +104,8 @@ def pixel_box(box: Sequence[float], height: int, width: int, what: str = "region
     Raises a one-line error when the box is empty or reaches outside the ``height`` x ``width`` image.
     """
     x0, y0, x1, y1 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise MtransferError(f"{what} {list(box)}: every value must be a finite number (pixels or fractions)")
     if all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
         x0, x1, y0, y1 = x0 * width, x1 * width, y0 * height, y1 * height
     pixels = (round(x0), round(y0), round(x1), round(y1))

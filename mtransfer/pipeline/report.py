@@ -494,4 +494,4 @@ def render_report(report: Report) -> str:
 
 def write_report(path: Path, report: Report) -> Path:
     """``render_report`` written atomically to ``path``."""
-    return write_bytes(path, render_report(report).encode())
+    return write_bytes(path, render_report(report).encode("utf-8", errors="backslashreplace"))

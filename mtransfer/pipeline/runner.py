@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 from mtransfer.app.models import check_models
 from mtransfer.app.settings import (
@@ -32,8 +33,8 @@ from mtransfer.app.settings import (
     VideoSettings,
 )
 from mtransfer.app.versions import versions
-from mtransfer.errors import MtransferError, input_error, require_file
-from mtransfer.files import load_image, write_json
+from mtransfer.errors import Interrupted, MtransferError, input_error, require_file
+from mtransfer.files import ensure_writable, load_image, read_json, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.pipeline.align import AlignConfig, mask_box, pixel_box
@@ -51,7 +52,7 @@ from mtransfer.pipeline.stages import (
 )
 from mtransfer.presets import load_pipeline
 from mtransfer.progress import progress_bar
-from mtransfer.video import output_size, probe_video
+from mtransfer.video import large_flow_warning, output_size, probe_video
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class CheckedInputs:
     fps: float
     size: tuple[int, int]
     region_mask: Path | None
+    flow_size: tuple[int, int]
 
 
 def default_folder(video: Path, image: Path) -> Path:
@@ -86,6 +88,7 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
     """Probe the video, read the image and region, and check sizes and boxes: one-line errors, no writes."""
     video = settings.video
     info, frame_count = _probe(request.video, settings)
+    flow_size = output_size(info.height, info.width, video.resize)  # refuses frames too small to measure
     image = load_image(request.image)
     size = settings.model.working_size(tuple(image.shape[-2:]), request.image)
     prints = {"video": fingerprint(request.video), "image": fingerprint(request.image)}
@@ -99,7 +102,7 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
         pixel_box(region, *size)
     if settings.align.source_region is not None:
         pixel_box(settings.align.source_region, *output_size(info.height, info.width, video.resize), "source_region")
-    return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask)
+    return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask, flow_size)
 
 
 def _probe(path: Path, settings: RunSettings) -> tuple[Any, int]:
@@ -155,7 +158,25 @@ def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], rest
     paths = [manifest.folder / name for stage in affected for name in STAGE_OUTPUTS[stage]]
     moved = manifest.supersede(affected, paths)
     if moved is not None:
-        console.print(f"--restart: moved the earlier {', '.join(affected)} results to {moved}", highlight=False)
+        console.print(f"--restart: moved the earlier {', '.join(affected)} results to {escape(str(moved))}",
+                      highlight=False)
+
+
+@contextmanager
+def interrupt_note(folder: Path) -> Iterator[None]:
+    """Ctrl-C during a run becomes ``Interrupted``: which frames of which stage are kept, and how to resume."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        kept = "nothing finished yet"
+        manifest_path = folder / "manifest.json"
+        if manifest_path.exists():
+            stages = read_json(manifest_path).get("stages", {})
+            parts = [f"{name} {len(record.get('frames', {}))} of {record.get('total', '?')} frames"
+                     if record.get("status") != "done" else f"{name} done"
+                     for name, record in stages.items() if isinstance(record, dict)]
+            kept = ", ".join(parts) or kept
+        raise Interrupted(f"{folder}: kept {kept}; run the same command again to resume from there") from None
 
 
 @contextmanager
@@ -164,7 +185,9 @@ def _run_folder(
 ) -> Iterator[Manifest]:
     """Lock the run folder, refuse (or with ``restart`` move aside) results made with other settings, and
     record what this run is made from."""
-    with RunLock(folder):
+    ensure_writable(folder)
+    with RunLock(folder), interrupt_note(folder):
+        remove_stale_temporaries(folder)  # left by a run killed mid-write; the lock says no write is running
         manifest = Manifest.open(folder)
         _resolve_changes(manifest, wanted, restart, console)
         manifest.update_header({"command": " ".join(sys.argv), **header, "versions": versions()})
@@ -177,6 +200,9 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
     config = load_pipeline(request.pipeline, request.overrides)
     settings = RunSettings.from_config(config)
     inputs = check_inputs(request, settings)
+    warning = large_flow_warning(*inputs.flow_size, inputs.frame_count)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
     device = settings.model.torch_device()
@@ -198,7 +224,7 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
             results = None if request.flow_only else guide_stage(ctx, motion)  # one edit per target flow
             encode_stage(ctx, clip, motion, results)
     done = ", ".join(f"{count} {stage}" for stage, count in ctx.computed.items()) or "nothing (all up to date)"
-    console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {folder / 'report.html'}",
+    console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {escape(str(folder / 'report.html'))}",
                   highlight=False)
     return folder
 
@@ -224,6 +250,9 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
     )
     info, frame_count = _probe(request.video, settings)
     device = settings.model.torch_device()
+    warning = large_flow_warning(*output_size(info.height, info.width, settings.video.resize), frame_count)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     folder = request.out or Path("outputs") / f"{request.video.stem}-flow"
     prints = {"video": fingerprint(request.video)}
     own = settings.stage_settings({"decode": {"inputs": {"video": content_id(prints["video"])}}},

@@ -42,6 +42,7 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 
 from mtransfer.app.editor import Editor
@@ -50,7 +51,7 @@ from mtransfer.app.settings import RunSettings
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import FlowEstimator
 from mtransfer.files import atomic_path, load_image, save_image
-from mtransfer.flows.io import read_flow, read_mask, write_flow
+from mtransfer.flows.io import motion_problem, read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import SourceState
@@ -272,6 +273,9 @@ def align_stage(ctx: RunContext, driving: DrivingFlows) -> Motion:
     source = load_image(ctx.image, ctx.size)
     region = read_mask(ctx.region_mask, ctx.size) if ctx.region_mask is not None else None
     flows = align_flows(driving.from_first(), ctx.size, align, region)
+    problem = motion_problem(flows.transpose(0, 1))
+    if problem:  # e.g. align.strength 1e12: refused before any file of this stage is written
+        raise MtransferError(f"{ctx.video}: the target motion after [align] (strength {align.strength:g}) {problem}")
     speeds = flows.norm(dim=1)
     still = [bool(speed.max() <= align.mask_threshold) for speed in speeds]
     if align.edit_mask:
@@ -333,7 +337,7 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     if moving:
         editor = ctx.resources.enter_context(Editor.load(
             settings, motion.source, ctx.device, frames=len(moving),
-            warn=lambda text: ctx.console.print(f"[bold yellow]warning:[/] {text}", highlight=False),
+            warn=lambda text: ctx.console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False),
         ))
         state = _source_state(ctx, editor, motion.source)
         passes_task = ctx.progress.add_task("  passes", total=len(moving) * passes)
@@ -415,6 +419,7 @@ def encode_stage(ctx: RunContext, clip: Clip, motion: Motion, results: torch.Ten
     paths = [ctx.folder / name for name in outputs]
     if ctx.manifest.is_done("encode", settings) and not ctx.computed and all(p.exists() for p in paths):
         return paths
+    _supersede_other_encoding(ctx, settings)
     ctx.manifest.begin("encode", settings, total=len(outputs))
     task = ctx.progress.add_task("encode", total=len(outputs))
     fps = ctx.settings.output.fps or clip.fps
@@ -431,7 +436,20 @@ def encode_stage(ctx: RunContext, clip: Clip, motion: Motion, results: torch.Ten
     _write_report(ctx, clip, motion, results is not None, fps)
     ctx.progress.advance(task)
     ctx.manifest.finish("encode", fps=fps)
+    ctx.computed["encode"] = len(outputs)
     return paths
+
+
+def _supersede_other_encoding(ctx: RunContext, settings: dict[str, Any]) -> None:
+    """Videos encoded with other ``[output]`` settings (or with/without ``--flow-only``) are moved to
+    ``superseded/`` before re-encoding, like any other stale result, and the user is told."""
+    record = ctx.manifest.record["stages"].get("encode")
+    if not record or record.get("status") != "done" or record.get("settings") == settings:
+        return
+    moved = ctx.manifest.supersede(["encode"], [ctx.folder / name for name in STAGE_OUTPUTS["encode"]])
+    if moved is not None:
+        ctx.console.print(f"re-encoding with other output settings; the earlier videos are in {escape(str(moved))}",
+                          highlight=False)
 
 
 def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:

@@ -1,0 +1,400 @@
+"""Issue 13: every bad input and fault ends in one plain line and the right exit status, never a traceback,
+never a wrong result with exit 0, never lost work. One test per case found by the reliability probe."""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import mtransfer.files as files
+from mtransfer.cli import main
+from mtransfer.devices import parse_device
+from mtransfer.errors import DeviceError, InputError, OutputError
+from mtransfer.files import atomic_path, load_image, save_image
+from mtransfer.flows.io import FLO_MAGIC
+
+ROOT = Path(__file__).resolve().parent.parent
+VIDEO = ROOT / "sample_videos" / "pan.mp4"
+IMAGE = ROOT / "sample_videos" / "cat.png"
+PRESET = str(ROOT / "tests" / "data" / "run-test.toml")
+TINY_EDIT = ["--model", "tiny", "--estimator", "pyramid", "--size", "32x32", "--device", "cpu", "--steps", "2",
+             "--recursions", "1"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny model is built once per session into a private cache, not the user's."""
+    monkeypatch.setenv("MTRANSFER_CACHE", str(tmp_path_factory.getbasetemp() / "reliability-cache"))
+
+
+def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arguments: object) -> tuple[int, str]:
+    """``mtransfer ARGUMENTS`` through the real entry point, in this process: exit status and stderr."""
+    monkeypatch.setattr(sys, "argv", ["mtransfer", *map(str, arguments)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def one_plain_line(err: str) -> str:
+    """The error line; a traceback or a multi-line dump fails the test."""
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith(("error:", "interrupted:"))]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def run_args(out: Path, *extra: object, image: Path = IMAGE) -> list[object]:
+    return ["run", VIDEO, "--onto", image, "--pipeline", PRESET, "--out", out, *extra]
+
+
+def flo_bytes(values: np.ndarray) -> bytes:
+    """A .flo file for ``values`` ``(H, W, 2)``, written by hand (not by the code under test)."""
+    height, width, _ = values.shape
+    return struct.pack("<fii", FLO_MAGIC, width, height) + values.astype("<f4").tobytes()
+
+
+# --- wrong results with exit 0 ---------------------------------------------------------------------------
+
+
+def test_16_bit_grey_png_loads_at_its_depth(tmp_path: Path) -> None:
+    ramp = np.linspace(0, 65535, 16 * 24).reshape(16, 24).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    image = load_image(tmp_path / "deep.png")
+    expected = torch.from_numpy(ramp.astype(np.float32) / 65535.0)
+    assert image.shape == (3, 16, 24)
+    assert torch.allclose(image, expected.expand(3, -1, -1), atol=1e-6)
+    resized = load_image(tmp_path / "deep.png", size=(8, 12))
+    assert 0.4 < float(resized.mean()) < 0.6  # a ramp stays a ramp (not all white)
+
+
+def test_16_bit_png_in_a_run_gives_a_grey_source_not_white(tmp_path, monkeypatch, capsys) -> None:
+    ramp = np.linspace(0, 65535, 32 * 48).reshape(32, 48).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", image=tmp_path / "deep.png"))
+    assert code == 0, err
+    source = np.asarray(Image.open(tmp_path / "run" / "source.png"), dtype=np.float32) / 255
+    assert abs(source.mean() - 0.5) < 0.05
+
+
+def test_ctrl_c_during_guide_exits_130_and_says_what_is_kept(tmp_path, monkeypatch, capsys) -> None:
+    import mtransfer.pipeline.runner as runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "guide_stage", interrupted)
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run"))
+    line = one_plain_line(err)
+    assert code == 130
+    assert line.startswith("interrupted:") and "align done" in line and "run the same command again" in line
+    assert not (tmp_path / "run" / ".lock").exists() and not list((tmp_path / "run").glob("*.lock"))
+
+
+def test_ctrl_c_in_another_command_exits_130(tmp_path, monkeypatch, capsys) -> None:
+    import mtransfer.cli.edit as edit
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edit, "load_backend", interrupted)
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
+                    "--out", tmp_path / "e")
+    assert code == 130 and one_plain_line(err).startswith("interrupted:")
+
+
+def test_bench_with_an_unknown_flag_exits_2(monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "bench", "--nosuchflag")
+    assert code == 2 and "--nosuchflag" in err
+
+
+@pytest.mark.parametrize("value, says", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
+                                         (1e30, "holds no flow")])
+def test_a_flo_of_nan_or_unknowns_is_refused(tmp_path, monkeypatch, capsys, value, says) -> None:
+    (tmp_path / "bad.flo").write_bytes(flo_bytes(np.full((16, 16, 2), value, np.float32)))
+    code, err = cli(monkeypatch, capsys, "motion", tmp_path / "bad.flo", "--size", "16x16", "--out", tmp_path / "m.flo")
+    line = one_plain_line(err)
+    assert code == 2 and "bad.flo" in line and says in line
+    assert not (tmp_path / "m.flo").exists()
+
+
+def test_a_flo_far_beyond_the_image_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "far.flo").write_bytes(flo_bytes(np.full((16, 16, 2), 5000.0, np.float32)))
+    code, err = cli(monkeypatch, capsys, "motion", tmp_path / "far.flo", "--size", "16x16", "--out", tmp_path / "m.flo")
+    assert code == 2 and "far beyond" in one_plain_line(err)
+
+
+def test_a_motion_far_beyond_the_image_is_refused_at_once(tmp_path, monkeypatch, capsys) -> None:
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(1e9, 0)", *TINY_EDIT,
+                    "--out", tmp_path / "e")
+    line = one_plain_line(err)
+    assert code == 2 and "translate(1e9, 0)" in line and "far beyond" in line
+    assert not (tmp_path / "e").exists()
+
+
+def test_new_output_settings_re_encode_and_keep_the_old_videos(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli(monkeypatch, capsys, *run_args(out, "--flow-only"))[0] == 0
+    first = (out / "flow.mp4").read_bytes()
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--flow-only", "--set", "output.crf=45"))
+    assert code == 0, err
+    assert "re-encoding" in err and "computed nothing" not in err and "encode" in err
+    kept = list((out / "superseded").glob("*/flow.mp4"))
+    assert len(kept) == 1 and kept[0].read_bytes() == first
+    assert (out / "flow.mp4").read_bytes() != first
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--flow-only", "--set", "output.crf=45"))
+    assert code == 0 and "computed nothing" in err  # nothing changed: nothing is re-encoded
+
+
+# --- write faults ----------------------------------------------------------------------------------------
+
+
+def _disk_full_under(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Every rename of a finished temporary into ``folder`` fails as on a full disk."""
+    replace = os.replace
+
+    def full(src, dst, *args, **kwargs):
+        if Path(dst).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(files.os, "replace", full)
+
+
+def test_disk_full_during_a_run_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    _disk_full_under(monkeypatch, out / "driving")
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--flow-only"))
+    line = one_plain_line(err)
+    assert code == 2 and "driving" in line and "disk is full" in line
+    assert not [p for p in out.rglob(".*") if p.is_file() and files.is_temporary(p)]  # no half-written files
+
+
+def test_disk_full_after_an_edit_keeps_the_result_elsewhere(tmp_path, monkeypatch, capsys) -> None:
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    out = tmp_path / "e"
+    _disk_full_under(monkeypatch, out)
+    code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
+                    "--out", out)
+    line = one_plain_line(err)
+    assert code == 2 and "disk is full" in line and "saved to" in line
+    rescued = Path(line.rsplit("saved to ", 1)[1].split(" instead")[0])
+    assert (rescued / "edited.png").is_file() and (rescued / "run.json").is_file()
+
+
+def test_disk_full_after_generate_keeps_the_trajectory_elsewhere(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "g"
+    _disk_full_under(monkeypatch, out)
+    code, err = cli(monkeypatch, capsys, "generate", "a cat", "--model", "tiny", "--size", "32x32", "--steps", "2",
+                    "--device", "cpu", "--out", out)
+    line = one_plain_line(err)
+    assert code == 2 and "saved to" in line
+    rescued = Path(line.rsplit("saved to ", 1)[1].split(" instead")[0])
+    assert (rescued / "trajectory.pt").is_file() and (rescued / "image.png").is_file()
+
+
+def test_torch_unexpected_pos_is_an_output_error(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match="latent.pt"):
+        with atomic_path(tmp_path / "latent.pt"):
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _refuse_probe(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int) -> None:
+    """``folder`` refuses new files (as a read-only mount would, which root cannot simulate with chmod)."""
+    mkstemp = files.tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise OSError(code, os.strerror(code))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+
+
+@pytest.mark.parametrize("code, says", [(errno.EROFS, "read-only"), (errno.EACCES, "permission denied")])
+def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys, code, says) -> None:
+    import mtransfer.cli.edit as edit
+
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    (tmp_path / "ro").mkdir()
+    _refuse_probe(monkeypatch, tmp_path / "ro", code)
+    monkeypatch.setattr(edit, "load_backend", lambda *a, **k: pytest.fail("the model was loaded"))
+    status, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
+                      "--out", tmp_path / "ro" / "e")
+    assert status == 2 and says in one_plain_line(err)
+    status, err = cli(monkeypatch, capsys, *run_args(tmp_path / "ro" / "run", "--flow-only"))
+    assert status == 2 and says in one_plain_line(err)
+
+
+@pytest.mark.parametrize("command", ["run", "edit", "flow", "motion", "generate"])
+@pytest.mark.parametrize("where", ["equal", "under"])
+def test_out_on_a_regular_file_is_refused(tmp_path, monkeypatch, capsys, command, where) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    out = blocker if where == "equal" else blocker / "sub"
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    arguments = {
+        "run": run_args(out, "--flow-only"),
+        "edit": ["edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT, "--out", out],
+        "flow": ["flow", VIDEO, "--estimator", "pyramid", "--size", "16", "--max-frames", "2", "--out", out],
+        "motion": ["motion", "translate(2, 0)", "--size", "16x16", "--out", out / "m.flo"],
+        "generate": ["generate", "a cat", "--model", "tiny", "--size", "32x32", "--steps", "2", "--out", out],
+    }[command]
+    code, err = cli(monkeypatch, capsys, *arguments)
+    assert code == 2 and "file.txt" in one_plain_line(err) and "file" in one_plain_line(err)
+    assert blocker.read_text() == "mine"
+
+
+def test_stale_temporaries_of_a_killed_encode_are_cleaned(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli(monkeypatch, capsys, *run_args(out, "--flow-only"))[0] == 0
+    stale = [out / ".result.k2j3h4g5.mp4", out / "frames" / ".0001.ab_cd123.png"]
+    stale[1].parent.mkdir(exist_ok=True)
+    for path in stale:
+        path.write_bytes(b"half")
+    mine = out / ".notes"
+    mine.write_text("user file")
+    assert cli(monkeypatch, capsys, *run_args(out, "--flow-only"))[0] == 0
+    assert not any(path.exists() for path in stale)
+    assert mine.read_text() == "user file"
+
+
+# --- bad input that ended in a traceback -----------------------------------------------------------------
+
+
+def test_a_non_utf8_image_name_gives_a_report(tmp_path, monkeypatch, capsys) -> None:
+    name = os.fsdecode(b"caf\xe9.png")  # a Latin-1 name on a UTF-8 system: a surrogate in Python
+    (tmp_path / name).write_bytes(IMAGE.read_bytes())
+    for _ in range(2):  # the rerun reads and rewrites the same records
+        code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", image=tmp_path / name))
+        assert code == 0, err
+    assert "caf" in (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["a[/b].png", "[draft].png", "x[bold]y.png"])
+def test_bracketed_paths_are_printed_as_they_are(tmp_path, monkeypatch, capsys, name) -> None:
+    code, err = cli(monkeypatch, capsys, "edit", tmp_path / name, "--flow", "translate(2, 0)", *TINY_EDIT)
+    line = one_plain_line(err)
+    assert code == 2 and str(tmp_path / name) in line
+
+
+def test_bracketed_parts_of_messages_survive(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--set", "nosection.x=1"))
+    assert code == 2 and "[nosection]" in one_plain_line(err)
+
+
+def test_a_successful_run_into_a_bracketed_folder_prints_it(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "[/b]" / "[draft]"
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--flow-only"))
+    assert code == 0, err
+    assert str(out / "report.html") in err.replace("\n", "")
+
+
+@pytest.mark.parametrize("region", ["nan,0,1,1", "0,0,inf,1"])
+def test_a_non_finite_region_is_refused(tmp_path, monkeypatch, capsys, region) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--region", region))
+    assert code == 2 and "finite" in one_plain_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_flow_size_1_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "flow", VIDEO, "--size", "1", "--estimator", "tvl1", "--out", tmp_path / "f")
+    assert code == 2 and "at least 8" in one_plain_line(err)
+
+
+def test_run_video_size_1_is_refused_before_the_folder(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--set", "video.size=1"))
+    assert code == 2 and "too small" in one_plain_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["flow", "bench", "run", "edit"])
+def test_a_nonsense_device_is_refused(tmp_path, monkeypatch, capsys, command) -> None:
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    arguments = {
+        "flow": ["flow", VIDEO, "--device", "nonsense", "--out", tmp_path / "f"],
+        "bench": ["bench", "--device", "nonsense"],
+        "run": [*run_args(tmp_path / "run"), "--device", "nonsense"],
+        "edit": ["edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT, "--device", "nonsense",
+                 "--out", tmp_path / "e"],
+    }[command]
+    code, err = cli(monkeypatch, capsys, *arguments)
+    assert code == 2 and "nonsense" in one_plain_line(err) and "not a device name" in one_plain_line(err)
+    assert not any((tmp_path / name).exists() for name in ("f", "run", "e"))
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_without_mps_is_refused_before_the_run_folder(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run"), "--device", "mps")
+    assert code == 2 and "MPS is not available" in one_plain_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_parse_device_reads_names_once_for_everyone() -> None:
+    assert parse_device("cpu") == torch.device("cpu")
+    assert parse_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("nonsense", "meta", "cuda:99" if torch.cuda.is_available() else "cuda"):
+        with pytest.raises(DeviceError, match="--device"):
+            parse_device(bad)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_in_one_line(tmp_path, monkeypatch) -> None:
+    save_image(tmp_path / "big.png", torch.rand(3, 40, 30))
+    monkeypatch.setattr(files, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(InputError, match=r"big.png: is 30x40 .* over mtransfer's limit"):
+        load_image(tmp_path / "big.png")
+
+
+def test_pillows_bomb_warning_and_error_are_replaced_by_the_stated_limit(tmp_path, monkeypatch) -> None:
+    save_image(tmp_path / "wide.png", torch.rand(3, 40, 30))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow would warn at 100 px and fail at 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(tmp_path / "wide.png").shape == (3, 40, 30)
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_an_unexpected_error_is_one_line_and_a_log(tmp_path, monkeypatch, capsys) -> None:
+    import mtransfer.cli.motion as motion
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(motion, "load_flow", broken)
+    code, err = cli(monkeypatch, capsys, "motion", "translate(2, 0)", "--size", "16x16", "--out", tmp_path / "m.flo")
+    line = one_plain_line(err)
+    assert code == 1 and "ZeroDivisionError" in line
+    log = Path(line.split("the traceback is in ")[1].rstrip(")"))
+    assert "Traceback" in log.read_text() and "a bug" in log.read_text()
+
+
+def test_an_infinite_npy_flow_is_refused_as_non_finite(tmp_path, monkeypatch, capsys) -> None:
+    flow = np.zeros((2, 16, 16), np.float32)
+    flow[0, 3, 3] = np.inf
+    flow[1, 4, 4] = np.nan  # NaN is the .npy mark for "unknown": allowed
+    np.save(tmp_path / "inf.npy", flow)
+    code, err = cli(monkeypatch, capsys, "motion", tmp_path / "inf.npy", "--size", "16x16", "--out", tmp_path / "m.flo")
+    line = one_plain_line(err)
+    assert code == 2 and "inf.npy" in line and "1 NaN or infinite" in line
+
+
+def test_a_strength_that_throws_the_motion_off_the_image_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--strength", "1e12"))
+    assert code == 2 and "far beyond" in one_plain_line(err)
+    assert not (tmp_path / "run" / "flow").exists()
