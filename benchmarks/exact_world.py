@@ -32,15 +32,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.measure import run_script
+from mtransfer.app import Editor, load_settings
+from mtransfer.app.models import family_translations
+from mtransfer.bench.measure import run_script
 from mtransfer.errors import MtransferError
-from mtransfer.estimators import load_estimator
 from mtransfer.files import load_image, write_bytes, write_json
 from mtransfer.flows.spec import load_flow
-from mtransfer.guidance import edit_image, prepare_source
-from mtransfer.pipeline.models import family_translations, load_backend
-from mtransfer.pipeline.settings import RunSettings
-from mtransfer.presets import load_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SKIMAGE_PICTURES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
@@ -66,22 +63,19 @@ def sweep_picture(job: tuple[str, Path, list[tuple[int, int]], list[str]]) -> li
     """Every requested shift of one picture, edited with the preset, each matched to its nearest member."""
     name, path, shifts, overrides = job
     torch.set_num_threads(1)  # one process per picture; tiny tensors run fastest on one thread each
-    run = RunSettings.from_config(load_pipeline("offline-demo", overrides))
-    device = torch.device("cpu")
+    run = load_settings("offline-demo", overrides)
     source = load_image(path, size=run.model.size)
-    backend = load_backend(run.model, source, device)
+    editor = Editor.load(run, source, torch.device("cpu"))
     members = family_translations(*source.shape[-2:], run.model)
-    estimator = load_estimator(run.estimator.name, iterations=run.estimator.iterations or None)
-    state = prepare_source(backend, source, run.model.prompt, run.guidance)
+    state = editor.prepare(source)
     rows = []
     for dx, dy in shifts:
         if (dx, dy) not in members:
             raise MtransferError(f"shift ({dx}, {dy}) is not in the family (radius {run.model.family_radius})")
         started = time.perf_counter()
-        result = edit_image(backend, estimator, state, load_flow(f"translate({dx}, {dy})", *source.shape[-2:]),
-                            run.guidance)
+        result = editor.edit(state, load_flow(f"translate({dx}, {dy})", *source.shape[-2:]))
         seconds = time.perf_counter() - started
-        distance = (backend.images - result.image[None]).abs().flatten(1).mean(1)
+        distance = (editor.backend.images - result.image[None]).abs().flatten(1).mean(1)
         landed = members[int(distance.argmin())]
         rows.append({
             "picture": name, "requested": [dx, dy], "landed": list(landed),
@@ -106,7 +100,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(pictures: Sequence[str], magnitudes: Sequence[int], overrides: list[str], workers: int) -> dict[str, Any]:
-    settings = RunSettings.from_config(load_pipeline("offline-demo", overrides))
+    settings = load_settings("offline-demo", overrides)
     shifts = [(m * ux, m * uy) for m in magnitudes for ux, uy in DIRECTIONS]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
