@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -128,6 +129,28 @@ def rescue_on_failure(folder: str | Path, save: Callable[[Path], Any]) -> Iterat
         except (OSError, OutputError):
             raise exc from None
         raise OutputError(f"{exc}; the results were saved to {elsewhere} instead") from None
+
+
+@contextmanager
+def staged_folder(folder: str | Path, last: str = "run.json") -> Iterator[Path]:
+    """Yield a hidden sibling folder to write a set of files into; on success move them into ``folder``
+    (``last`` last, so its presence means the set is complete). A failed write (disk full, ...) happens in
+    the sibling, which is removed, so ``folder`` never holds half of the new set beside the old record."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+    try:
+        yield stage
+        files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: p.name == last)
+        for path in files:
+            target = folder / path.relative_to(stage)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+            except OSError as exc:
+                raise output_error(target, exc) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

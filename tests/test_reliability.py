@@ -197,6 +197,30 @@ def test_disk_full_after_an_edit_keeps_the_result_elsewhere(tmp_path, monkeypatc
     assert (rescued / "edited.png").is_file() and (rescued / "run.json").is_file()
 
 
+def test_a_failed_edit_write_leaves_no_edited_png_without_run_json(tmp_path, monkeypatch, capsys) -> None:
+    """The last file of an edit (run.json) fails to write: the output folder must not hold the new edited.png
+    without its run.json (the rescue folder gets the whole set)."""
+    import mtransfer.guidance.outputs as outputs
+
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    out = tmp_path / "e"
+    write_json = outputs.write_json
+    failures = []
+
+    def full_once(path, record):
+        if Path(path).name == "run.json" and not failures:
+            failures.append(path)
+            raise OutputError(f"{path}: cannot write: the disk is full")
+        return write_json(path, record)
+
+    monkeypatch.setattr(outputs, "write_json", full_once)
+    code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
+                    "--out", out)
+    assert code == 2 and failures and "saved to" in one_plain_line(err)
+    assert not (out / "edited.png").exists() and not (out / "run.json").exists()
+    assert not list(tmp_path.glob(".e.staging-*"))  # the staging folder is cleaned up
+
+
 def test_disk_full_after_generate_keeps_the_trajectory_elsewhere(tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "g"
     _disk_full_under(monkeypatch, out)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mtransfer.files import save_image, to_uint8, write_json
+from mtransfer.files import save_image, staged_folder, to_uint8, write_json
 from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import EditResult
@@ -94,9 +94,17 @@ def write_edit(
     """Write an edit's files into ``folder``; ``record`` (settings, versions, ...) goes into ``run.json``.
 
     ``run.json`` is written last and gains ``status`` (``ok`` or ``diverged``), the final losses and the
-    timings, so a folder with a ``run.json`` is a finished one.
+    timings, so a folder with a ``run.json`` is a finished one. The files are written beside ``folder``
+    first (``staged_folder``): a write that fails leaves ``folder`` as it was.
     """
-    folder = Path(folder)
+    with staged_folder(folder) as stage:
+        _write_edit_files(stage, source, target_flow, result, record)
+    return Path(folder)
+
+
+def _write_edit_files(
+    folder: Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any]
+) -> None:
     scale = float(target_flow.norm(dim=0).max()) or None
     target_picture = flow_to_color(target_flow, scale)
     achieved_picture = flow_to_color(result.achieved_flow, scale)
@@ -134,7 +142,6 @@ def write_edit(
             "previews": [f"previews/step_{step:04d}.png" for step, _ in result.previews],
         },
     )
-    return folder
 
 
 def _write_edit_report(
