@@ -365,7 +365,9 @@ def test_one_guided_step_matches_the_rule_written_out(tiny: sd.StableDiffusionBa
     set of conventions."""
     backend = tiny
     paper = conventions == "paper"
-    estimator = PyramidEstimator(levels=3, iterations=2)
+    # one Lucas-Kanade update per level: with two, float32 reassociation in the first recursion (a blur
+    # computed in another order) grew to 5e-4 in the second one's guidance norm on this random model
+    estimator = PyramidEstimator(levels=3, iterations=1)
     generator = torch.Generator().manual_seed(0)
     source = textured(64, 64)[None]
     flow = box_flow(64, 3.0, 2.0)[None]  # the block [16, 32)^2 moves by (3, 2)

@@ -109,7 +109,7 @@ def test_ctrl_c_in_another_command_exits_130(tmp_path, monkeypatch, capsys) -> N
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(edit, "load_backend", interrupted)
+    monkeypatch.setattr("mtransfer.app.editor.load_backend", interrupted)
     save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
     code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
                     "--out", tmp_path / "e")
@@ -258,7 +258,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypa
     save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
     (tmp_path / "ro").mkdir()
     _refuse_probe(monkeypatch, tmp_path / "ro", code)
-    monkeypatch.setattr(edit, "load_backend", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr("mtransfer.app.editor.load_backend", lambda *a, **k: pytest.fail("the model was loaded"))
     status, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
                       "--out", tmp_path / "ro" / "e")
     assert status == 2 and says in one_plain_line(err)
