@@ -27,7 +27,7 @@ from mtransfer.flows.elementary import (
 )
 from mtransfer.flows.io import read_flow, read_flow_and_valid, read_mask, write_flow
 from mtransfer.flows.ops import blend, compose, invert, move_image, resize_flow, restrict, scale_motion
-from mtransfer.flows.spec import load_flow, motion_usage, parse_flow_spec
+from mtransfer.flows.spec import MotionTerm, build_term, format_spec, load_flow, motion_usage, parse_flow_spec, spec_terms
 from mtransfer.flows.viz import color_wheel, error_scale, error_to_color, flow_to_color, quiver_overlay
 from mtransfer.flows.warp import (
     as_flow_batch,
@@ -41,8 +41,10 @@ from mtransfer.flows.warp import (
 )
 
 __all__ = [
+    "MotionTerm",
     "as_flow_batch",
     "blend",
+    "build_term",
     "bulge",
     "color_wheel",
     "compose",
@@ -50,6 +52,7 @@ __all__ = [
     "error_scale",
     "error_to_color",
     "flow_to_color",
+    "format_spec",
     "homography",
     "homography_from_points",
     "invert",
@@ -71,6 +74,7 @@ __all__ = [
     "scale_motion",
     "scaling",
     "shear",
+    "spec_terms",
     "splat_image",
     "stretch",
     "translation",

@@ -124,16 +124,102 @@ def motion_usage() -> str:
 
 def parse_flow_spec(spec: str, height: int, width: int, *, device: torch.device | str | None = None) -> torch.Tensor:
     """The ``(2, H, W)`` float32 flow that ``spec`` describes for an image of ``height`` x ``width`` pixels."""
-    terms = _split_top_level(spec, "|")
-    if not spec.strip() or any(not term.strip() for term in terms):
-        raise _spec_error(spec, "empty motion; write e.g. 'rotate(20) | translate(10, 0)'", usage=True)
     flow = None
-    for term in terms:
-        term_flow = _parse_term(spec, term, height, width, device)
+    for term in spec_terms(spec, height, width):
+        term_flow = build_term(term, height, width, device=device, spec=spec)
         flow = term_flow if flow is None else compose(flow, term_flow)
     problem = motion_problem(flow)
     if problem:
         raise _spec_error(spec, problem)
+    return flow
+
+
+@dataclass(frozen=True)
+class MotionTerm:
+    """One term of a spec with its arguments resolved for one image size (positions and lengths in pixels).
+
+    ``arguments`` are ``(name, value)`` pairs in the motion's parameter order, defaults filled in; a
+    homography's are ``x1, y1, ..., x4, y4`` (where the corners go) or ``h11 ... h33`` (the matrix).
+    ``format_spec`` writes terms back as spec text, so a front end can edit terms as numbers.
+    """
+
+    name: str
+    arguments: tuple[tuple[str, float], ...]
+    mask: str | None = None
+    strength: float | None = None
+
+    @property
+    def values(self) -> dict[str, float]:
+        return dict(self.arguments)
+
+
+_CORNER_NAMES = tuple(f"{axis}{i}" for i in range(1, 5) for axis in "xy")
+_MATRIX_NAMES = tuple(f"h{r}{c}" for r in range(1, 4) for c in range(1, 4))
+
+
+def spec_terms(spec: str, height: int, width: int) -> list[MotionTerm]:
+    """The terms of ``spec`` with every argument resolved to a number for a ``height`` x ``width`` image."""
+    terms = _split_top_level(spec, "|")
+    if not spec.strip() or any(not term.strip() for term in terms):
+        raise _spec_error(spec, "empty motion; write e.g. 'rotate(20) | translate(10, 0)'", usage=True)
+    return [_read_term(spec, term, height, width) for term in terms]
+
+
+def format_spec(terms: list[MotionTerm]) -> str:
+    """Spec text for ``terms`` (pixels as plain numbers), read back by ``spec_terms`` to the same terms."""
+    return " | ".join(_format_term(term) for term in terms)
+
+
+def _format_term(term: MotionTerm) -> str:
+    values = [_number_text(value) for _, value in term.arguments]
+    if term.name == "homography":
+        texts = values
+    else:
+        texts = values[:1] + [f"{name}={text}" for (name, _), text in zip(term.arguments[1:], values[1:])]
+    if term.mask is not None:
+        texts.append(f"mask={_quoted(term.mask)}")
+    text = f"{term.name}({', '.join(texts)})"
+    return text if term.strength is None else f"{text} * {_number_text(term.strength)}"
+
+
+def _number_text(value: float) -> str:
+    """The shortest text that reads back as the same float (``repr``), without a trailing ``.0``."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _quoted(path: str) -> str:
+    plain = re.fullmatch(r"[\w./\\:-]+", path) is not None
+    return path if plain else (f'"{path}"' if '"' not in path else f"'{path}'")
+
+
+def build_term(
+    term: MotionTerm, height: int, width: int, *, device: torch.device | str | None = None, spec: str | None = None
+) -> torch.Tensor:
+    """The ``(2, H, W)`` flow of one term (its mask and strength applied)."""
+    spec = format_spec([term]) if spec is None else spec
+    values = term.values
+    try:
+        if term.name == "homography":
+            if tuple(values) == _CORNER_NAMES:
+                corners = [[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0], [0.0, height - 1.0]]
+                coords = list(values.values())
+                matrix = elementary.homography_from_points(corners, [coords[i : i + 2] for i in range(0, 8, 2)])
+            elif tuple(values) == _MATRIX_NAMES:
+                matrix = [[values[f"h{r}{c}"] for c in range(1, 4)] for r in range(1, 4)]
+            else:
+                raise ValueError(f"takes 8 corner coordinates or 9 matrix entries: {_HOMOGRAPHY_USAGE}")
+            flow = elementary.homography(height, width, matrix, device=device)
+        elif term.name in MOTIONS:
+            flow = MOTIONS[term.name].build(height, width, **values, device=device)
+        else:
+            raise _spec_error(spec, f"unknown motion '{term.name}'", usage=True)
+    except ValueError as exc:
+        raise _spec_error(spec, f"{term.name}: {exc}") from None
+    if term.mask is not None:
+        flow = restrict(flow, read_mask(term.mask, size=(height, width)).to(flow.device))
+    if term.strength is not None:
+        flow = scale_motion(flow, term.strength)
     return flow
 
 
@@ -190,7 +276,7 @@ def _split_top_level(text: str, separator: str) -> list[str]:
     return parts
 
 
-def _parse_term(spec: str, term: str, height: int, width: int, device) -> torch.Tensor:
+def _read_term(spec: str, term: str, height: int, width: int) -> MotionTerm:
     match = _TERM.match(term)
     if not match:
         raise _spec_error(spec, f"cannot read '{term.strip()}', expected name(arguments)", usage=True)
@@ -205,17 +291,13 @@ def _parse_term(spec: str, term: str, height: int, width: int, device) -> torch.
         if name == "homography":
             if keywords:
                 raise _spec_error(spec, f"homography takes positional numbers only, not '{next(iter(keywords))}='")
-            flow = _homography(resolve, positional, height, width, device)
+            arguments = _homography_arguments(resolve, positional)
         else:
             arguments = _bind(resolve, MOTIONS[name], positional, keywords)
-            flow = MOTIONS[name].build(height, width, **arguments, device=device)
     except ValueError as exc:
         raise _spec_error(spec, f"{name}: {exc}") from None
-    if mask_path is not None:
-        flow = restrict(flow, read_mask(mask_path, size=(height, width)).to(flow.device))
-    if strength_text is not None:
-        flow = scale_motion(flow, resolve.number("strength", strength_text))
-    return flow
+    strength = None if strength_text is None else resolve.number("strength", strength_text)
+    return MotionTerm(name, tuple(arguments.items()), mask_path, strength)
 
 
 def _split_arguments(spec: str, name: str, body: str) -> tuple[list[str], dict[str, str]]:
@@ -267,18 +349,16 @@ def _bind(resolve: _Resolver, motion: _Motion, positional: list[str], keywords: 
     return values
 
 
-def _homography(resolve: _Resolver, positional: list[str], height: int, width: int, device) -> torch.Tensor:
+def _homography_arguments(resolve: _Resolver, positional: list[str]) -> dict[str, float]:
     """Either where the four image corners go (8 coordinates) or the 3x3 matrix itself (9 entries)."""
     if len(positional) == 8:
-        corners = [[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0], [0.0, height - 1.0]]
-        coords = [resolve.value(f"coordinate {i + 1}", _X if i % 2 == 0 else _Y, t) for i, t in enumerate(positional)]
-        targets = [coords[i : i + 2] for i in range(0, 8, 2)]
-        matrix = elementary.homography_from_points(corners, targets)
-    elif len(positional) == 9:
-        matrix = [[resolve.number(f"entry {3 * r + c + 1}", positional[3 * r + c]) for c in range(3)] for r in range(3)]
-    else:
-        raise ValueError(f"takes 8 corner coordinates or 9 matrix entries, got {len(positional)}: {_HOMOGRAPHY_USAGE}")
-    return elementary.homography(height, width, matrix, device=device)
+        return {
+            name: resolve.value(f"coordinate {i + 1}", _X if i % 2 == 0 else _Y, text)
+            for i, (name, text) in enumerate(zip(_CORNER_NAMES, positional))
+        }
+    if len(positional) == 9:
+        return {name: resolve.number(f"entry {i + 1}", text) for i, (name, text) in enumerate(zip(_MATRIX_NAMES, positional))}
+    raise ValueError(f"takes 8 corner coordinates or 9 matrix entries, got {len(positional)}: {_HOMOGRAPHY_USAGE}")
 
 
 class _Resolver:

@@ -1,0 +1,142 @@
+"""The web app's motion editing as plain functions (no Gradio): controls ↔ spec terms, arrows, previews.
+
+The spec text (the ``--flow`` language) is the one record of the motion being built: the controls edit
+its last term, "add" appends one, and any text the user types is read back into the controls
+(``spec_terms``). Positions and lengths are pixels of the image the motion is drawn on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mtransfer.errors import MtransferError
+from mtransfer.flows import (
+    MotionTerm,
+    flow_to_color,
+    format_spec,
+    move_image,
+    parse_flow_spec,
+    quiver_overlay,
+    restrict,
+    spec_terms,
+    translation,
+)
+from mtransfer.flows.spec import MOTIONS
+
+SLIDER_COUNT = 3  # the controls show a motion's first three non-centre parameters
+
+
+@dataclass(frozen=True)
+class Slider:
+    """One parameter slider: the parameter's name in the spec language, its range, step and start value."""
+
+    name: str
+    minimum: float
+    maximum: float
+    step: float
+    value: float
+
+
+def sliders(kind: str, height: int, width: int) -> list[Slider]:
+    """The sliders for ``kind`` on a ``height`` x ``width`` image (lengths in pixels of that image)."""
+    side = min(height, width)
+    table = {
+        "translate": [Slider("dx", -width / 2, width / 2, 1, 10), Slider("dy", -height / 2, height / 2, 1, 0)],
+        "rotate": [Slider("degrees", -180, 180, 1, 15)],
+        "scale": [Slider("factor", 0.5, 2.0, 0.01, 1.2)],
+        "stretch": [Slider("factor", 0.5, 2.0, 0.01, 1.2), Slider("angle", -90, 90, 1, 0)],
+        "shear": [Slider("shx", -1, 1, 0.01, 0.2), Slider("shy", -1, 1, 0.01, 0)],
+        "twirl": [Slider("degrees", -360, 360, 1, 60), Slider("radius", 1, side, 1, side / 2)],
+        "bulge": [Slider("strength", -1, 1, 0.01, 0.3), Slider("radius", 1, side, 1, side / 2)],
+        "wobble": [Slider("amplitude", 0, side / 8, 0.5, 4), Slider("wavelength", 2, side, 1, side / 2),
+                   Slider("seed", 0, 100, 1, 0)],
+    }
+    if kind not in table:
+        raise MtransferError(f"the controls do not offer '{kind}'; choose one of {', '.join(CONTROL_KINDS)}")
+    return table[kind]
+
+
+CONTROL_KINDS = tuple(MOTIONS)  # every elementary motion but homography (8 numbers: typed in the spec text)
+
+
+def has_center(kind: str) -> bool:
+    return "cx" in {param.name for param in MOTIONS[kind].params}
+
+
+def controls_to_term(
+    kind: str, values: list[float], center: tuple[float, float] | None, height: int, width: int,
+    mask: str | None = None,
+) -> MotionTerm:
+    """The term the controls show: ``values`` for ``kind``'s sliders in order, ``center`` (x, y) in pixels
+    (default: the image centre) for the motions that have one, ``mask`` a mask file the motion is kept to."""
+    names = [slider.name for slider in sliders(kind, height, width)]
+    if len(values) < len(names):
+        raise MtransferError(f"{kind} needs {len(names)} values ({', '.join(names)}), got {len(values)}")
+    arguments = [(name, float(value)) for name, value in zip(names, values)]
+    if has_center(kind):
+        cx, cy = center if center is not None else ((width - 1) / 2, (height - 1) / 2)
+        arguments += [("cx", float(cx)), ("cy", float(cy))]
+    return MotionTerm(kind, tuple(arguments), mask)
+
+
+def term_to_controls(term: MotionTerm, height: int, width: int) -> tuple[str, list[float], tuple[float, float] | None]:
+    """What the controls show for ``term``: kind, slider values and centre (None for motions without one).
+
+    Refuses terms the controls cannot show exactly (homography, a strength factor), so that editing a
+    slider never silently changes another part of the term.
+    """
+    if term.name not in CONTROL_KINDS:
+        raise MtransferError(f"'{term.name}' is edited in the spec text only")
+    if term.strength is not None:
+        raise MtransferError(f"'{term.name}(...) * {term.strength:g}' is edited in the spec text only")
+    values = term.values
+    shown = [values[slider.name] for slider in sliders(term.name, height, width)]
+    center = (values["cx"], values["cy"]) if has_center(term.name) else None
+    return term.name, shown, center
+
+
+def replace_last(spec: str, term: MotionTerm, height: int, width: int) -> str:
+    """``spec`` with its last term replaced by ``term`` (or just ``term`` when ``spec`` is empty)."""
+    terms = spec_terms(spec, height, width) if spec.strip() else []
+    return format_spec([*terms[:-1], term])
+
+
+def append_term(spec: str, term: MotionTerm, height: int, width: int) -> str:
+    """``spec`` then ``term`` (composed: the new motion applies after the earlier ones)."""
+    terms = spec_terms(spec, height, width) if spec.strip() else []
+    return format_spec([*terms, term])
+
+
+def arrow_to_term(start: tuple[float, float], end: tuple[float, float], mask: str | None = None) -> MotionTerm:
+    """An arrow dragged from ``start`` to ``end`` (x, y pixels): translate what the mask holds by end - start."""
+    return MotionTerm("translate", (("dx", float(end[0] - start[0])), ("dy", float(end[1] - start[1]))), mask)
+
+
+def arrow_to_flow(
+    start: tuple[float, float], end: tuple[float, float], height: int, width: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The ``(2, H, W)`` flow of an arrow: every pixel of the mask ``(1, H, W)`` (default: all) moves by
+    end - start, soft mask values scale the move, pixels outside it stay."""
+    flow = translation(height, width, end[0] - start[0], end[1] - start[1])
+    return flow if mask is None else restrict(flow, mask)
+
+
+def spec_flow(spec: str, height: int, width: int, allowed_folder: Path) -> torch.Tensor:
+    """``parse_flow_spec`` for text typed in the page, whose ``mask=`` files must lie in ``allowed_folder``
+    (the session's run folder), so the page cannot be used to read other files of the server."""
+    folder = allowed_folder.resolve()
+    for term in spec_terms(spec, height, width):
+        if term.mask is not None and folder not in (Path(term.mask).resolve()).parents:
+            raise MtransferError(f"mask '{term.mask}': only masks uploaded in this page can be used")
+    return parse_flow_spec(spec, height, width)
+
+
+def previews(image: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Arrows over the image, the flow's colour coding and the image moved by it (a cheap forward warp),
+    each ``(3, H, W)`` in [0, 1]; arrows are spaced for about 24 across the image."""
+    step = max(4, round(max(image.shape[-2:]) / 24))
+    arrows = quiver_overlay(image, flow, step=step)
+    return arrows, flow_to_color(flow), move_image(image[None], flow[None])[0].clamp(0, 1)

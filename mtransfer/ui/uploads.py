@@ -1,0 +1,102 @@
+"""Uploads from the page, checked and copied into a run folder under generated names.
+
+A browser's file name never reaches the file system: the app reads the upload where Gradio stored it,
+checks it (size, readable image or video, frame count) and writes its own copy (``source.png``,
+``mask.png``, ``driving.mp4``) into the session's folder under ``outputs/ui/``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtransfer.errors import InputError, MtransferError
+from mtransfer.files import load_image, save_image
+from mtransfer.flows import read_mask
+from mtransfer.video import probe_video
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """The largest uploads the app accepts (also given to Gradio, which refuses bigger files itself)."""
+
+    image_bytes: int = 30 * 2**20
+    video_bytes: int = 200 * 2**20
+    video_frames: int = 1000
+
+    @property
+    def largest_bytes(self) -> int:
+        return max(self.image_bytes, self.video_bytes)
+
+
+def new_run_folder(root: Path, kind: str) -> Path:
+    """A fresh folder ``root/<kind>-<UTC time>-<random>`` for one session's inputs and results."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    folder = root / f"{kind}-{stamp}-{secrets.token_hex(3)}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _named(upload: str | Path, exc: MtransferError) -> InputError:
+    """The error as the page shows it: naming the upload by its base name, not the server's path."""
+    name = Path(upload).name
+    message = str(exc).replace(str(upload), f"upload '{name}'")
+    return InputError(message if name in message else f"upload '{name}': {message}")
+
+
+def _check_size(upload: str | Path, limit: int, what: str) -> Path:
+    path = Path(upload)
+    if not path.is_file():
+        raise InputError(f"upload '{path.name}': no file arrived; upload the {what} again")
+    size = path.stat().st_size
+    if size > limit:
+        raise InputError(f"upload '{path.name}': {size / 2**20:.1f} MiB is over the limit of "
+                         f"{limit / 2**20:.0f} MiB for a {what}")
+    return path
+
+
+def accept_image(upload: str | Path, folder: Path, limits: UploadLimits = UploadLimits()) -> Path:
+    """Check an uploaded image and save it as ``folder/source.png``."""
+    path = _check_size(upload, limits.image_bytes, "image")
+    try:
+        image = load_image(path)
+    except MtransferError as exc:
+        raise _named(upload, exc) from None
+    return save_image(folder / "source.png", image)
+
+
+def accept_mask(upload: str | Path, folder: Path, size: tuple[int, int], limits: UploadLimits = UploadLimits()) -> Path:
+    """Check an uploaded mask and save it, at the image's ``size`` (height, width), as ``folder/mask.png``."""
+    path = _check_size(upload, limits.image_bytes, "mask")
+    try:
+        mask = read_mask(path, size=size)
+    except MtransferError as exc:
+        raise _named(upload, exc) from None
+    if float(mask.max()) <= 0:
+        raise InputError(f"upload '{path.name}': the mask is black everywhere; white marks what moves")
+    return save_image(folder / "mask.png", mask)
+
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi")
+
+
+def accept_video(upload: str | Path, folder: Path, limits: UploadLimits = UploadLimits()) -> Path:
+    """Check an uploaded clip (size, a readable video, at most ``limits.video_frames`` frames) and copy it
+    to ``folder/driving<suffix>`` (the suffix kept only when it is a known video suffix)."""
+    path = _check_size(upload, limits.video_bytes, "video")
+    try:
+        info = probe_video(path)
+    except MtransferError as exc:
+        raise _named(upload, exc) from None
+    if info.frame_count < 2:
+        raise InputError(f"upload '{path.name}': not a video clip ({info.frame_count} frame); a motion needs at least 2")
+    if info.frame_count > limits.video_frames:
+        raise InputError(f"upload '{path.name}': {info.frame_count} frames is over the limit of "
+                         f"{limits.video_frames}; cut the clip first")
+    suffix = path.suffix.lower() if path.suffix.lower() in VIDEO_SUFFIXES else ".mp4"
+    target = folder / f"driving{suffix}"
+    shutil.copyfile(path, target)
+    return target
