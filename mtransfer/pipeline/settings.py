@@ -17,6 +17,7 @@ from mtransfer.errors import MtransferError
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.pipeline.align import AlignConfig
+from mtransfer.pipeline.executors import ExecutionSettings
 from mtransfer.presets import section
 from mtransfer.speed import parse_fast_path
 
@@ -200,10 +201,18 @@ class RunSettings:
     video: VideoSettings
     align: AlignConfig
     output: OutputSettings
+    execution: ExecutionSettings = ExecutionSettings()
+
+    def __post_init__(self) -> None:
+        if self.execution.executor == "ray" and self.video.init == "previous":
+            raise MtransferError(
+                'video.init = "previous" edits the frames strictly one after another, so Ray cannot spread them '
+                'over workers; use video.init = "shared" with --executor ray, or --executor local'
+            )
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> RunSettings:
-        known = {"name", "description", "model", "estimator", "guidance", "video", "align", "output"}
+        known = {"name", "description", "model", "estimator", "guidance", "video", "align", "output", "execution"}
         unknown = sorted(set(config) - known)
         if unknown:
             raise MtransferError(f"pipeline '{config.get('name')}': unknown section [{unknown[0]}] "
@@ -216,6 +225,7 @@ class RunSettings:
             video=_from_mapping(VideoSettings, "video", section(config, "video")),
             align=AlignConfig.from_mapping(section(config, "align")),
             output=_from_mapping(OutputSettings, "output", section(config, "output")),
+            execution=_from_mapping(ExecutionSettings, "execution", section(config, "execution")),
         )
 
     def as_record(self) -> dict[str, Any]:
