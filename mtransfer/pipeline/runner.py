@@ -25,6 +25,7 @@ from mtransfer.errors import MtransferError, input_error, require_file
 from mtransfer.files import load_image
 from mtransfer.flows.io import read_mask
 from mtransfer.pipeline.align import mask_box, pixel_box
+from mtransfer.pipeline.executors import import_ray
 from mtransfer.pipeline.models import check_models
 from mtransfer.pipeline.manifest import Manifest, RunLock, content_id, fingerprint, versions
 from mtransfer.pipeline.settings import RunSettings
@@ -172,6 +173,8 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
     inputs = check_inputs(request, settings)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
+        if settings.execution.executor == "ray":
+            import_ray()  # its absence is a one-line error now, not after the flow stage
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
     with RunLock(folder):

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from functools import partial
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,7 @@ from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import flow_to_color
 from mtransfer.guidance.edit import SourceState, edit_image, prepare_source
 from mtransfer.pipeline.align import align_flows, motion_mask
+from mtransfer.pipeline.executors import Job, LocalExecutor, make_executor
 from mtransfer.pipeline.manifest import Manifest
 from mtransfer.pipeline.models import cpu_warning, load_backend
 from mtransfer.pipeline.report import ReportFrame, write_report
@@ -249,72 +251,175 @@ def previous_frame_start(state: SourceState, previous_latent: torch.Tensor, alph
     return state.start + math.sqrt(a_first) * (previous_latent.to(state.start) - state.latent)
 
 
+@dataclass(frozen=True)
+class FrameInput:
+    """What a worker needs to edit frame ``index`` besides the shared source state (CPU tensors)."""
+
+    index: int
+    flow: torch.Tensor
+    mask: torch.Tensor  # the edit mask; all ones when align.edit_mask is off
+    previous_latent: torch.Tensor | None = None  # video.init = "previous": the result of frame index-1
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """A worker's edit of one frame, for the driver to write: CPU tensors and the manifest record."""
+
+    image: torch.Tensor
+    latent: torch.Tensor
+    achieved_flow: torch.Tensor
+    record: dict[str, Any]
+    divergence: str | None
+
+
+@dataclass(frozen=True)
+class FrameEditor:
+    """A worker factory (picklable): loads the models once in the worker's process, then edits frames.
+
+    A CUDA device means the GPU Ray gave the worker (a worker sees only its own, as ``cuda``); ``auto``
+    is resolved on the worker's machine. On the CPU the worker uses ``threads`` threads, the driver's
+    count: CPU kernels sum in another order with another thread count, and frames must not depend on
+    where they were made.
+    """
+
+    settings: RunSettings
+    source: torch.Tensor
+    threads: int
+
+    def __call__(self) -> Callable[[FrameInput, SourceState, Any], FrameOutput]:
+        device = self.settings.model.torch_device()
+        device = torch.device("cuda") if device.type == "cuda" else device
+        if device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        backend, estimator = _load_models(self.settings, self.source, device, ExitStack())
+        return partial(edit_frame, backend, estimator, self.settings)
+
+
+def _load_models(settings: RunSettings, source: torch.Tensor, device: torch.device, resources: ExitStack) -> tuple[Any, Any]:
+    backend = load_backend(settings.model, source, device)
+    estimator = load_estimator(
+        settings.estimator.name, device=device,
+        weights=settings.estimator.weights or None, iterations=settings.estimator.iterations or None,
+    )
+    return resources.enter_context(speed_switches(backend, estimator, settings.model.speed))
+
+
+def edit_frame(backend: Any, estimator: Any, settings: RunSettings, frame: FrameInput, state: SourceState,
+               progress: Any) -> FrameOutput:
+    """One frame's edit, wherever it runs. Its randomness comes from ``guidance.seed`` alone (a fresh
+    generator per edit), so a frame's result does not depend on which worker made it or what it did before."""
+    started = time.perf_counter()
+    state = _state_on(state, backend.device)
+    init = None
+    if frame.previous_latent is not None:
+        init = previous_frame_start(state, frame.previous_latent.to(backend.device), backend.alphas_cumprod)
+    result = edit_image(
+        backend, estimator, state, frame.flow.to(backend.device), settings.guidance,
+        edit_mask=frame.mask if settings.align.edit_mask else None, init_latent=init, progress=progress,
+    )
+    record = _frame_record(result, frame, time.perf_counter() - started)
+    return FrameOutput(result.image.cpu(), result.latent.detach().cpu(), result.achieved_flow.cpu(), record,
+                       result.divergence if result.diverged else None)
+
+
 def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     """Edit the target image under every frame's target flow; the results ``(T, 3, H, W)``.
 
     Frames without motion (frame 0 always) are the source image itself: there is nothing to edit, and
     the clip then starts exactly on the picture the user gave. ``prepare_source`` runs once per run (and
-    is cached), so every frame starts from the same noise and shares the source's inversion.
+    is cached), so every frame starts from the same noise and shares the source's inversion. The edits
+    run on the executor ``[execution]`` names (this process, or Ray workers that receive the source
+    state through the object store); either way this process alone writes the frames and the manifest.
     """
     settings = ctx.settings
     guidance = settings.guidance
     count = len(motion.flows)
     ctx.manifest.begin("guide", ctx.stage_settings["guide"], total=count)
     pending = ctx.pending("guide", range(count), (FRAMES, ".png"))
-    if settings.video.init == "previous":  # each frame starts from the latent of the one before
+    chained = settings.video.init == "previous"
+    if chained:  # each frame starts from the latent of the one before
         lost = [i for i in range(count) if not motion.still[i] and not ctx.file(LATENTS, i, ".pt").exists()]
         first = min(pending + lost, default=count)
         pending = list(range(first, count))
-    moving = [i for i in pending if not motion.still[i]]
-    passes = guidance.steps * guidance.recursions
     frames_task = ctx.progress.add_task("guide", total=count, completed=count - len(pending))
+    for index in [i for i in pending if motion.still[i]]:
+        _write_frame(ctx, index, motion.source, {"still": True}, frames_task)
+    moving = [i for i in pending if not motion.still[i]]
     if moving:
+        executor = make_executor(settings.execution, use_gpus=settings.model.device != "cpu")
+        passes = guidance.steps * guidance.recursions
         warning = cpu_warning(settings.model, ctx.device, passes, len(moving))
         if warning:
             ctx.console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
-        backend = load_backend(settings.model, motion.source, ctx.device)
-        estimator = load_estimator(
-            settings.estimator.name, device=ctx.device,
-            weights=settings.estimator.weights or None, iterations=settings.estimator.iterations or None,
-        )
-        backend, estimator = ctx.resources.enter_context(speed_switches(backend, estimator, settings.model.speed))
-        state = _source_state(ctx, backend, motion.source)
-        passes_task = ctx.progress.add_task("  passes", total=len(moving) * passes)
-    for index in pending:
-        if motion.still[index]:
-            image, info = motion.source, {"still": True}
-        else:
-            started = time.perf_counter()
-            init = None
-            previous = ctx.file(LATENTS, index - 1, ".pt")
-            if settings.video.init == "previous" and previous.exists():
-                init = previous_frame_start(state, torch.load(previous, weights_only=True), backend.alphas_cumprod)
-            result = edit_image(
-                backend, estimator, state, motion.flows[index].to(ctx.device), guidance,
-                edit_mask=motion.masks[index] if settings.align.edit_mask else None,
-                init_latent=init,
-                progress=lambda: ctx.progress.advance(passes_task),
-            )
-            _save_tensor(ctx.file(LATENTS, index, ".pt"), result.latent)
-            write_flow(ctx.file(ACHIEVED_FLOW, index, ".flo"), result.achieved_flow)
-            image, info = result.image, _frame_record(result, motion, index, time.perf_counter() - started)
-            if result.diverged:
-                ctx.console.print(
-                    f"[bold yellow]warning:[/] frame {index}: {result.divergence}; kept the last good estimate. "
-                    "Try a lower guidance.guidance_weight or guidance.clip_grad.", highlight=False,
-                )
-        save_image(ctx.file(FRAMES, index, ".png"), image)
-        ctx.manifest.frame_done("guide", index, info)
-        ctx.count("guide")
-        ctx.progress.advance(frames_task)
+        local = isinstance(executor, LocalExecutor)
+        resources = ExitStack()
+        state = _cached_source_state(ctx)
+        if local or state is None:  # with Ray the driver loads models only to prepare the source
+            backend, estimator = _load_models(settings, motion.source, ctx.device, resources)
+        if state is None:
+            state = _prepare_source_state(ctx, backend, motion.source)
+        if local:
+            factory = lambda: partial(edit_frame, backend, estimator, settings)  # noqa: E731 (the models loaded above)
+            ctx.resources.enter_context(resources)
+            passes_task = ctx.progress.add_task("  passes", total=len(moving) * passes)
+            progress = lambda: ctx.progress.advance(passes_task)  # noqa: E731
+        else:  # the workers load their own models; the driver's are freed before they start
+            resources.close()
+            factory, progress = FrameEditor(settings, motion.source, torch.get_num_threads()), None
+            state = _state_on(state, torch.device("cpu"))
+
+        def busy(working: int, workers: int) -> None:
+            ctx.progress.update(frames_task, description=f"guide {working}/{workers} busy")
+
+        jobs = (Job(i, _frame_input(ctx, motion, i, chained)) for i in moving)
+        with closing(executor.run(factory, state, jobs, progress=progress, on_busy=busy)) as finished:
+            for done in finished:
+                output = done.result
+                _save_tensor(ctx.file(LATENTS, done.index, ".pt"), output.latent)
+                write_flow(ctx.file(ACHIEVED_FLOW, done.index, ".flo"), output.achieved_flow)
+                _write_frame(ctx, done.index, output.image, {**output.record, **done.record()}, frames_task)
+                if output.divergence:
+                    ctx.console.print(
+                        f"[bold yellow]warning:[/] frame {done.index}: {output.divergence}; kept the last good "
+                        "estimate. Try a lower guidance.guidance_weight or guidance.clip_grad.", highlight=False,
+                    )
     ctx.manifest.finish("guide")
     return torch.stack([load_image(ctx.file(FRAMES, i, ".png")) for i in range(count)])
 
 
-def _frame_record(result: Any, motion: Motion, index: int, seconds: float) -> dict[str, Any]:
+def _frame_input(ctx: RunContext, motion: Motion, index: int, chained: bool) -> FrameInput:
+    """Frame ``index``'s job; with ``chained`` it reads the previous frame's latent, written by then."""
+    previous = ctx.file(LATENTS, index - 1, ".pt")
+    return FrameInput(
+        index, motion.flows[index], motion.masks[index],
+        torch.load(previous, weights_only=True) if chained and previous.exists() else None,
+    )
+
+
+def _write_frame(ctx: RunContext, index: int, image: torch.Tensor, info: dict[str, Any], task: Any) -> None:
+    save_image(ctx.file(FRAMES, index, ".png"), image)
+    ctx.manifest.frame_done("guide", index, info)
+    ctx.count("guide")
+    ctx.progress.advance(task)
+
+
+def _state_on(state: SourceState, device: torch.device) -> SourceState:
+    """The source state with its tensors on ``device`` (as shipped to workers: on the CPU)."""
+    moved = {}
+    for item in fields(state):
+        value = getattr(state, item.name)
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+        elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+            value = [tensor.to(device) for tensor in value]
+        moved[item.name] = value
+    return SourceState(**moved)
+
+
+def _frame_record(result: Any, frame: FrameInput, seconds: float) -> dict[str, Any]:
     """What the manifest and the report keep about one edit: time, final losses, achieved flow error."""
-    mask = motion.masks[index].to(result.achieved_flow.device) > 0
-    error = (result.achieved_flow - motion.flows[index].to(result.achieved_flow)).norm(dim=0, keepdim=True)
+    mask = frame.mask.to(result.achieved_flow.device) > 0
+    error = (result.achieved_flow - frame.flow.to(result.achieved_flow)).norm(dim=0, keepdim=True)
     last = result.losses[-1] if result.losses else {}
     return {
         "seconds": round(seconds, 2),
@@ -329,12 +434,15 @@ def _save_tensor(path: Path, tensor: torch.Tensor) -> None:
         torch.save(tensor.detach().cpu(), tmp)
 
 
-def _source_state(ctx: RunContext, backend: Any, source: torch.Tensor) -> SourceState:
-    """``prepare_source`` once per run folder: the result is cached, its settings are the guide stage's."""
+def _cached_source_state(ctx: RunContext) -> SourceState | None:
+    """The source state an earlier run of this folder prepared (on the CPU), if any."""
     path = ctx.folder / SOURCE_STATE
-    if path.exists():
-        saved = torch.load(path, map_location=backend.device, weights_only=True)
-        return SourceState(**saved)
+    return SourceState(**torch.load(path, map_location="cpu", weights_only=True)) if path.exists() else None
+
+
+def _prepare_source_state(ctx: RunContext, backend: Any, source: torch.Tensor) -> SourceState:
+    """``prepare_source`` once per run folder, cached; its settings are the guide stage's."""
+    path = ctx.folder / SOURCE_STATE
     guidance = ctx.settings.guidance
     task = ctx.progress.add_task(f"  source ({guidance.source_noise})", total=guidance.steps)
     state = prepare_source(
