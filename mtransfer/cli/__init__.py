@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 from rich.console import Console
 
 from mtransfer.errors import MtransferError
@@ -31,7 +32,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except MtransferError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)  # "[ray]" is text
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume.")

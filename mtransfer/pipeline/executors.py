@@ -67,13 +67,15 @@ class Finished:
     worker: str
     host: str
     pid: int
-    seconds: float
+    seconds: float  # the worker's time on the frame (the first frame of a worker includes loading its models)
+    waited: float  # the driver's time from handing the frame out to holding its result
     attempts: int = 1
 
     def record(self) -> dict[str, Any]:
-        """What the manifest keeps about where and how long the frame was made."""
-        return {"worker": self.worker, "host": self.host, "pid": self.pid, "worker_seconds": round(self.seconds, 2),
-                "attempts": self.attempts}
+        """What the manifest keeps about where and how long the frame was made; ``dispatch_s`` is the time
+        lost between the driver and the worker (scheduling, shipping inputs and the result)."""
+        return {"worker": self.worker, "host": self.host, "pid": self.pid, "worker_seconds": round(self.seconds, 3),
+                "dispatch_s": round(max(self.waited - self.seconds, 0.0), 3), "attempts": self.attempts}
 
 
 def _check(name: str, ok: bool, rule: str, value: Any) -> None:
@@ -145,7 +147,8 @@ class LocalExecutor:
             result = worker(job.data, shared, progress)
             if on_busy:
                 on_busy(0, 1)
-            yield Finished(job.index, result, "local", host, pid, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            yield Finished(job.index, result, "local", host, pid, seconds, seconds)
 
 
 class _RayActor:
@@ -247,6 +250,7 @@ class RayExecutor:
             attempts: dict[int, int] = {}
             failed_on: dict[int, set[int]] = {}
             running: dict[Any, _Slot] = {}
+            handed_out: dict[int, float] = {}
             while queue or running:
                 for slot in self.slots:
                     job = _next_job(queue, slot.number, failed_on, len(self.slots)) if slot.job is None else None
@@ -254,6 +258,7 @@ class RayExecutor:
                         slot.job = job
                         attempts[job.index] = attempts.get(job.index, 0) + 1
                         running[slot.actor.edit.remote(job.data, shared_ref)] = slot
+                        handed_out[job.index] = time.perf_counter()
                 if on_busy:
                     on_busy(len(running), len(self.slots))
                 [ref], _ = ray.wait(list(running), num_returns=1)
@@ -274,7 +279,8 @@ class RayExecutor:
                     failed_on.setdefault(job.index, set()).add(slot.number)
                     queue.appendleft(job)
                     continue
-                yield Finished(job.index, result, f"ray-{slot.number}", host, pid, seconds, attempts[job.index])
+                waited = time.perf_counter() - handed_out[job.index]
+                yield Finished(job.index, result, f"ray-{slot.number}", host, pid, seconds, waited, attempts[job.index])
         finally:
             for slot in self.slots:
                 ray.kill(slot.actor, no_restart=True)
