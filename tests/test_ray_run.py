@@ -114,7 +114,7 @@ def test_ray_frames_are_the_local_frames_byte_for_byte_even_when_a_worker_dies_m
     for name in ("0001", "0002"):
         assert records[name]["worker"] in ("ray-0", "ray-1")
         assert records[name]["pid"] != os.getpid() and records[name]["host"]
-        assert records[name]["worker_seconds"] >= records[name]["seconds"] > 0
+        assert records[name]["worker_seconds"] >= records[name]["seconds"] - 0.01 > 0  # rounded to 3 and 2 places
 
 
 def interrupt_after(monkeypatch, name: str, calls: int) -> list[int]:

@@ -130,8 +130,6 @@ def import_ray() -> Any:
 class LocalExecutor:
     """Every frame in this process, in order, with one worker (models loaded once, on the first frame)."""
 
-    workers = 1
-
     def run(
         self, factory: WorkerFactory, shared: Any, jobs: Iterable[Job], *,
         progress: Progress | None = None, on_busy: BusyCallback | None = None,
@@ -172,9 +170,6 @@ class _RayActor:
         result = self.worker(data, self.shared[key], None)
         return result, socket.gethostname(), os.getpid(), time.perf_counter() - started
 
-    def pid(self) -> int:
-        return os.getpid()
-
 
 @dataclass
 class _Slot:
@@ -190,8 +185,7 @@ class RayExecutor:
 
     Joins the cluster at ``settings.address``, or starts a local Ray instance over this machine when no
     Ray is running in this process; a Ray this executor started is shut down when the run ends (also on
-    Ctrl-C), one it found running is left as it was. ``pids()`` lists the actors' processes (for tests
-    that kill one).
+    Ctrl-C), one it found running is left as it was.
     """
 
     def __init__(self, settings: ExecutionSettings, *, use_gpus: bool = True) -> None:
@@ -199,7 +193,6 @@ class RayExecutor:
         self.use_gpus = use_gpus
         self.ray = import_ray()
         self.slots: list[_Slot] = []
-        self.workers = 0
 
     def _connect(self) -> bool:
         """Join or start Ray; True when this executor started it (and must shut it down)."""
@@ -229,10 +222,6 @@ class RayExecutor:
         remote = ray.remote(_RayActor).options(num_cpus=1, num_gpus=per_worker, max_restarts=-1,
                                                max_task_retries=0)
         self.slots = [_Slot(number, remote.remote(factory)) for number in range(count)]
-        self.workers = count
-
-    def pids(self) -> list[int]:
-        return self.ray.get([slot.actor.pid.remote() for slot in self.slots])
 
     def run(
         self, factory: WorkerFactory, shared: Any, jobs: Iterable[Job], *,
