@@ -32,14 +32,14 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.measure import run_script
+from mtransfer.bench.measure import run_script
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import load_estimator
 from mtransfer.files import load_image, write_bytes, write_json
 from mtransfer.flows.spec import load_flow
 from mtransfer.guidance import edit_image, prepare_source
-from mtransfer.pipeline.models import family_translations, load_backend
-from mtransfer.pipeline.settings import RunSettings
+from mtransfer.app.models import family_translations, load_backend
+from mtransfer.app.settings import RunSettings
 from mtransfer.presets import load_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -288,8 +288,8 @@ def test_loader_names_and_bad_settings() -> None:
 def test_paper_preset_asks_for_the_original_raft_things_weights(offline_hub: Path) -> None:
     """The paper preset names torchvision's C_T_V1 (the port of the original "raft-things" checkpoint the
     authors load) and RAFT's mixed precision; uncached, the one-line error names exactly that file."""
-    from mtransfer.pipeline.models import check_models
-    from mtransfer.pipeline.settings import RunSettings
+    from mtransfer.app.models import check_models
+    from mtransfer.app.settings import RunSettings
     from mtransfer.presets import load_pipeline
 
     run = RunSettings.from_config(load_pipeline("paper"))

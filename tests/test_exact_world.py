@@ -30,7 +30,7 @@ from mtransfer.estimators import PyramidEstimator
 from mtransfer.files import load_image
 from mtransfer.flows import translation
 from mtransfer.guidance import GuidanceConfig, edit_image, prepare_source
-from mtransfer.pipeline.settings import RunSettings
+from mtransfer.app.settings import RunSettings
 from mtransfer.presets import load_pipeline
 from benchmarks.exact_world import picture_path
 
