@@ -27,7 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.measure import run_script
+from mtransfer.bench.measure import run_script
 from benchmarks.paper_examples import EXAMPLES_ENV, example_names, examples_folder, load_example
 from mtransfer.errors import input_error
 from mtransfer.estimators import load_estimator

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.measure import run_script
+from mtransfer.bench.measure import run_script
 from mtransfer.errors import MtransferError, input_error
 from mtransfer.evaluation import evaluate_run, fidelity, judge_motion, load_judge, preservation
 from mtransfer.files import load_image, write_json
