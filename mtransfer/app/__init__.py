@@ -5,6 +5,8 @@
 - ``models``: ``load_backend``, ``load_estimator`` (refuses a non-differentiable guidance estimator),
   ``check_models`` (missing weights before any work), ``cpu_warning``.
 - ``editor``: ``Editor``: load the models once, ``prepare`` a source, ``edit`` it under many flows.
+- ``executors``: where a run's frame edits happen: here (``LocalExecutor``) or on a pool of Ray actors
+  (``RayExecutor``), chosen by ``[execution]`` (``ExecutionSettings``); imported on its own, not here.
 - ``trajectory``: ``save_trajectory`` / ``load_trajectory``, a generated image's DDIM latents on disk.
 - ``versions``: ``versions()``, the library versions a result records.
 """
@@ -16,6 +18,7 @@ from mtransfer.app.models import check_models, cpu_warning, load_backend, load_e
 from mtransfer.app.settings import (
     STAGES,
     EstimatorSettings,
+    ExecutionSettings,
     ModelSettings,
     OutputSettings,
     RunSettings,
@@ -28,6 +31,7 @@ __all__ = [
     "STAGES",
     "Editor",
     "EstimatorSettings",
+    "ExecutionSettings",
     "ModelSettings",
     "OutputSettings",
     "RunSettings",

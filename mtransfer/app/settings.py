@@ -25,7 +25,7 @@ import torch
 
 from mtransfer.diffusion.backends import sd_size_fix
 from mtransfer.devices import parse_device
-from mtransfer.errors import MtransferError, input_error
+from mtransfer.errors import MtransferError, UsageError, input_error
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.pipeline.align import AlignConfig
@@ -38,6 +38,7 @@ STAGES = ("decode", "flow", "align", "guide", "encode")
 
 FLOW_MODES = ("direct", "chained")
 INIT_MODES = ("shared", "previous")
+EXECUTORS = ("local", "ray")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OFFLINE_MODELS = ("tiny", "exact")
 
@@ -217,8 +218,41 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class ExecutionSettings:
+    """``[execution]``: where the guide stage's frames are edited (``mtransfer.app.executors``). Shapes no
+    stage's results: a frame is the same bytes whichever executor made it, so a run started with one
+    executor resumes with the other.
+
+    - ``executor``: ``local`` (this process) or ``ray`` (a pool of Ray actors, one model each).
+    - ``address``: the Ray cluster to join (``"auto"``: the one ``ray start --head`` started on this
+      machine; ``"ray://host:10001"``: a remote one); ``""`` starts a local Ray instance over this machine.
+    - ``workers``: how many actors (0: one per ``gpus_per_worker`` GPUs of the cluster, or a few CPU
+      actors on a cluster without GPUs).
+    - ``gpus_per_worker``: GPUs each actor holds (a fraction packs several actors on a GPU); ignored on
+      a cluster without GPUs or when ``model.device = "cpu"``.
+    - ``max_retries``: how often a frame whose worker died is tried again on another worker.
+    """
+
+    executor: str = "local"
+    address: str = ""
+    workers: int = 0
+    gpus_per_worker: float = 1.0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        check_types(self, "execution")
+        require = rule_checker("execution")
+        require(self.executor in EXECUTORS, "executor", f"must be one of {', '.join(EXECUTORS)}", self.executor)
+        require(self.workers >= 0, "workers", "must be >= 0 (0 = one per GPU, or a few CPU workers)", self.workers)
+        require(self.gpus_per_worker > 0, "gpus_per_worker", "must be > 0 (e.g. 1, or 0.5 for two per GPU)",
+                self.gpus_per_worker)
+        require(self.max_retries >= 0, "max_retries", "must be >= 0", self.max_retries)
+
+
+@dataclass(frozen=True)
 class RunSettings:
-    """Every section of a pipeline, validated; each section's metadata names the stage it shapes by default."""
+    """Every section of a pipeline, validated; each section's metadata names the stage it shapes by default
+    (``[execution]`` none: it decides where frames are made, not what they are)."""
 
     name: str
     model: ModelSettings = field(metadata={STAGE: "guide"})
@@ -227,6 +261,14 @@ class RunSettings:
     video: VideoSettings = field(metadata={STAGE: "decode"})
     align: AlignConfig = field(metadata={STAGE: "align"})
     output: OutputSettings = field(metadata={STAGE: "encode"})
+    execution: ExecutionSettings = field(default=ExecutionSettings(), metadata=NO_STAGE)
+
+    def __post_init__(self) -> None:
+        if self.execution.executor == "ray" and self.video.init == "previous":
+            raise UsageError(
+                'video.init = "previous" edits the frames strictly one after another, so Ray cannot spread them '
+                'over workers; use video.init = "shared" with --executor ray, or --executor local'
+            )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RunSettings:
@@ -287,6 +329,7 @@ SECTIONS: dict[str, type] = {
     "video": VideoSettings,
     "align": AlignConfig,
     "output": OutputSettings,
+    "execution": ExecutionSettings,
 }
 """The class that validates each section of a preset."""
 

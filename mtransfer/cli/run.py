@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mtransfer.app.settings import FLOW_MODES, INIT_MODES
+from mtransfer.app.settings import EXECUTORS, FLOW_MODES, INIT_MODES
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import MtransferError
@@ -28,6 +28,9 @@ EXAMPLES = """\
 
   [cyan]mtransfer run clip.mp4 --onto photo.png --flow-only[/]
       check flows, alignment and edit masks (flow.mp4, report.html) before paying for guidance
+
+  [cyan]mtransfer run clip.mp4 --onto photo.png --executor ray[/]
+      the frames spread over every GPU of this machine (or a cluster: --set execution.address="auto")
 
   [cyan]mtransfer run clip.mp4 --onto photo.png --set guidance.guidance_weight=150 --out outputs/w150[/]
       any preset value, into another folder
@@ -88,6 +91,10 @@ def run(
         "previous result).", show_default=False,
     ),
     seed: int | None = typer.Option(None, help="guidance.seed.", show_default=False),
+    executor: str | None = typer.Option(
+        None, help=f"execution.executor: {' or '.join(EXECUTORS)} (edit the frames here, or on a pool of Ray "
+        "workers, one per GPU; see execution.address to join a cluster).", show_default=False,
+    ),
     flow_only: bool = typer.Option(False, "--flow-only", help="Stop after the flow and align stages."),
     restart: bool = typer.Option(
         False, "--restart", help="Recompute results made with other settings (moved to superseded/, not deleted)."
@@ -103,7 +110,7 @@ def run(
     flags = {
         "guidance.steps": steps, "guidance.seed": seed, "video.max_frames": max_frames, "video.stride": stride,
         "model.device": device, "model.prompt": prompt, "align.strength": strength, "video.flow": flow_mode,
-        "video.init": init,
+        "video.init": init, "execution.executor": executor,
     }
     overrides = preset_overrides(settings, flags, size)
     if region is not None:

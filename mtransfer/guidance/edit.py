@@ -46,6 +46,13 @@ class SourceState:
     start: torch.Tensor
     origin: str
 
+    def to(self, device: torch.device) -> SourceState:
+        """The same state with its tensors on ``device`` (a worker receives it on the CPU)."""
+        return SourceState(
+            self.image.to(device), self.prompt, self.latent.to(device), self.cond.to(device), self.uncond.to(device),
+            self.timesteps, [reference.to(device) for reference in self.references], self.start.to(device), self.origin,
+        )
+
 
 @dataclass
 class EditResult:

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 from rich.console import Console
 from rich.markup import escape
 
+from mtransfer.app.executors import import_ray
 from mtransfer.app.models import check_models
 from mtransfer.app.settings import (
     STAGES,
@@ -205,6 +206,8 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
+        if settings.execution.executor == "ray":
+            import_ray()  # its absence is a one-line error now, not after the flow stage
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
     wanted = stage_settings(settings, inputs, request.flow_only)

@@ -34,10 +34,11 @@ import math
 import os
 import signal
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,10 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from mtransfer.app.editor import Editor
+from mtransfer.app.executors import Job, make_executor
 from mtransfer.app.models import load_estimator
 from mtransfer.app.settings import RunSettings
+from mtransfer.devices import parse_device
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import FlowEstimator
 from mtransfer.files import atomic_path, load_image, save_image
@@ -313,73 +316,177 @@ def previous_frame_start(state: SourceState, previous_latent: torch.Tensor, alph
     return state.start + math.sqrt(a_first) * (previous_latent.to(state.start) - state.latent)
 
 
+@dataclass(frozen=True)
+class FrameInput:
+    """What a worker needs to edit frame ``index`` besides the shared source state (CPU tensors)."""
+
+    index: int
+    flow: torch.Tensor
+    mask: torch.Tensor  # the edit mask; all ones when align.edit_mask is off
+    previous_latent: torch.Tensor | None = None  # video.init = "previous": the result of frame index-1
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """A worker's edit of one frame, for the driver to write: CPU tensors and the manifest record."""
+
+    image: torch.Tensor
+    latent: torch.Tensor
+    achieved_flow: torch.Tensor
+    record: dict[str, Any]
+    divergence: str | None
+
+
+@dataclass(frozen=True)
+class FrameEditor:
+    """A worker factory for ``mtransfer.app.executors`` (picklable): ``Editor.load`` once in the worker's
+    process, then ``edit_frame`` for every frame it is handed.
+
+    A CUDA ``model.device`` means the GPU Ray gave the worker (a worker sees only its own, as ``cuda``);
+    ``auto`` is resolved on the worker's machine. On the CPU the worker uses ``threads`` threads, the
+    driver's count: CPU kernels sum in another order with another thread count, and a frame must not
+    depend on where it was made.
+    """
+
+    settings: RunSettings
+    source: torch.Tensor
+    threads: int
+
+    def __call__(self) -> Callable[[FrameInput, SourceState, Any], FrameOutput]:
+        name = self.settings.model.device
+        device = parse_device("cuda" if name.strip().lower().startswith("cuda") else name, "model.device")
+        if device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        return partial(edit_frame, Editor.load(self.settings, self.source, device))
+
+
+def edit_frame(editor: Editor, frame: FrameInput, state: SourceState, progress: Any) -> FrameOutput:
+    """One frame's edit, wherever it runs. Its randomness comes from ``guidance.seed`` alone (a fresh
+    generator per edit), so a frame does not depend on which worker made it or what it did before."""
+    started = time.perf_counter()
+    state = state.to(editor.device)
+    init = None
+    if frame.previous_latent is not None:
+        init = previous_frame_start(state, frame.previous_latent.to(editor.device), editor.backend.alphas_cumprod)
+    result = editor.edit(
+        state, frame.flow, edit_mask=frame.mask if editor.settings.align.edit_mask else None,
+        init_latent=init, progress=progress,
+    )
+    record = _frame_record(result, frame, time.perf_counter() - started)
+    return FrameOutput(result.image.cpu(), result.latent.detach().cpu(), result.achieved_flow.cpu(), record,
+                       result.divergence if result.diverged else None)
+
+
 def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     """Edit the target image under every frame's target flow; the results ``(T, 3, H, W)``.
 
     Frames without motion (frame 0 always) are the source image itself: there is nothing to edit, and
-    the clip then starts exactly on the picture the user gave. The models are loaded once (``Editor``)
-    and the source is prepared once per run (and cached), so every frame starts from the same noise and
-    shares the source's inversion.
+    the clip then starts exactly on the picture the user gave. The source is prepared once per run (and
+    cached), so every frame starts from the same noise and shares the source's inversion. The edits run
+    on the executor ``[execution]`` names: this process (the models loaded once, ``Editor``), or Ray
+    workers that load their own and receive the source state through the object store. Either way this
+    process alone writes the frames and the manifest.
     """
     settings = ctx.settings
-    guidance = settings.guidance
     count = len(motion.flows)
     ctx.manifest.begin("guide", ctx.stage_settings["guide"], total=count)
     pending = ctx.pending("guide", range(count), (FRAMES, ".png"))
-    if settings.video.init == "previous":  # each frame starts from the latent of the one before
+    chained = settings.video.init == "previous"
+    if chained:  # each frame starts from the latent of the one before
         lost = [i for i in range(count) if not motion.still[i] and not ctx.file(LATENTS, i, ".pt").exists()]
         first = min(pending + lost, default=count)
         pending = list(range(first, count))
-    moving = [i for i in pending if not motion.still[i]]
-    passes = guidance.steps * guidance.recursions
     frames_task = ctx.progress.add_task("guide", total=count, completed=count - len(pending))
     kill_after = os.environ.get(KILL_AFTER_ENV)
-    if moving:
-        editor = ctx.resources.enter_context(Editor.load(
-            settings, motion.source, ctx.device, frames=len(moving),
-            warn=lambda text: ctx.console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False),
-        ))
-        state = _source_state(ctx, editor, motion.source)
-        passes_task = ctx.progress.add_task("  passes", total=len(moving) * passes)
-    for index in pending:
-        if motion.still[index]:
-            image, info = motion.source, {"still": True}
-        else:
-            started = time.perf_counter()
-            init = None
-            previous = ctx.file(LATENTS, index - 1, ".pt")
-            if settings.video.init == "previous" and previous.exists():
-                init = previous_frame_start(
-                    state, torch.load(previous, weights_only=True), editor.backend.alphas_cumprod
-                )
-            result = editor.edit(
-                state, motion.flows[index],
-                edit_mask=motion.masks[index] if settings.align.edit_mask else None,
-                init_latent=init,
-                progress=lambda: ctx.progress.advance(passes_task),
-            )
-            _save_tensor(ctx.file(LATENTS, index, ".pt"), result.latent)
-            write_flow(ctx.file(ACHIEVED_FLOW, index, ".flo"), result.achieved_flow)
-            image, info = result.image, _frame_record(result, motion, index, time.perf_counter() - started)
-            if result.diverged:
-                ctx.console.print(
-                    f"[bold yellow]warning:[/] frame {index}: {result.divergence}; kept the last good estimate. "
-                    "Try a lower guidance.guidance_weight or guidance.clip_grad.", highlight=False,
-                )
+
+    def write(index: int, image: torch.Tensor, info: dict[str, Any]) -> None:
         save_image(ctx.file(FRAMES, index, ".png"), image)
         ctx.manifest.frame_done("guide", index, info)
         ctx.count("guide")
         ctx.progress.advance(frames_task)
         if kill_after is not None and index == int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
+
+    moving = [i for i in pending if not motion.still[i]]
+    for index in pending:
+        if motion.still[index]:
+            write(index, motion.source, {"still": True})
+    if moving:
+        executor = make_executor(settings.execution, use_gpus=settings.model.device != "cpu")
+        local = settings.execution.executor == "local"
+        factory, state, progress = _frame_workers(ctx, motion.source, len(moving), local=local)
+
+        def busy(working: int, workers: int) -> None:
+            ctx.progress.update(frames_task, description=f"guide {working}/{workers} busy")
+
+        jobs = (Job(i, _frame_input(ctx, motion, i, chained)) for i in moving)
+        with closing(executor.run(factory, state, jobs, progress=progress, on_busy=busy)) as finished:
+            for done in finished:
+                output = done.result
+                _save_tensor(ctx.file(LATENTS, done.index, ".pt"), output.latent)
+                write_flow(ctx.file(ACHIEVED_FLOW, done.index, ".flo"), output.achieved_flow)
+                if output.divergence:
+                    ctx.console.print(
+                        f"[bold yellow]warning:[/] frame {done.index}: {escape(output.divergence)}; kept the last "
+                        "good estimate. Try a lower guidance.guidance_weight or guidance.clip_grad.", highlight=False,
+                    )
+                write(done.index, output.image, {**output.record, **done.record()})
     ctx.manifest.finish("guide")
     return torch.stack([load_image(ctx.file(FRAMES, i, ".png")) for i in range(count)])
 
 
-def _frame_record(result: Any, motion: Motion, index: int, seconds: float) -> dict[str, Any]:
+def _frame_workers(
+    ctx: RunContext, source: torch.Tensor, frames: int, *, local: bool
+) -> tuple[Callable[[], Any], SourceState, Callable[[], None] | None]:
+    """The worker factory, the shared source state and the per-pass progress callback of the guide stage.
+
+    Locally the models are loaded here once and serve every frame. Ray workers load their own, so this
+    process loads them only to prepare the source state when it is not cached yet; the state then
+    travels on the CPU, and per-pass progress stays in the workers.
+    """
+    state = _cached_source_state(ctx)
+    if not local:
+        if state is None:
+            state = _prepare_and_free(ctx, source, frames)
+        return FrameEditor(ctx.settings, source, torch.get_num_threads()), state.to(torch.device("cpu")), None
+    editor = ctx.resources.enter_context(_load_editor(ctx, source, frames))
+    state = _prepare_source_state(ctx, editor, source) if state is None else state.to(editor.device)
+    guidance = ctx.settings.guidance
+    task = ctx.progress.add_task("  passes", total=frames * guidance.steps * guidance.recursions)
+    return (lambda: partial(edit_frame, editor)), state, (lambda: ctx.progress.advance(task))
+
+
+def _load_editor(ctx: RunContext, source: torch.Tensor, frames: int) -> Editor:
+    return Editor.load(
+        ctx.settings, source, ctx.device, frames=frames,
+        warn=lambda text: ctx.console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False),
+    )
+
+
+def _prepare_and_free(ctx: RunContext, source: torch.Tensor, frames: int) -> SourceState:
+    """The source state prepared with models loaded for that alone, freed again (on the CPU) so that Ray
+    workers on this machine's GPUs get all of their memory."""
+    with _load_editor(ctx, source, frames) as editor:
+        state = _prepare_source_state(ctx, editor, source).to(torch.device("cpu"))
+    del editor
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return state
+
+
+def _frame_input(ctx: RunContext, motion: Motion, index: int, chained: bool) -> FrameInput:
+    """Frame ``index``'s job; with ``chained`` it reads the previous frame's latent, written by then."""
+    previous = ctx.file(LATENTS, index - 1, ".pt")
+    return FrameInput(
+        index, motion.flows[index], motion.masks[index],
+        torch.load(previous, weights_only=True) if chained and previous.exists() else None,
+    )
+
+
+def _frame_record(result: Any, frame: FrameInput, seconds: float) -> dict[str, Any]:
     """What the manifest and the report keep about one edit: time, final losses, achieved flow error."""
-    mask = motion.masks[index].to(result.achieved_flow.device) > 0
-    error = (result.achieved_flow - motion.flows[index].to(result.achieved_flow)).norm(dim=0, keepdim=True)
+    mask = frame.mask.to(result.achieved_flow.device) > 0
+    error = (result.achieved_flow - frame.flow.to(result.achieved_flow)).norm(dim=0, keepdim=True)
     last = result.losses[-1] if result.losses else {}
     return {
         "seconds": round(seconds, 2),
@@ -394,17 +501,19 @@ def _save_tensor(path: Path, tensor: torch.Tensor) -> None:
         torch.save(tensor.detach().cpu(), tmp)
 
 
-def _source_state(ctx: RunContext, editor: Editor, source: torch.Tensor) -> SourceState:
-    """``Editor.prepare`` once per run folder: the result is cached, its settings are the guide stage's."""
+def _cached_source_state(ctx: RunContext) -> SourceState | None:
+    """The source state an earlier run of this folder prepared (on the CPU), if any."""
     path = ctx.folder / SOURCE_STATE
-    if path.exists():
-        saved = torch.load(path, map_location=editor.device, weights_only=True)
-        return SourceState(**saved)
+    return SourceState(**torch.load(path, map_location="cpu", weights_only=True)) if path.exists() else None
+
+
+def _prepare_source_state(ctx: RunContext, editor: Editor, source: torch.Tensor) -> SourceState:
+    """``Editor.prepare`` once per run folder, cached; its settings are the guide stage's."""
     guidance = ctx.settings.guidance
     task = ctx.progress.add_task(f"  source ({guidance.source_noise})", total=guidance.steps)
     state = editor.prepare(source, progress=lambda: ctx.progress.advance(task))
     ctx.progress.update(task, completed=guidance.steps)
-    with atomic_path(path) as tmp:
+    with atomic_path(ctx.folder / SOURCE_STATE) as tmp:
         torch.save({f.name: getattr(state, f.name) for f in fields(state)}, tmp)
     return state
 
