@@ -104,12 +104,14 @@ class Editor:
         edit_mask: torch.Tensor | None = None,
         init_latent: torch.Tensor | None = None,
         progress: Progress | None = None,
+        first_step: int = 0,
     ) -> EditResult:
         """Move the prepared source by ``target_flow`` ``(2, H, W)`` (see ``edit_image``); ``edit_mask``
-        ``(1, H, W)`` marks where the image may change, ``init_latent`` replaces the shared start."""
+        ``(1, H, W)`` marks where the image may change, ``init_latent`` replaces the shared start (the latent
+        at step ``first_step`` for a warm start, which runs only the remaining steps)."""
         return edit_image(
             self.backend, self.estimator, state, target_flow.to(self.device), self.guidance,
-            edit_mask=edit_mask, init_latent=init_latent, progress=progress,
+            edit_mask=edit_mask, init_latent=init_latent, first_step=first_step, progress=progress,
         )
 
     def close(self) -> None:

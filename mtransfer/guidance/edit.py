@@ -8,6 +8,7 @@ once. ``edit_image`` runs the guided sampler and turns a divergence into a resul
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -149,6 +150,7 @@ def edit_image(
     *,
     edit_mask: torch.Tensor | None = None,
     init_latent: torch.Tensor | None = None,
+    first_step: int = 0,
     progress: Progress | None = None,
 ) -> EditResult:
     """Move the source by ``target_flow`` ``(2, H, W)`` with motion guidance.
@@ -157,7 +159,9 @@ def edit_image(
     sampler pastes the source's latent at every step (a latent cell is editable if any of its pixels
     is), and ``config.recon_weight`` pulls the image towards the source there; with
     ``config.paste_source`` the source's clean latent also replaces the result there after the last step
-    (the authors do not paste). ``init_latent`` replaces ``state.start`` as the starting latent. Previews
+    (the authors do not paste). ``init_latent`` replaces ``state.start`` as the starting latent; with
+``first_step > 0`` (a warm start, see ``warm_start_latent``) it is the latent at the level of
+``state.timesteps[first_step]`` and only the remaining steps run, with the full schedule's weights. Previews
     are taken every ``config.preview_every`` steps at the first recursion. The colour-loss mask, the clamp
     and the warp padding follow ``config.occlusion`` / ``clamp`` / ``padding``; noise comes only from a
     generator seeded with ``config.seed``. The returned image is clamped to [0, 1].
@@ -171,6 +175,8 @@ def edit_image(
         raise MtransferError(
             f"target flow has shape {tuple(target_flow.shape)}, expected (2, {height}, {width}) to match the image"
         )
+    if first_step and init_latent is None:
+        raise ValueError("a warm start (first_step > 0) needs the latent it starts from (init_latent)")
     flow = target_flow[None].to(backend.device, torch.float32)
     source = state.image.float()
     keep = copy_mask = None
@@ -206,6 +212,7 @@ def edit_image(
             backend, estimator, state.start if init_latent is None else init_latent, state.timesteps,
             state.cond, state.uncond, target, config,
             generator=generator, references=state.references, copy_mask=copy_mask, callback=on_pass,
+            first_step=first_step,
         )
     except GuidanceDiverged as exc:
         diverged = exc
@@ -227,6 +234,24 @@ def edit_image(
         diverged=diverged is not None,
         divergence=None if diverged is None else str(diverged),
     )
+
+
+def warm_start_step(steps: int, fraction: float) -> int:
+    """The step a warm start begins at: the last ``round(fraction * steps)`` steps (at least one) are run,
+    so ``fraction`` is the share of the schedule's noise levels (and passes) a warm-started frame pays."""
+    remaining = min(steps, max(1, math.floor(fraction * steps + 0.5)))
+    return steps - remaining
+
+
+def warm_start_latent(
+    backend: DiffusionBackend, state: SourceState, previous_latent: torch.Tensor, first_step: int, seed: int
+) -> torch.Tensor:
+    """``previous_latent`` (a clean result) forward-noised to the level of ``state.timesteps[first_step]``,
+    with noise drawn from a generator seeded with ``seed`` alone, so a warm start is reproducible."""
+    a_t = float(backend.alphas_cumprod[state.timesteps[first_step]])
+    latent = previous_latent.to(state.start)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)).to(latent)
+    return forward_noise(latent, a_t, noise)
 
 
 def colour_mask(flow: torch.Tensor, occlusion: str) -> torch.Tensor | None:

@@ -190,20 +190,25 @@ def sample_motion_guided(
     references: Sequence[torch.Tensor] | None = None,
     copy_mask: torch.Tensor | None = None,
     callback: PassCallback | None = None,
+    first_step: int = 0,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """The whole guided run from ``start`` (at ``timesteps[0]``) to a clean latent, plus per-pass records.
+    """The guided run from ``start`` (at ``timesteps[first_step]``) to a clean latent, plus per-pass records.
 
     ``references[i]`` is the source latent at the level of ``timesteps[i]`` (needed with ``copy_mask``).
     The guidance scale at step ``i`` is ``config.guidance_weight * config.step_weights()[i]``; the schedule
-    is laid over however many ``timesteps`` are given. Raises ``GuidanceDiverged`` on NaN/inf energy,
+    is laid over all the ``timesteps`` given, so a run that starts at ``first_step > 0`` (a warm start)
+    runs exactly the tail of the full run's steps, references and schedule. Raises ``GuidanceDiverged`` on NaN/inf energy,
     gradient or latent, or when the latent's standard deviation passes ``config.max_latent_std``.
     """
     if copy_mask is not None and (references is None or len(references) < len(timesteps)):
         raise ValueError("copy_mask needs one reference latent per step")
+    if not 0 <= first_step < len(timesteps):
+        raise ValueError(f"first_step must be in [0, {len(timesteps)}), got {first_step}")
     schedule = config.replace(steps=len(timesteps)).step_weights()
+    levels = list(enumerate(zip(timesteps, alpha_bars(backend.alphas_cumprod, timesteps))))[first_step:]
     history: list[dict] = []
     z, last_x0 = start, None
-    for i, (t, (a_t, a_prev)) in enumerate(zip(timesteps, alpha_bars(backend.alphas_cumprod, timesteps))):
+    for i, (t, (a_t, a_prev)) in levels:
         z_prev, passes = motion_guided_step(
             backend, estimator, z, t, a_t, a_prev, cond, uncond, target, config,
             guidance_scale=config.guidance_weight * schedule[i],
