@@ -189,6 +189,16 @@ def test_warm_start_runs_fewer_passes_by_the_stated_amount_and_resumes_identical
     assert torch.equal(cold[:2], warmed[:2]) and not torch.equal(cold[2:], warmed[2:])
 
 
+def test_a_batched_run_gives_every_frame_its_unbatched_result(reference, tmp_path):
+    out = run(tmp_path / "run", "video.batch=2")  # frames 1-2 together, then frame 3 alone
+    for index in (1, 2, 3):
+        name = f"cache/latents/{index:04d}.pt"
+        batched, single = (torch.load(folder / name, weights_only=True) for folder in (out, reference))
+        assert (batched - single).abs().max() < 1e-4
+    frames = json.loads((out / "manifest.json").read_text())["stages"]["guide"]["frames"]
+    assert [frames[f"{i:04d}"]["passes"] for i in (1, 2, 3)] == [3 * 2] * 3  # steps x recursions each
+
+
 def test_warm_start_settings_are_checked():
     with pytest.raises(MtransferError, match="video.warm_start"):
         load_settings(PRESET, ["video.warm_start=1.0"])
@@ -197,6 +207,10 @@ def test_warm_start_settings_are_checked():
     with pytest.raises(MtransferError, match="Ray cannot spread"):
         load_settings(PRESET, ["video.warm_start=0.5", "execution.executor=\"ray\""])
     assert load_settings(PRESET).by_stage()["guide"]["video"] == {"init": "shared", "warm_start": 0.0}
+    with pytest.raises(MtransferError, match="video.batch: must be 1 with"):
+        load_settings(PRESET, ["video.warm_start=0.5", "video.batch=2"])
+    with pytest.raises(MtransferError, match="local executor only"):
+        load_settings(PRESET, ["video.batch=2", "execution.executor=\"ray\""])
 
 
 def test_a_killed_process_resumes_without_corrupt_or_repeated_frames(reference, tmp_path, monkeypatch):
