@@ -10,11 +10,11 @@ batching rules included) with the models loaded once per picture. Each result is
 edit mask and the share within 1 px, PSNR / SSIM outside it, and the warping error between consecutive
 results next to the naive baseline's. The default run uses the ``offline-demo`` model (exact: it knows the
 picture under every whole-pixel shift within 6 px) at a small size; ``--model`` runs any Stable Diffusion
-model with the ``paper`` preset instead. The default (cat; translate and region; 4 moving frames; 32×48;
-10 steps; a ±4 px family) keeps to a few minutes on a CPU. Usage::
+model with the ``paper`` preset instead. The default (cat; translate and region; 3 moving frames; 24×32;
+10 steps; a ±3 px family) keeps to a few minutes on a CPU. Usage::
 
     python -m benchmarks.quality [--pictures cat,coffee] [--clips translate,rotate,zoom,region] [--frames 4]
-        [--size 32x48] [--model PATH] [--set guidance.steps=20] [--write-benchmarks] [--json report.json]
+        [--size 24x32] [--model PATH] [--set guidance.steps=20] [--write-benchmarks] [--json report.json]
 """
 
 from __future__ import annotations
@@ -219,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n")[0])
     parser.add_argument("--pictures", default="cat", help="comma-separated: cat or skimage.data names")
     parser.add_argument("--clips", default="translate,region", help=f"comma-separated, from {', '.join(CLIPS)}")
-    parser.add_argument("--frames", type=int, default=4, help="moving frames per clip (after frame 0)")
-    parser.add_argument("--size", default="32x48", help="working size HEIGHTxWIDTH")
+    parser.add_argument("--frames", type=int, default=3, help="moving frames per clip (after frame 0)")
+    parser.add_argument("--size", default="24x32", help="working size HEIGHTxWIDTH")
     parser.add_argument("--model", help="a Stable Diffusion model (folder or id): runs the paper preset with it")
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         help="override a preset value, e.g. guidance.steps=20 (repeatable)")
@@ -236,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     height, _, width = args.size.partition("x")
     overrides = [f"model.size=[{height}, {width}]", *args.settings]
     preset = "offline-demo"
-    if not args.model:  # small enough for ~5 minutes on a shared CPU: shifts up to 4 px, 10 steps
-        overrides = ["model.family_radius=4", "guidance.steps=10", *overrides]
+    if not args.model:  # small enough for a few minutes on a shared CPU: shifts up to 3 px, 10 steps
+        overrides = ["model.family_radius=3", "guidance.steps=10", *overrides]
     if args.model:
         preset, overrides = "paper", [f"model.model={args.model!r}", *overrides]
     base = load_settings(preset, overrides)
