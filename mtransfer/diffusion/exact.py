@@ -107,8 +107,11 @@ def motion_family(
 
     Each member is the image zoomed by ``s`` and turned by ``degrees`` (counter-clockwise on screen)
     about its centre, then shifted by ``(dx, dy)`` pixels; members are ordered as
-    ``itertools.product(scales, rotations, translations)``. Content arriving from outside the frame is
-    black. ``translations`` defaults to a 5x5 grid of shifts spaced 1/16 of the smaller side.
+    ``itertools.product(scales, rotations, translations)``. Content arriving from outside the frame
+    repeats the nearest edge pixel: a black band would be a still edge inside every moved member, which
+    a flow estimator reads as no motion and spreads over flat regions (sky, background), so that a 1 px
+    neighbour of the requested member can score a lower flow loss than the member itself and guidance
+    lands on it. ``translations`` defaults to a 5x5 grid of shifts spaced 1/16 of the smaller side.
     """
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be (3, H, W), got {tuple(image.shape)}")
@@ -121,7 +124,7 @@ def motion_family(
         # The inverse map, exact for every pixel: backward warping by it renders the forward motion.
         inverse = torch.linalg.inv(_similarity(height, width, scale, degrees, dx, dy))
         flow = homography(height, width, inverse, device=image.device, dtype=image.dtype)
-        moved.append(warp(image, flow))
+        moved.append(warp(image, flow, padding_mode="border"))
     return torch.stack(moved)
 
 
