@@ -95,8 +95,8 @@ def judge_clip(judge: Any, source: torch.Tensor, flows: list[torch.Tensor], fram
         per_frame.append({**fidelity(got, flow, mask), **preservation(source, frame["image"], mask)})
     temporal = temporal_consistency(torch.cat((source[None], results)), torch.stack(flows), source)
 
-    def mean(values: Sequence[float | None]) -> float:
-        kept = [v for v in values if v is not None and v != float("inf")]
+    def mean(values: Sequence[float | None]) -> float:  # inf (identical background) stays inf
+        kept = [v for v in values if v is not None]
         return statistics.fmean(kept) if kept else float("nan")
 
     return {
@@ -139,7 +139,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name in SETTINGS:
         own = [row for row in rows if row["setting"] == name]
-        line = {"setting": name, **{key: statistics.fmean(row[key] for row in own) for key in own[0]
+        line = {"setting": name, **{key: _mean_of_known([row[key] for row in own]) for key in own[0]
                                     if key not in ("picture", "clip", "setting")}}
         full = [row for row in rows if row["setting"] == "full, batch 1"]
         line["epe_change"] = line["epe_edit"] - statistics.fmean(row["epe_edit"] for row in full)
@@ -149,6 +149,12 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
         out.append(line)
     return out
+
+
+def _mean_of_known(values: list[float]) -> float:
+    """The mean over the clips where a figure exists (nan: none, e.g. no background under a whole-image move)."""
+    known = [v for v in values if v == v]
+    return statistics.fmean(known) if known else float("nan")
 
 
 COLUMNS = [("epe_edit", "EPE in mask (px)", "{:.2f}"), ("within_1px_edit", "within 1 px", "{:.0%}"),
@@ -204,7 +210,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{', '.join(sorted({r['clip'] for r in report['rows']}))} on {', '.join(sorted({r['picture'] for r in report['rows']}))}; "
         f"judge `{report['judge']}`. Means over pictures and clips; Δ EPE is against the full runs of the same clips, "
         "warp err is the mean |colour| warping error between consecutive results (naive: the source splatted "
-        "forward). Seconds are wall time on the shared 2-core CPU machine, so only their ratios mean much.",
+        "forward); PSNR/SSIM are over the clips with a background (inf: identical to the source). Seconds are "
+        "wall time on the shared, busy 2-core CPU machine and include the first edit's warm-up in the first "
+        "setting: read passes, not seconds, for cost.",
         "",
         "| setting | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
         "|---" * (len(COLUMNS) + 1) + "|",
