@@ -164,14 +164,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md (or append it), leaving the rest as it was."""
+def write_section(path: Path, section: str, heading: str = SECTION) -> None:
+    """Replace a benchmark's section of BENCHMARKS.md (from ``heading`` to the next ``## ``; appended if
+    absent), leaving the rest as it was."""
     text = path.read_text()
-    start = text.find(SECTION)
+    start = text.find(heading)
     if start < 0:
         text = text.rstrip("\n") + "\n\n" + section
     else:
-        end = text.find("\n## ", start + len(SECTION))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + ("" if end < 0 else text[end:])
     write_bytes(path, text.encode())
 

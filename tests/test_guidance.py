@@ -27,6 +27,8 @@ from mtransfer.guidance import (
     motion_guided_step,
     prepare_source,
     sample_motion_guided,
+    warm_start_latent,
+    warm_start_step,
 )
 from mtransfer.guidance.outputs import loss_curves
 
@@ -253,7 +255,7 @@ def test_zero_guidance_is_plain_cfg_and_evaluates_nothing() -> None:
     result = guided_eps(backend, estimator, z, 300, float(ALPHAS[300]), cond, uncond, target,
                         cfg_scale=3.0, guidance_scale=0.0, clip_grad=200.0)
     assert torch.equal(result.eps, cfg_eps(backend, z, 300, cond, uncond, 3.0))
-    assert result.parts == {} and result.image is None and estimator.calls == 0
+    assert result.parts == [] and result.image is None and estimator.calls == 0
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_state() -> None:
@@ -273,6 +275,47 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_state() -> None:
     with pytest.raises(GuidanceDiverged, match="standard deviation"):
         sample_motion_guided(backend, ShiftEstimator(), start, timesteps, cond, cond, target,
                              config.replace(max_latent_std=1e-3), generator=torch.Generator().manual_seed(0))
+
+
+def test_a_warm_start_runs_the_tail_of_the_full_schedule(monkeypatch) -> None:
+    """From ``first_step`` on, the steps, timesteps and guidance weights are those of the full run's tail."""
+    import mtransfer.guidance.sampler as sampler
+
+    backend, target = ToyBackend(), _toy_target()
+    config = GuidanceConfig(steps=8, recursions=2, cfg_scale=1.0, guidance_weight=3.0, schedule="linear",
+                            schedule_fraction=0.75, preview_every=0)
+    timesteps = ddim_timesteps(1000, 8)
+    seen: list[tuple[int, float]] = []
+    original = sampler.guided_eps
+
+    def recording(backend, estimator, z, t, a_t, *args, guidance_scale, **kwargs):
+        seen.append((t, guidance_scale))
+        return original(backend, estimator, z, t, a_t, *args, guidance_scale=guidance_scale, **kwargs)
+
+    monkeypatch.setattr(sampler, "guided_eps", recording)
+    cond = backend.condition([""])
+    _, history = sample_motion_guided(backend, ShiftEstimator(), torch.randn(1, 3, 6, 6), timesteps, cond, cond,
+                                      target, config, generator=torch.Generator().manual_seed(0), first_step=5)
+    # The linear schedule written out: weight 1 - i / (0.75 * 8) at step i, never below 0.
+    expected = [3.0 * max(0.0, 1 - i / 6) for i in (5, 6, 7)]
+    assert [t for t, _ in seen] == [timesteps[i] for i in (5, 5, 6, 6, 7, 7)]
+    assert [scale for _, scale in seen[::2]] == pytest.approx(expected)
+    assert [h["step"] for h in history] == [5, 5, 6, 6, 7, 7]
+
+
+def test_warm_start_step_and_latent() -> None:
+    assert [warm_start_step(10, s) for s in (0.5, 0.3, 0.04, 0.99)] == [5, 7, 9, 0]
+    backend = ToyBackend()
+    config = GuidanceConfig(steps=4, recursions=1, cfg_scale=1.0, source_noise="random", preview_every=0)
+    state = prepare_source(backend, textured(8, 8), "", config)
+    previous = torch.rand(1, 3, 8, 8)
+    first = warm_start_latent(backend, state, previous, 2, seed=7)
+    assert torch.equal(first, warm_start_latent(backend, state, previous, 2, seed=7))
+    noise = torch.randn(previous.shape, generator=torch.Generator().manual_seed(7))
+    a_t = float(ALPHAS[state.timesteps[2]])
+    assert torch.allclose(first, a_t**0.5 * previous + (1 - a_t) ** 0.5 * noise)
+    with pytest.raises(ValueError, match="init_latent"):
+        edit_image(backend, ShiftEstimator(), state, torch.zeros(2, 8, 8), config, first_step=1)
 
 
 def test_a_diverged_edit_is_labelled_and_finite() -> None:
@@ -422,7 +465,7 @@ def test_one_guided_step_matches_the_rule_written_out(tiny: sd.StableDiffusionBa
         eps = eps.detach() + math.sqrt(1 - a_t) * g
         x0 = (z_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)  # 4. DDIM step, then re-noise if more remain
         z_prev = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev) * eps
-        assert passes[k].parts["total"] == pytest.approx(energy.item(), rel=1e-4)
+        assert passes[k].parts[0]["total"] == pytest.approx(energy.item(), rel=1e-4)
         if k == 0:
             z_t = math.sqrt(a_t / a_prev) * z_prev + math.sqrt(1 - a_t / a_prev) * torch.randn(z.shape, generator=noise)
 

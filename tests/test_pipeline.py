@@ -162,6 +162,57 @@ def test_init_previous_resumes_identically(tmp_path, monkeypatch):
     assert torch.equal(frames_of(tmp_path / "a"), frames_of(tmp_path / "b"))
 
 
+def test_warm_start_runs_fewer_passes_by_the_stated_amount_and_resumes_identically(tmp_path, monkeypatch):
+    """run-test: 4 steps x 2 recursions. Frame 1 follows the still frame 0, so it runs in full; frames 2
+    and 3 start from the frame before at the step where the last round(0.5 * 4) = 2 steps begin."""
+    warm = ("guidance.steps=4", "video.warm_start=0.5")
+    counting(monkeypatch, "edit", stop_after=2)
+    with pytest.raises(Interrupt):
+        run(tmp_path / "a", *warm)
+    assert Manifest.open(tmp_path / "a").done_frames("guide") == {0, 1, 2}
+    monkeypatch.undo()
+    edits = counting(monkeypatch, "edit")
+    run(tmp_path / "a", *warm)
+    assert len(edits) == 1  # frame 3 alone, from frame 2's stored latent
+    monkeypatch.undo()
+    run(tmp_path / "b", *warm)
+    assert torch.equal(frames_of(tmp_path / "a"), frames_of(tmp_path / "b"))
+
+    frames = json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"]["guide"]["frames"]
+    recursions, steps, remaining = 2, 4, 2
+    assert [frames[f"{i:04d}"]["passes"] for i in (1, 2, 3)] == [recursions * steps] + [recursions * remaining] * 2
+    assert [frames[f"{i:04d}"]["passes_saved"] for i in (1, 2, 3)] == [0] + [recursions * (steps - remaining)] * 2
+    assert "passes saved" in (tmp_path / "b" / "report.html").read_text()
+
+    run(tmp_path / "c", "guidance.steps=4")  # a cold run differs from frame 2 on, where warm starts began
+    cold, warmed = frames_of(tmp_path / "c"), frames_of(tmp_path / "b")
+    assert torch.equal(cold[:2], warmed[:2]) and not torch.equal(cold[2:], warmed[2:])
+
+
+def test_a_batched_run_gives_every_frame_its_unbatched_result(reference, tmp_path):
+    out = run(tmp_path / "run", "video.batch=2")  # frames 1-2 together, then frame 3 alone
+    for index in (1, 2, 3):
+        name = f"cache/latents/{index:04d}.pt"
+        batched, single = (torch.load(folder / name, weights_only=True) for folder in (out, reference))
+        assert (batched - single).abs().max() < 1e-4
+    frames = json.loads((out / "manifest.json").read_text())["stages"]["guide"]["frames"]
+    assert [frames[f"{i:04d}"]["passes"] for i in (1, 2, 3)] == [3 * 2] * 3  # steps x recursions each
+
+
+def test_warm_start_settings_are_checked():
+    with pytest.raises(MtransferError, match="video.warm_start"):
+        load_settings(PRESET, ["video.warm_start=1.0"])
+    with pytest.raises(MtransferError, match="init"):
+        load_settings(PRESET, ["video.warm_start=0.5", "video.init=\"previous\""])
+    with pytest.raises(MtransferError, match="Ray cannot spread"):
+        load_settings(PRESET, ["video.warm_start=0.5", "execution.executor=\"ray\""])
+    assert load_settings(PRESET).by_stage()["guide"]["video"] == {"init": "shared", "warm_start": 0.0}
+    with pytest.raises(MtransferError, match="video.batch: must be 1 with"):
+        load_settings(PRESET, ["video.warm_start=0.5", "video.batch=2"])
+    with pytest.raises(MtransferError, match="local executor only"):
+        load_settings(PRESET, ["video.batch=2", "execution.executor=\"ray\""])
+
+
 def test_a_killed_process_resumes_without_corrupt_or_repeated_frames(reference, tmp_path, monkeypatch):
     """The run kills itself (SIGKILL, no clean-up) right after frame 1 is recorded: a fixed point, no race."""
     out = tmp_path / "run"

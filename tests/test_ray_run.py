@@ -100,9 +100,9 @@ class KillingFrameEditor(stages.FrameEditor):
     def __call__(self):
         edit = stages.FrameEditor.__call__(self)
 
-        def edit_then_die(frame, state, progress):
-            output = edit(frame, state, progress)
-            if frame.index == 1 and not Path(self.marker).exists():
+        def edit_then_die(frames, state, progress):  # a job is a tuple of frames (video.batch of them)
+            output = edit(frames, state, progress)
+            if frames[0].index == 1 and not Path(self.marker).exists():
                 Path(self.marker).touch()
                 os.kill(os.getpid(), signal.SIGKILL)
             return output

@@ -28,7 +28,7 @@ from mtransfer.app.settings import RunSettings
 from mtransfer.diffusion import DiffusionBackend
 from mtransfer.estimators import FlowEstimator
 from mtransfer.guidance.config import GuidanceConfig
-from mtransfer.guidance.edit import EditResult, Progress, SourceState, edit_image, prepare_source
+from mtransfer.guidance.edit import EditResult, Progress, SourceState, edit_image, edit_images, prepare_source
 from mtransfer.speed import speed_switches
 
 
@@ -104,12 +104,28 @@ class Editor:
         edit_mask: torch.Tensor | None = None,
         init_latent: torch.Tensor | None = None,
         progress: Progress | None = None,
+        first_step: int = 0,
     ) -> EditResult:
         """Move the prepared source by ``target_flow`` ``(2, H, W)`` (see ``edit_image``); ``edit_mask``
-        ``(1, H, W)`` marks where the image may change, ``init_latent`` replaces the shared start."""
+        ``(1, H, W)`` marks where the image may change, ``init_latent`` replaces the shared start (the latent
+        at step ``first_step`` for a warm start, which runs only the remaining steps)."""
         return edit_image(
             self.backend, self.estimator, state, target_flow.to(self.device), self.guidance,
-            edit_mask=edit_mask, init_latent=init_latent, progress=progress,
+            edit_mask=edit_mask, init_latent=init_latent, first_step=first_step, progress=progress,
+        )
+
+    def edit_many(
+        self,
+        state: SourceState,
+        target_flows: torch.Tensor,
+        edit_masks: list[torch.Tensor] | None = None,
+        progress: Progress | None = None,
+    ) -> list[EditResult]:
+        """Several edits of the prepared source, ``target_flows`` ``(B, 2, H, W)``, computed as one batch
+        (see ``edit_images``): each result is what ``edit`` gives for its flow alone, up to float order."""
+        return edit_images(
+            self.backend, self.estimator, state, target_flows.to(self.device), self.guidance,
+            edit_masks=edit_masks, progress=progress,
         )
 
     def close(self) -> None:

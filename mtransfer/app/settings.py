@@ -162,6 +162,12 @@ class VideoSettings:
     - ``batch_size``: frame pairs per estimator call (memory only).
     - ``init``: ``shared`` starts every frame from the source's inverted noise; ``previous`` shifts that
       start towards the previous frame's result (``previous_frame_start``), for smoother sequences.
+    - ``warm_start``: 0 (off) or a fraction ``s`` in (0, 1): a frame whose previous frame was edited starts
+      from that result re-noised to the step at which the last ``s`` of the schedule begins and runs only
+      those steps (``warm_start_step``), so it pays about ``s`` of the passes. Frames run in order.
+    - ``batch``: frames edited together, one UNet/decoder/estimator call per pass for all of them; each
+      frame's energy, clipping and noise stay its own, so results equal ``batch = 1`` up to float order
+      (declared as shaping no stage, like ``batch_size``). Memory grows with it.
     """
 
     stride: int = 1
@@ -173,6 +179,8 @@ class VideoSettings:
     weights: str = field(default="", metadata={STAGE: "flow"})
     batch_size: int = field(default=4, metadata=NO_STAGE)
     init: str = field(default="shared", metadata={STAGE: "guide"})
+    warm_start: float = field(default=0.0, metadata={STAGE: "guide"})
+    batch: int = field(default=1, metadata=NO_STAGE)
 
     def __post_init__(self) -> None:
         check_types(self, "video")
@@ -189,6 +197,12 @@ class VideoSettings:
         require(self.iterations >= 0, "iterations", "must be >= 0 (0 = default)", self.iterations)
         require(self.batch_size >= 1, "batch_size", "must be at least 1", self.batch_size)
         require(self.init in INIT_MODES, "init", f"must be one of {', '.join(INIT_MODES)}", self.init)
+        require(0 <= self.warm_start < 1, "warm_start", "must be 0 (off) or a fraction in (0, 1)", self.warm_start)
+        require(not (self.warm_start and self.init == "previous"), "warm_start",
+                'and init = "previous" both choose where a frame starts; use one of them', self.warm_start)
+        require(self.batch >= 1, "batch", "must be at least 1", self.batch)
+        require(self.batch == 1 or (self.init == "shared" and not self.warm_start), "batch",
+                'must be 1 with init = "previous" or warm_start (each frame starts from the one before)', self.batch)
 
     @property
     def resize(self) -> tuple[int, int] | int | None:
@@ -268,6 +282,17 @@ class RunSettings:
             raise UsageError(
                 'video.init = "previous" edits the frames strictly one after another, so Ray cannot spread them '
                 'over workers; use video.init = "shared" with --executor ray, or --executor local'
+            )
+        if self.execution.executor == "ray" and self.video.warm_start:
+            raise UsageError(
+                "video.warm_start edits the frames strictly one after another (each starts from the one before), "
+                "so Ray cannot spread them over workers; use video.warm_start = 0 with --executor ray, or "
+                "--executor local"
+            )
+        if self.execution.executor == "ray" and self.video.batch > 1:
+            raise UsageError(
+                "video.batch > 1 is implemented for the local executor only; use video.batch = 1 with "
+                "--executor ray, or --executor local"
             )
 
     @classmethod

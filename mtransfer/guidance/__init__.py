@@ -3,14 +3,25 @@
 - ``config``: ``GuidanceConfig``, the sampler's settings with the paper's defaults.
 - ``energy``: ``motion_energy``, flow L1 + occlusion-masked colour L1 (+ optional reconstruction term).
 - ``sampler``: ``cfg_eps``, ``guided_eps``, ``motion_guided_step``, ``sample_motion_guided`` (pure functions).
-- ``edit``: ``prepare_source``, ``edit_image``, ``generate``: the image-level entry points; ``colour_mask``.
+- ``edit``: ``prepare_source``, ``edit_image`` (``edit_images`` for a batch), ``generate``: the image-level entry points; ``colour_mask``;
+  ``warm_start_step`` / ``warm_start_latent``: a frame started from the previous one's result.
 - ``outputs``: ``write_edit``, the files of one edit (images, loss curves, previews, ``run.json``).
 """
 
 from __future__ import annotations
 
 from mtransfer.guidance.config import GuidanceConfig
-from mtransfer.guidance.edit import EditResult, SourceState, colour_mask, edit_image, generate, prepare_source
+from mtransfer.guidance.edit import (
+    EditResult,
+    SourceState,
+    colour_mask,
+    edit_image,
+    edit_images,
+    generate,
+    prepare_source,
+    warm_start_latent,
+    warm_start_step,
+)
 from mtransfer.guidance.energy import EnergyWeights, motion_energy
 from mtransfer.guidance.sampler import (
     GuidanceDiverged,
@@ -33,10 +44,13 @@ __all__ = [
     "cfg_eps",
     "colour_mask",
     "edit_image",
+    "edit_images",
     "generate",
     "guided_eps",
     "motion_energy",
     "motion_guided_step",
     "prepare_source",
+    "warm_start_latent",
+    "warm_start_step",
     "sample_motion_guided",
 ]

@@ -8,6 +8,7 @@ once. ``edit_image`` runs the guided sampler and turns a divergence into a resul
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -149,6 +150,7 @@ def edit_image(
     *,
     edit_mask: torch.Tensor | None = None,
     init_latent: torch.Tensor | None = None,
+    first_step: int = 0,
     progress: Progress | None = None,
 ) -> EditResult:
     """Move the source by ``target_flow`` ``(2, H, W)`` with motion guidance.
@@ -157,25 +159,59 @@ def edit_image(
     sampler pastes the source's latent at every step (a latent cell is editable if any of its pixels
     is), and ``config.recon_weight`` pulls the image towards the source there; with
     ``config.paste_source`` the source's clean latent also replaces the result there after the last step
-    (the authors do not paste). ``init_latent`` replaces ``state.start`` as the starting latent. Previews
+    (the authors do not paste). ``init_latent`` replaces ``state.start`` as the starting latent; with
+    ``first_step > 0`` (a warm start, see ``warm_start_latent``) it is the latent at the level of
+    ``state.timesteps[first_step]`` and only the remaining steps run, with the full schedule's weights. Previews
     are taken every ``config.preview_every`` steps at the first recursion. The colour-loss mask, the clamp
     and the warp padding follow ``config.occlusion`` / ``clamp`` / ``padding``; noise comes only from a
     generator seeded with ``config.seed``. The returned image is clamped to [0, 1].
     """
+    if target_flow.dim() != 3:
+        raise MtransferError(f"target flow has shape {tuple(target_flow.shape)}, expected (2, height, width)")
+    (result,) = edit_images(
+        backend, estimator, state, target_flow[None], config,
+        edit_masks=None if edit_mask is None else [edit_mask], init_latent=init_latent, first_step=first_step,
+        progress=progress,
+    )
+    return result
+
+
+def edit_images(
+    backend: DiffusionBackend,
+    estimator: FlowEstimator,
+    state: SourceState,
+    target_flows: torch.Tensor,
+    config: GuidanceConfig,
+    *,
+    edit_masks: list[torch.Tensor] | None = None,
+    init_latent: torch.Tensor | None = None,
+    first_step: int = 0,
+    progress: Progress | None = None,
+) -> list[EditResult]:
+    """``edit_image`` for a batch of target flows ``(B, 2, H, W)`` (one edit mask each, if any), computed
+    together: one UNet, decoder and estimator call per pass serves all B edits. Each edit has its own
+    energy, clipping and recursion noise (a generator per item seeded with ``config.seed``), so each
+    result is its edit alone up to floating-point order; if any item diverges, the batch is redone one
+    edit at a time so that only the diverging edit is labelled. ``init_latent`` is ``(B, C, h, w)``.
+    ``progress`` is called once per edit and pass.
+    """
     height, width = state.image.shape[-2:]
+    batch = target_flows.shape[0]
     if state.timesteps != _schedule(backend, config.steps):
         raise MtransferError(
             f"the source was prepared for {len(state.timesteps)} steps but guidance.steps is {config.steps}"
         )
-    if target_flow.shape != (2, height, width):
+    if tuple(target_flows.shape[1:]) != (2, height, width):
         raise MtransferError(
-            f"target flow has shape {tuple(target_flow.shape)}, expected (2, {height}, {width}) to match the image"
+            f"target flow has shape {tuple(target_flows.shape[1:])}, expected (2, {height}, {width}) to match the image"
         )
-    flow = target_flow[None].to(backend.device, torch.float32)
-    source = state.image.float()
+    if first_step and init_latent is None:
+        raise ValueError("a warm start (first_step > 0) needs the latent it starts from (init_latent)")
+    flow = target_flows.to(backend.device, torch.float32)
+    source = state.image.float().expand(batch, -1, -1, -1)
     keep = copy_mask = None
-    if edit_mask is not None:
-        mask = _edit_mask(edit_mask, height, width).to(backend.device, torch.float32)
+    if edit_masks is not None:
+        mask = torch.cat([_edit_mask(m, height, width) for m in edit_masks]).to(backend.device, torch.float32)
         keep = 1 - mask
         editable = F.adaptive_max_pool2d(mask, tuple(state.latent.shape[-2:])) > 0
         copy_mask = ~editable
@@ -188,26 +224,40 @@ def edit_image(
         clamp=config.clamp,
         padding=config.padding,
     )
-    previews: list[tuple[int, torch.Tensor]] = []
+    previews: list[list[tuple[int, torch.Tensor]]] = [[] for _ in range(batch)]
 
     def on_pass(step: int, recursion: int, guided: GuidedEps) -> None:
         if progress is not None:
-            progress()
+            for _ in range(batch):
+                progress()
         if config.preview_every and recursion == 0 and step % config.preview_every == 0:
             with torch.no_grad():
                 image = guided.image if guided.image is not None else backend.decode(guided.x0).float()
-            previews.append((step, image[0].cpu()))
+            for b in range(batch):
+                previews[b].append((step, image[b].cpu()))
 
-    generator = torch.Generator(device=backend.device).manual_seed(config.seed)
+    generators = [torch.Generator(device=backend.device).manual_seed(config.seed) for _ in range(batch)]
+    start = state.start.expand(batch, -1, -1, -1) if init_latent is None else init_latent
     started = time.perf_counter()
     diverged = None
     try:
         latent, losses = sample_motion_guided(
-            backend, estimator, state.start if init_latent is None else init_latent, state.timesteps,
-            state.cond, state.uncond, target, config,
-            generator=generator, references=state.references, copy_mask=copy_mask, callback=on_pass,
+            backend, estimator, start, state.timesteps,
+            _batched(state.cond, batch), _batched(state.uncond, batch), target, config,
+            generator=generators, references=state.references, copy_mask=copy_mask, callback=on_pass,
+            first_step=first_step,
         )
     except GuidanceDiverged as exc:
+        if batch > 1:
+            return [
+                edit_images(
+                    backend, estimator, state, target_flows[b : b + 1], config,
+                    edit_masks=None if edit_masks is None else [edit_masks[b]],
+                    init_latent=None if init_latent is None else init_latent[b : b + 1],
+                    first_step=first_step, progress=progress,
+                )[0]
+                for b in range(batch)
+            ]
         diverged = exc
         latent, losses = (exc.x0 if exc.x0 is not None else state.latent), exc.history
     if copy_mask is not None and config.paste_source:  # the source's own clean latent outside the edit region
@@ -216,17 +266,44 @@ def edit_image(
     with torch.no_grad():
         image = backend.decode(latent).float().clamp(0, 1)
         achieved = estimator(source, image)
-    passes = max(len(losses), 1)
-    return EditResult(
-        image=image[0],
-        latent=latent,
-        achieved_flow=achieved[0],
-        losses=losses,
-        previews=previews,
-        timing={"sampling_s": elapsed, "seconds_per_pass": elapsed / passes},
-        diverged=diverged is not None,
-        divergence=None if diverged is None else str(diverged),
-    )
+    results = []
+    for b in range(batch):
+        own = [{k: v for k, v in record.items() if k != "item"} for record in losses if record.get("item", 0) == b]
+        passes = max(len(own), 1)
+        results.append(EditResult(
+            image=image[b],
+            latent=latent[b : b + 1],
+            achieved_flow=achieved[b],
+            losses=own,
+            previews=previews[b],
+            timing={"sampling_s": elapsed / batch, "seconds_per_pass": elapsed / batch / passes, "batch": batch},
+            diverged=diverged is not None,
+            divergence=None if diverged is None else str(diverged),
+        ))
+    return results
+
+
+def _batched(embedding: torch.Tensor, batch: int) -> torch.Tensor:
+    """A prompt embedding ``(1, ...)`` repeated for ``batch`` latents."""
+    return embedding.expand(batch, *embedding.shape[1:])
+
+
+def warm_start_step(steps: int, fraction: float) -> int:
+    """The step a warm start begins at: the last ``round(fraction * steps)`` steps (at least one) are run,
+    so ``fraction`` is the share of the schedule's noise levels (and passes) a warm-started frame pays."""
+    remaining = min(steps, max(1, math.floor(fraction * steps + 0.5)))
+    return steps - remaining
+
+
+def warm_start_latent(
+    backend: DiffusionBackend, state: SourceState, previous_latent: torch.Tensor, first_step: int, seed: int
+) -> torch.Tensor:
+    """``previous_latent`` (a clean result) forward-noised to the level of ``state.timesteps[first_step]``,
+    with noise drawn from a generator seeded with ``seed`` alone, so a warm start is reproducible."""
+    a_t = float(backend.alphas_cumprod[state.timesteps[first_step]])
+    latent = previous_latent.to(state.start)
+    noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)).to(latent)
+    return forward_noise(latent, a_t, noise)
 
 
 def colour_mask(flow: torch.Tensor, occlusion: str) -> torch.Tensor | None:

@@ -42,6 +42,9 @@ def motion_energy(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Energy ``E``, its detached parts and the flow the estimator measures from ``source`` to ``image``.
 
+    Each batch item has its own energy (the parts are ``(B,)``); ``E`` is their sum, so an item's gradient
+    is that of its own energy whatever else is in the batch (a batch is B independent edits).
+
     ``source`` and ``image`` are ``(B, 3, H, W)`` in [0, 1], ``target_flow`` ``(2, H, W)`` or
     ``(B, 2, H, W)``. ``occlusion`` ``(B, 1, H, W)`` is 1 where source pixels stay visible under the
     target motion (``mtransfer.flows.occlusion_mask``); the colour term ignores the others, which the
@@ -54,15 +57,20 @@ def motion_energy(
     if clamp:
         image = straight_through_clamp(image)
     achieved = estimator(source, image)
-    flow_loss = (achieved - target_flow).abs().mean()
+    flow_loss = _item_mean(achieved - target_flow)
     # Warping the edit back along the measured flow must give the source wherever the source stays visible.
     visible = torch.ones_like(source[:, :1]) if occlusion is None else occlusion
-    color_loss = (visible * (source - warp(image, achieved, padding))).abs().mean()
+    color_loss = _item_mean(visible * (source - warp(image, achieved, padding)))
     energy = weights.flow * flow_loss + weights.color * color_loss
     parts = {"flow": flow_loss.detach(), "color": color_loss.detach()}
     if weights.recon > 0 and keep is not None:
-        recon_loss = (keep * (image - source)).abs().mean()
+        recon_loss = _item_mean(keep * (image - source))
         energy = energy + weights.recon * recon_loss
         parts["recon"] = recon_loss.detach()
     parts["total"] = energy.detach()
-    return energy, parts, achieved
+    return energy.sum(), parts, achieved
+
+
+def _item_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean absolute value of each batch item: ``(B,)``."""
+    return values.abs().flatten(1).mean(1)

@@ -9,8 +9,10 @@ One DDIM step ``i`` (eta 0, alpha bars ``a_t`` → ``a_prev``) is repeated ``K``
 4. a DDIM step with the guided ``eps`` gives ``z_prev``; before another recursion, ``z_prev`` is re-noised
    back to ``a_t`` with fresh noise. The last recursion's ``z_prev`` is the step's result.
 
-Randomness comes only from the ``generator`` passed in: one ``randn`` of the latent's shape per re-noising,
-in loop order, so a run is reproducible from its seed. Norms for clipping are taken per batch item.
+Randomness comes only from the generator(s) passed in: one ``randn`` of the latent's shape per re-noising,
+in loop order, so a run is reproducible from its seed; with one generator per batch item, each item draws
+its own share, so it gets the very noise it would get alone. Energies, norms for clipping and divergence
+checks are per batch item: a batch is B independent edits computed in one pass through the models.
 """
 
 from __future__ import annotations
@@ -53,15 +55,21 @@ class GuidedEps:
     ``x0`` and ``image`` are the one-step estimate the energy looked at (before guidance; ``image`` as
     decoded, before any clamp); ``image``,
     ``achieved_flow`` and ``parts`` are absent when the guidance scale is 0 (nothing is evaluated).
-    ``grad_norm`` is the largest per-item ``|sqrt(1 - a_t) g|`` before clipping.
+    ``parts[b]`` are batch item ``b``'s energy terms, ``grad_norms[b]`` its ``|sqrt(1 - a_t) g|`` before
+    clipping.
     """
 
     eps: torch.Tensor
     x0: torch.Tensor
     image: torch.Tensor | None = None
     achieved_flow: torch.Tensor | None = None
-    parts: dict[str, float] = field(default_factory=dict)
-    grad_norm: float = 0.0
+    parts: list[dict[str, float]] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+
+    @property
+    def grad_norm(self) -> float:
+        """The largest per-item guidance norm (0 when nothing was evaluated)."""
+        return max(self.grad_norms, default=0.0)
 
 
 class GuidanceDiverged(MtransferError):
@@ -129,8 +137,8 @@ def guided_eps(
         x0=x0.detach(),
         image=image.detach(),
         achieved_flow=achieved.detach(),
-        parts={name: float(value) for name, value in parts.items()},
-        grad_norm=float(norms.max()),
+        parts=[{name: float(value[b]) for name, value in parts.items()} for b in range(z.shape[0])],
+        grad_norms=[float(norm) for norm in norms.flatten()],
     )
 
 
@@ -147,7 +155,7 @@ def motion_guided_step(
     config: GuidanceConfig,
     *,
     guidance_scale: float,
-    generator: torch.Generator,
+    generator: Generators,
     reference: torch.Tensor | None = None,
     copy_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[GuidedEps]]:
@@ -167,9 +175,21 @@ def motion_guided_step(
         passes.append(guided)
         z_prev = ddim_step(z, guided.eps, a_t, a_prev)
         if recursion + 1 < config.recursions:
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = renoise(z_prev, a_t, a_prev, noise)
+            z = renoise(z_prev, a_t, a_prev, _noise(z, generator))
     return z_prev, passes
+
+
+Generators = torch.Generator | Sequence[torch.Generator]
+"""One generator for the whole latent, or one per batch item."""
+
+
+def _noise(z: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """Standard normal noise like ``z``: from one generator, or each item from its own."""
+    if isinstance(generator, torch.Generator):
+        return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    if len(generator) != z.shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {z.shape[0]}")
+    return torch.cat([torch.randn((1, *z.shape[1:]), generator=g, device=z.device, dtype=z.dtype) for g in generator])
 
 
 PassCallback = Callable[[int, int, GuidedEps], None]
@@ -186,24 +206,29 @@ def sample_motion_guided(
     target: MotionTarget,
     config: GuidanceConfig,
     *,
-    generator: torch.Generator,
+    generator: Generators,
     references: Sequence[torch.Tensor] | None = None,
     copy_mask: torch.Tensor | None = None,
     callback: PassCallback | None = None,
+    first_step: int = 0,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """The whole guided run from ``start`` (at ``timesteps[0]``) to a clean latent, plus per-pass records.
+    """The guided run from ``start`` (at ``timesteps[first_step]``) to a clean latent, plus per-pass records.
 
     ``references[i]`` is the source latent at the level of ``timesteps[i]`` (needed with ``copy_mask``).
     The guidance scale at step ``i`` is ``config.guidance_weight * config.step_weights()[i]``; the schedule
-    is laid over however many ``timesteps`` are given. Raises ``GuidanceDiverged`` on NaN/inf energy,
+    is laid over all the ``timesteps`` given, so a run that starts at ``first_step > 0`` (a warm start)
+    runs exactly the tail of the full run's steps, references and schedule. Raises ``GuidanceDiverged`` on NaN/inf energy,
     gradient or latent, or when the latent's standard deviation passes ``config.max_latent_std``.
     """
     if copy_mask is not None and (references is None or len(references) < len(timesteps)):
         raise ValueError("copy_mask needs one reference latent per step")
+    if not 0 <= first_step < len(timesteps):
+        raise ValueError(f"first_step must be in [0, {len(timesteps)}), got {first_step}")
     schedule = config.replace(steps=len(timesteps)).step_weights()
+    levels = list(enumerate(zip(timesteps, alpha_bars(backend.alphas_cumprod, timesteps))))[first_step:]
     history: list[dict] = []
     z, last_x0 = start, None
-    for i, (t, (a_t, a_prev)) in enumerate(zip(timesteps, alpha_bars(backend.alphas_cumprod, timesteps))):
+    for i, (t, (a_t, a_prev)) in levels:
         z_prev, passes = motion_guided_step(
             backend, estimator, z, t, a_t, a_prev, cond, uncond, target, config,
             guidance_scale=config.guidance_weight * schedule[i],
@@ -212,8 +237,7 @@ def sample_motion_guided(
             copy_mask=copy_mask,
         )
         for recursion, guided in enumerate(passes):
-            record = {"step": i, "recursion": recursion, "t": int(t), **guided.parts, "grad_norm": guided.grad_norm}
-            history.append(record)
+            history.extend(_records(i, recursion, int(t), guided, z.shape[0]))
             if callback is not None:
                 callback(i, recursion, guided)
         problem = _divergence(passes, z_prev, config.max_latent_std)
@@ -225,17 +249,29 @@ def sample_motion_guided(
     return z, history
 
 
+def _records(step: int, recursion: int, t: int, guided: GuidedEps, batch: int) -> list[dict]:
+    """One pass's records: one per batch item, which names its ``item`` when there is more than one."""
+    records = []
+    for b in range(batch):
+        parts = guided.parts[b] if guided.parts else {}
+        norm = guided.grad_norms[b] if guided.grad_norms else 0.0
+        item = {"item": b} if batch > 1 else {}
+        records.append({"step": step, "recursion": recursion, "t": t, **item, **parts, "grad_norm": norm})
+    return records
+
+
 def _divergence(passes: list[GuidedEps], z_prev: torch.Tensor, max_latent_std: float) -> str | None:
     """Why this step's outcome cannot be trusted, or None."""
     for guided in passes:
-        bad = [name for name, value in guided.parts.items() if not math.isfinite(value)]
-        if bad:
-            return f"energy term '{bad[0]}' is {guided.parts[bad[0]]}"
-        if not math.isfinite(guided.grad_norm):
+        for parts in guided.parts:
+            bad = [name for name, value in parts.items() if not math.isfinite(value)]
+            if bad:
+                return f"energy term '{bad[0]}' is {parts[bad[0]]}"
+        if not all(math.isfinite(norm) for norm in guided.grad_norms):
             return f"guidance gradient norm is {guided.grad_norm}"
     if not torch.isfinite(z_prev).all():
         return "latent has NaN/inf values"
-    std = float(z_prev.float().std())
+    std = float(z_prev.float().flatten(1).std(dim=1).max())
     if std > max_latent_std:
         return f"latent standard deviation {std:.3g} exceeds max_latent_std {max_latent_std:g}"
     return None

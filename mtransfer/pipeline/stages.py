@@ -57,7 +57,7 @@ from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import motion_problem, read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
-from mtransfer.guidance.edit import SourceState
+from mtransfer.guidance.edit import SourceState, warm_start_latent, warm_start_step
 from mtransfer.pipeline.align import align_flows, motion_mask
 from mtransfer.pipeline.manifest import Manifest
 from mtransfer.pipeline.report import ACHIEVED_COLOR, FLOW_ERROR, Report, ReportFrame, figure_values, write_report
@@ -323,7 +323,7 @@ class FrameInput:
     index: int
     flow: torch.Tensor
     mask: torch.Tensor  # the edit mask; all ones when align.edit_mask is off
-    previous_latent: torch.Tensor | None = None  # video.init = "previous": the result of frame index-1
+    previous_latent: torch.Tensor | None = None  # init = "previous" / warm_start: the result of frame index-1
 
 
 @dataclass(frozen=True)
@@ -340,7 +340,7 @@ class FrameOutput:
 @dataclass(frozen=True)
 class FrameEditor:
     """A worker factory for ``mtransfer.app.executors`` (picklable): ``Editor.load`` once in the worker's
-    process, then ``edit_frame`` for every frame it is handed.
+    process, then ``edit_frames`` for every job (``video.batch`` frames) it is handed.
 
     A CUDA ``model.device`` means the GPU Ray gave the worker (a worker sees only its own, as ``cuda``);
     ``auto`` is resolved on the worker's machine. On the CPU the worker uses ``threads`` threads, the
@@ -357,24 +357,49 @@ class FrameEditor:
         device = parse_device("cuda" if name.strip().lower().startswith("cuda") else name, "model.device")
         if device.type == "cpu":
             torch.set_num_threads(self.threads)
-        return partial(edit_frame, Editor.load(self.settings, self.source, device))
+        return partial(edit_frames, Editor.load(self.settings, self.source, device))
 
 
-def edit_frame(editor: Editor, frame: FrameInput, state: SourceState, progress: Any) -> FrameOutput:
-    """One frame's edit, wherever it runs. Its randomness comes from ``guidance.seed`` alone (a fresh
-    generator per edit), so a frame does not depend on which worker made it or what it did before."""
+def edit_frames(editor: Editor, frames: tuple[FrameInput, ...], state: SourceState, progress: Any) -> list[FrameOutput]:
+    """A job's edits (``video.batch`` frames, together), wherever it runs. Randomness comes from
+    ``guidance.seed`` alone (a fresh generator per edit; a warm start's re-noising from the seed and the
+    frame index), so a frame does not depend on which worker made it, what it did before or its batch."""
     started = time.perf_counter()
     state = state.to(editor.device)
-    init = None
+    settings = editor.settings
+    masks = [frame.mask for frame in frames] if settings.align.edit_mask else None
+    if len(frames) > 1:  # batches are refused with chained starts (RunSettings), so all start alike
+        results = editor.edit_many(state, torch.stack([frame.flow for frame in frames]), masks, progress=progress)
+        seconds = (time.perf_counter() - started) / len(frames)
+        return [_frame_output(result, frame, seconds, 0, settings) for result, frame in zip(results, frames)]
+    (frame,) = frames
+    init, first_step = None, 0
     if frame.previous_latent is not None:
-        init = previous_frame_start(state, frame.previous_latent.to(editor.device), editor.backend.alphas_cumprod)
+        previous = frame.previous_latent.to(editor.device)
+        if settings.video.warm_start:
+            first_step = warm_start_step(settings.guidance.steps, settings.video.warm_start)
+            seed = warm_start_seed(settings.guidance.seed, frame.index)
+            init = warm_start_latent(editor.backend, state, previous, first_step, seed)
+        else:
+            init = previous_frame_start(state, previous, editor.backend.alphas_cumprod)
     result = editor.edit(
-        state, frame.flow, edit_mask=frame.mask if editor.settings.align.edit_mask else None,
-        init_latent=init, progress=progress,
+        state, frame.flow, edit_mask=None if masks is None else masks[0],
+        init_latent=init, first_step=first_step, progress=progress,
     )
-    record = _frame_record(result, frame, time.perf_counter() - started)
+    return [_frame_output(result, frame, time.perf_counter() - started, first_step, settings)]
+
+
+def _frame_output(result: Any, frame: FrameInput, seconds: float, first_step: int, settings: RunSettings) -> FrameOutput:
+    record = _frame_record(result, frame, seconds)
+    record["passes"] = len(result.losses)
+    record["passes_saved"] = first_step * settings.guidance.recursions
     return FrameOutput(result.image.cpu(), result.latent.detach().cpu(), result.achieved_flow.cpu(), record,
                        result.divergence if result.diverged else None)
+
+
+def warm_start_seed(seed: int, index: int) -> int:
+    """The seed of frame ``index``'s warm-start noise: fixed by the run's seed and the frame."""
+    return seed * 1_000_003 + index
 
 
 def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
@@ -391,7 +416,7 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     count = len(motion.flows)
     ctx.manifest.begin("guide", ctx.stage_settings["guide"], total=count)
     pending = ctx.pending("guide", range(count), (FRAMES, ".png"))
-    chained = settings.video.init == "previous"
+    chained = settings.video.init == "previous" or settings.video.warm_start > 0
     if chained:  # each frame starts from the latent of the one before
         lost = [i for i in range(count) if not motion.still[i] and not ctx.file(LATENTS, i, ".pt").exists()]
         first = min(pending + lost, default=count)
@@ -414,29 +439,42 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     if moving:
         executor = make_executor(settings.execution, use_gpus=settings.model.device != "cpu")
         local = settings.execution.executor == "local"
-        factory, state, progress = _frame_workers(ctx, motion.source, len(moving), local=local)
+        passes = _planned_passes(settings, moving, motion.still)
+        factory, state, progress = _frame_workers(ctx, motion.source, len(moving), passes, local=local)
 
         def busy(working: int, workers: int) -> None:
             ctx.progress.update(frames_task, description=f"guide {working}/{workers} busy")
 
-        jobs = (Job(i, _frame_input(ctx, motion, i, chained)) for i in moving)
+        batches = [moving[start : start + settings.video.batch] for start in range(0, len(moving), settings.video.batch)]
+        batches_by_first = {b[0]: b for b in batches}
+        jobs = (Job(b[0], tuple(_frame_input(ctx, motion, i, chained) for i in b)) for b in batches)
         with closing(executor.run(factory, state, jobs, progress=progress, on_busy=busy)) as finished:
             for done in finished:
-                output = done.result
-                _save_tensor(ctx.file(LATENTS, done.index, ".pt"), output.latent)
-                write_flow(ctx.file(ACHIEVED_FLOW, done.index, ".flo"), output.achieved_flow)
-                if output.divergence:
-                    ctx.console.print(
-                        f"[bold yellow]warning:[/] frame {done.index}: {escape(output.divergence)}; kept the last "
-                        "good estimate. Try a lower guidance.guidance_weight or guidance.clip_grad.", highlight=False,
-                    )
-                write(done.index, output.image, {**output.record, **done.record()})
+                for output, index in zip(done.result, batches_by_first[done.index]):
+                    _save_tensor(ctx.file(LATENTS, index, ".pt"), output.latent)
+                    write_flow(ctx.file(ACHIEVED_FLOW, index, ".flo"), output.achieved_flow)
+                    if output.divergence:
+                        ctx.console.print(
+                            f"[bold yellow]warning:[/] frame {index}: {escape(output.divergence)}; kept the last "
+                            "good estimate. Try a lower guidance.guidance_weight or guidance.clip_grad.",
+                            highlight=False,
+                        )
+                    write(index, output.image, {**output.record, **done.record()})
     ctx.manifest.finish("guide")
     return torch.stack([load_image(ctx.file(FRAMES, i, ".png")) for i in range(count)])
 
 
+def _planned_passes(settings: RunSettings, moving: list[int], still: list[bool]) -> int:
+    """Guided passes the moving frames will take: all steps, or the warm-start tail where the frame
+    before was edited (a warm start needs its latent)."""
+    guidance = settings.guidance
+    full = guidance.steps
+    warm = full - warm_start_step(full, settings.video.warm_start) if settings.video.warm_start else full
+    return guidance.recursions * sum(warm if i > 0 and not still[i - 1] else full for i in moving)
+
+
 def _frame_workers(
-    ctx: RunContext, source: torch.Tensor, frames: int, *, local: bool
+    ctx: RunContext, source: torch.Tensor, frames: int, passes: int, *, local: bool
 ) -> tuple[Callable[[], Any], SourceState, Callable[[], None] | None]:
     """The worker factory, the shared source state and the per-pass progress callback of the guide stage.
 
@@ -451,9 +489,8 @@ def _frame_workers(
         return FrameEditor(ctx.settings, source, torch.get_num_threads()), state.to(torch.device("cpu")), None
     editor = ctx.resources.enter_context(_load_editor(ctx, source, frames))
     state = _prepare_source_state(ctx, editor, source) if state is None else state.to(editor.device)
-    guidance = ctx.settings.guidance
-    task = ctx.progress.add_task("  passes", total=frames * guidance.steps * guidance.recursions)
-    return (lambda: partial(edit_frame, editor)), state, (lambda: ctx.progress.advance(task))
+    task = ctx.progress.add_task("  passes", total=passes)
+    return (lambda: partial(edit_frames, editor)), state, (lambda: ctx.progress.advance(task))
 
 
 def _load_editor(ctx: RunContext, source: torch.Tensor, frames: int) -> Editor:
