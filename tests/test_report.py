@@ -38,7 +38,7 @@ def test_error_scale_is_the_target_motion_unless_the_errors_are_worse():
 
 
 def test_figures_are_flattened_numbers_with_readable_names():
-    record = {"seconds": 2.5, "still": False, "diverged": True, "note": "x",
+    record = {"seconds": 2.5, "still": False, "diverged": True, "note": "x", "pid": 8556,
               "final_energy": {"flow": 1.0, "total": 3}, "flow_error_px": 0.25}
     assert figure_values(record) == {"seconds": 2.5, "final_energy.flow": 1.0, "final_energy.total": 3.0,
                                      "flow_error_px": 0.25}

@@ -247,10 +247,17 @@ def figure_label(key: str) -> str:
     return " ".join(words)
 
 
+IDENTIFIERS = {"pid"}
+"""Numbers in a frame's record that name something (the worker's process) rather than measure it."""
+
+
 def figure_values(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numbers of a (nested) record, flattened to ``outer.inner`` keys; flags and text are left out."""
+    """The numbers of a (nested) record, flattened to ``outer.inner`` keys; flags, text and identifiers
+    (``IDENTIFIERS``) are left out."""
     values: dict[str, float] = {}
     for key, value in record.items():
+        if key in IDENTIFIERS:
+            continue
         if isinstance(value, dict):
             values.update(figure_values(value, f"{prefix}{key}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
