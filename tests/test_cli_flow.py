@@ -17,6 +17,7 @@ from mtransfer.files import load_image
 from mtransfer.flows.io import read_flow
 from mtransfer.flows.viz import flow_to_color
 from mtransfer.video import probe_video
+from in_process import run_main as in_process
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_videos" / "translate.mp4"
 
@@ -59,17 +60,6 @@ def test_flow_on_a_sample_clip_writes_every_output(tmp_path: Path) -> None:
 
     preview = probe_video(out / "flow.mp4")
     assert (preview.frame_count, preview.width, preview.height, preview.fps) == (3, 320, 128, 12.0)
-
-
-def in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arguments: str) -> tuple[int, str]:
-    """``mtransfer ARGUMENTS`` through the script's entry point, in this process (no start-up of torch)."""
-    monkeypatch.setattr(sys, "argv", ["mtransfer", *arguments])
-    try:
-        main()
-        code = 0
-    except SystemExit as exited:
-        code = exited.code
-    return code, capsys.readouterr().err
 
 
 def test_flow_resumes_refuses_changed_options_and_restart_moves_the_old_results(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,11 +15,11 @@ import torch
 from PIL import Image
 
 import mtransfer.files as files
-from mtransfer.cli import main
 from mtransfer.devices import parse_device
 from mtransfer.errors import DeviceError, InputError, OutputError
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import FLO_MAGIC
+from in_process import run_main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO = ROOT / "sample_videos" / "pan.mp4"
@@ -34,17 +33,6 @@ TINY_EDIT = ["--model", "tiny", "--estimator", "pyramid", "--size", "32x32", "--
 def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny model is built once per session into a private cache, not the user's."""
     monkeypatch.setenv("MTRANSFER_CACHE", str(tmp_path_factory.getbasetemp() / "reliability-cache"))
-
-
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *arguments: object) -> tuple[int, str]:
-    """``mtransfer ARGUMENTS`` through the real entry point, in this process: exit status and stderr."""
-    monkeypatch.setattr(sys, "argv", ["mtransfer", *map(str, arguments)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
 
 
 def one_plain_line(err: str) -> str:
@@ -104,8 +92,6 @@ def test_ctrl_c_during_guide_exits_130_and_says_what_is_kept(tmp_path, monkeypat
 
 
 def test_ctrl_c_in_another_command_exits_130(tmp_path, monkeypatch, capsys) -> None:
-    import mtransfer.cli.edit as edit
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -253,8 +239,6 @@ def _refuse_probe(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int) -> N
 
 @pytest.mark.parametrize("code, says", [(errno.EROFS, "read-only"), (errno.EACCES, "permission denied")])
 def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys, code, says) -> None:
-    import mtransfer.cli.edit as edit
-
     save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
     (tmp_path / "ro").mkdir()
     _refuse_probe(monkeypatch, tmp_path / "ro", code)
