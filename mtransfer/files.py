@@ -6,6 +6,7 @@ killed at any moment leaves either the old file or the new one, never half of on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -115,20 +116,89 @@ def ensure_writable(folder: str | Path, option: str = "--out") -> Path:
     return folder
 
 
+RESCUE_FOLDER = "mtransfer-rescue"
+_RESCUE_RECORD = "rescued.json"
+
+
+def _short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def rescue_folder(folder: str | Path, key: Any) -> Path:
+    """Where results meant for ``folder`` and made with ``key`` (what they depend on, JSON-ready) are kept
+    when writing them there failed: ``<temp>/mtransfer-rescue/<name>-<folder hash>-<key hash>``, so a
+    rerun of the same command finds them and a rerun with other settings does not."""
+    folder = Path(folder)
+    return Path(tempfile.gettempdir()) / RESCUE_FOLDER / f"{folder.name}-{_short_hash(str(folder.resolve()))}-{_short_hash(key)}"
+
+
 @contextmanager
-def rescue_on_failure(folder: str | Path, save: Callable[[Path], Any]) -> Iterator[None]:
+def rescue_on_failure(folder: str | Path, key: Any, save: Callable[[Path], Any]) -> Iterator[None]:
     """Around the final writes of a command whose work is all in memory: when one fails (disk full, ...),
-    ``save(elsewhere)`` writes the results into a fresh folder under the system's temp folder and the
-    error says where, so that hours of computing are not lost to a full disk."""
+    ``save(elsewhere)`` writes the results into ``rescue_folder(folder, key)`` (beside a record of ``key``)
+    and the error says where, so that hours of computing are not lost to a full disk: the same command run
+    again finds them there (``take_rescued``) and only writes them."""
     try:
         yield
     except OutputError as exc:
+        target = rescue_folder(folder, key)
         try:
-            elsewhere = Path(tempfile.mkdtemp(prefix=f"mtransfer-rescue-{Path(folder).name}-"))
-            save(elsewhere)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+            save(fresh)
+            write_json(fresh / _RESCUE_RECORD, {"folder": str(Path(folder).resolve()), "key": key})
+            shutil.rmtree(target, ignore_errors=True)  # an older rescue of the very same results
+            os.replace(fresh, target)
         except (OSError, OutputError):
             raise exc from None
-        raise OutputError(f"{exc}; the results were saved to {elsewhere} instead") from None
+        raise OutputError(f"{exc}; the results were saved to {target}: run the same command again to write them "
+                          f"to {folder} without recomputing") from None
+
+
+def take_rescued(folder: str | Path, key: Any) -> Path | None:
+    """Write the results a failed write left in ``rescue_folder(folder, key)`` into ``folder`` (``run.json``
+    last) and remove the rescue; None when there are none for exactly this folder and ``key``. When this
+    write fails too, the rescue stays and the error says so."""
+    rescued = rescue_folder(folder, key)
+    try:
+        record = json.loads((rescued / _RESCUE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    plain_key = json.loads(json.dumps(key, default=str))
+    if not isinstance(record, dict) or record.get("key") != plain_key or record.get("folder") != str(Path(folder).resolve()):
+        return None
+    try:
+        with staged_folder(folder) as stage:
+            for path in rescued.rglob("*"):
+                if path.is_file() and path.name != _RESCUE_RECORD:
+                    target = stage / path.relative_to(rescued)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        shutil.copy2(path, target)
+                    except OSError as exc:
+                        raise output_error(target, exc) from None
+    except OutputError as exc:
+        raise OutputError(f"{exc}; the earlier results are still in {rescued}") from None
+    shutil.rmtree(rescued, ignore_errors=True)
+    return rescued
+
+
+def other_rescues(folder: str | Path, key: Any) -> list[tuple[Path, Any]]:
+    """Rescued results meant for ``folder`` but made with another key: ``(where, their key)``, to be named
+    (never used) by a command that is about to recompute."""
+    folder = Path(folder)
+    mine = rescue_folder(folder, key)
+    found = []
+    for path in sorted(mine.parent.glob(f"{folder.name}-{_short_hash(str(folder.resolve()))}-*")):
+        if path == mine or not path.is_dir():
+            continue
+        try:
+            record = json.loads((path / _RESCUE_RECORD).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("folder") == str(folder.resolve()):
+            found.append((path, record.get("key")))
+    return found
 
 
 @contextmanager

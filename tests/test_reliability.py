@@ -4,8 +4,10 @@ never a wrong result with exit 0, never lost work. One test per case found by th
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -31,8 +33,10 @@ TINY_EDIT = ["--model", "tiny", "--estimator", "pyramid", "--size", "32x32", "--
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The tiny model is built once per session into a private cache, not the user's."""
+    """The tiny model is built once per session into a private cache, not the user's; rescued results and
+    crash logs go to a private temp folder."""
     monkeypatch.setenv("MTRANSFER_CACHE", str(tmp_path_factory.getbasetemp() / "reliability-cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path_factory.mktemp("temp")))
 
 
 def one_plain_line(err: str) -> str:
@@ -91,15 +95,50 @@ def test_ctrl_c_during_guide_exits_130_and_says_what_is_kept(tmp_path, monkeypat
     assert not (tmp_path / "run" / ".lock").exists() and not list((tmp_path / "run").glob("*.lock"))
 
 
-def test_ctrl_c_in_another_command_exits_130(tmp_path, monkeypatch, capsys) -> None:
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+def _ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
 
-    monkeypatch.setattr("mtransfer.app.editor.load_backend", interrupted)
+
+@pytest.mark.parametrize("where", ["mtransfer.app.editor.load_backend", "mtransfer.app.editor.edit_image"])
+def test_ctrl_c_during_an_edit_exits_130_and_leaves_the_folder_as_it_was(tmp_path, monkeypatch, capsys, where) -> None:
     save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "edited.png").write_bytes(b"an earlier edit")
+    monkeypatch.setattr(where, _ctrl_c)
+    code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
+                    "--out", out)
+    line = one_plain_line(err)
+    assert code == 130 and line.startswith("interrupted:") and str(out) in line
+    assert "nothing new" in line and "run the same command again" in line
+    assert (out / "edited.png").read_bytes() == b"an earlier edit" and sorted(p.name for p in out.iterdir()) == ["edited.png"]
+
+
+def test_ctrl_c_while_an_edit_writes_leaves_no_half_set(tmp_path, monkeypatch, capsys) -> None:
+    import mtransfer.guidance.outputs as outputs
+
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    monkeypatch.setattr(outputs, "write_json", _ctrl_c)  # after the pictures, before run.json
     code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
                     "--out", tmp_path / "e")
-    assert code == 130 and one_plain_line(err).startswith("interrupted:")
+    assert code == 130 and "nothing new" in one_plain_line(err)
+    assert not (tmp_path / "e").exists() or not any((tmp_path / "e").iterdir())
+
+
+def test_ctrl_c_during_flow_exits_130_and_says_how_to_resume(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "f"
+    flow = ["flow", VIDEO, "--estimator", "pyramid", "--size", "16", "--max-frames", "3", "--out", out]
+    with monkeypatch.context() as stopped:
+        stopped.setattr("mtransfer.pipeline.runner.flow_stage", _ctrl_c)
+        code, err = cli(monkeypatch, capsys, *flow)
+    line = one_plain_line(err)
+    assert code == 130 and line.startswith("interrupted:") and "decode done" in line and "resume" in line
+    decoded = {p.name: p.stat().st_ino for p in (out / "driving").iterdir()}
+    code, err = cli(monkeypatch, capsys, *flow)  # resumes: the decoded frames are kept, not written again
+    assert code == 0, err
+    assert sorted(decoded) == ["0000.png", "0001.png", "0002.png"]
+    assert {p.name: p.stat().st_ino for p in (out / "driving").iterdir()} == decoded
+    assert (out / "driving_flow" / "0002.flo").is_file()
 
 
 def test_bench_with_an_unknown_flag_exits_2(monkeypatch, capsys) -> None:
@@ -179,7 +218,7 @@ def test_disk_full_after_an_edit_keeps_the_result_elsewhere(tmp_path, monkeypatc
                     "--out", out)
     line = one_plain_line(err)
     assert code == 2 and "disk is full" in line and "saved to" in line
-    rescued = Path(line.rsplit("saved to ", 1)[1].split(" instead")[0])
+    rescued = rescued_folder(line)
     assert (rescued / "edited.png").is_file() and (rescued / "run.json").is_file()
 
 
@@ -214,8 +253,84 @@ def test_disk_full_after_generate_keeps_the_trajectory_elsewhere(tmp_path, monke
                     "--device", "cpu", "--out", out)
     line = one_plain_line(err)
     assert code == 2 and "saved to" in line
-    rescued = Path(line.rsplit("saved to ", 1)[1].split(" instead")[0])
+    rescued = rescued_folder(line)
     assert (rescued / "trajectory.pt").is_file() and (rescued / "image.png").is_file()
+
+
+def rescued_folder(line: str) -> Path:
+    """The folder an error line says the results were saved to."""
+    return Path(line.split("saved to ", 1)[1].split(": run the same command again")[0])
+
+
+def _fail_if_called(what: str):
+    def called(*args, **kwargs):
+        pytest.fail(f"{what} ran: the rescued results should have been written without recomputing")
+
+    return called
+
+
+def test_a_rerun_after_disk_full_writes_the_rescued_edit_without_recomputing(tmp_path, monkeypatch, capsys) -> None:
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    out = tmp_path / "e"
+    edit = ["edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT, "--out", out]
+    with monkeypatch.context() as full:
+        _disk_full_under(full, out)
+        code, err = cli(monkeypatch, capsys, *edit)
+    line = one_plain_line(err)
+    assert code == 2 and "run the same command again" in line
+    rescued = rescued_folder(line)
+    assert not (out / "edited.png").exists()
+
+    with monkeypatch.context() as no_work:
+        no_work.setattr("mtransfer.app.editor.load_backend", _fail_if_called("loading the model"))
+        no_work.setattr("mtransfer.app.editor.edit_image", _fail_if_called("the edit"))
+        code, err = cli(monkeypatch, capsys, *edit)
+    assert code == 0, err
+    assert "nothing was recomputed" in err and "Traceback" not in err
+    assert not rescued.exists()  # the rescue is gone once its results are in place
+    # the files are those of an uninterrupted edit with the same settings
+    assert cli(monkeypatch, capsys, *edit[:-1], tmp_path / "fresh")[0] == 0
+    for name in ("edited.png", "source.png", "target_flow.flo", "losses.json"):
+        assert (out / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
+    assert json.loads((out / "run.json").read_text())["status"] == "ok"
+
+
+def test_rescued_results_of_other_settings_are_named_but_not_used(tmp_path, monkeypatch, capsys) -> None:
+    import mtransfer.app.editor as editor
+
+    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
+    out = tmp_path / "e"
+    edit = ["edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT, "--out", out]
+    with monkeypatch.context() as full:
+        _disk_full_under(full, out)
+        rescued = rescued_folder(one_plain_line(cli(monkeypatch, capsys, *edit)[1]))
+    edits = []
+    real_edit = editor.edit_image
+    monkeypatch.setattr(editor, "edit_image", lambda *a, **k: edits.append(1) or real_edit(*a, **k))
+    for changed in (["--seed", "7"], ["--flow", "translate(3, 0)"]):
+        code, err = cli(monkeypatch, capsys, *edit, *changed)
+        assert code == 0, err
+        assert "nothing was recomputed" not in err and str(rescued) in err and "not used" in err
+    assert "guidance.seed" in err or "inputs.flow" in err
+    assert len(edits) == 2 and rescued.is_dir()  # both recomputed; the rescue is left alone
+
+
+def test_a_rerun_after_disk_full_writes_the_rescued_generation(tmp_path, monkeypatch, capsys) -> None:
+    import mtransfer.cli.generate as generate
+
+    out = tmp_path / "g"
+    command = ["generate", "a cat", "--model", "tiny", "--size", "32x32", "--steps", "2", "--device", "cpu",
+               "--out", out]
+    with monkeypatch.context() as full:
+        _disk_full_under(full, out)
+        rescued = rescued_folder(one_plain_line(cli(monkeypatch, capsys, *command)[1]))
+    trajectory = (rescued / "trajectory.pt").read_bytes()
+    with monkeypatch.context() as no_work:
+        no_work.setattr(generate, "generate_image", _fail_if_called("generation"))
+        code, err = cli(monkeypatch, capsys, *command)
+    assert code == 0 and "nothing was recomputed" in err
+    assert (out / "trajectory.pt").read_bytes() == trajectory and (out / "image.png").is_file()
+    assert (out / "run.json").is_file() and not rescued.exists()
 
 
 def test_torch_unexpected_pos_is_an_output_error(tmp_path: Path) -> None:

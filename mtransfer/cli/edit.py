@@ -14,14 +14,16 @@ from mtransfer.app import Editor, load_settings, versions
 from mtransfer.app.trajectory import load_trajectory
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
-from mtransfer.errors import MtransferError, input_error
+from mtransfer.errors import UsageError, input_error
 from mtransfer.estimators import DIFFERENTIABLE
-from mtransfer.files import ensure_writable, load_image, rescue_on_failure
+from mtransfer.files import ensure_writable, load_image, read_json, rescue_on_failure
 from mtransfer.flows.io import read_mask
 from mtransfer.flows.spec import load_flow
 from mtransfer.guidance.outputs import write_edit
+from mtransfer.pipeline.manifest import content_id, fingerprint
 from mtransfer.presets import available_pipelines
 from mtransfer.progress import progress_bar
+from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
 
 EXAMPLES = """\
 [bold]Examples[/]
@@ -131,50 +133,64 @@ def edit(
     folder = out if out is not None else Path("outputs") / f"{image.stem}-edit"
     ensure_writable(folder)
     guidance = run.guidance
+    key = {
+        "command": "edit", **run.by_stage()["guide"], "size": list(working), "prompt": prompt_text,
+        "inputs": {"image": tensor_id(source), "flow": tensor_id(target_flow), "mask": tensor_id(edit_mask),
+                   "trajectory": None if trajectory is None else content_id(fingerprint(trajectory))},
+    }
+    if reuse_rescued(folder, key, "edit", console):
+        _check_status(folder, read_json(folder / "run.json"))
+        return
 
     timing: dict[str, float] = {}
     started = time.perf_counter()
     warn = lambda text: console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)  # noqa: E731
-    with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console) as progress:
-        timing["load_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)
-        state = editor.prepare(
-            source, prompt_text, progress=lambda: progress.advance(task),
-            trajectory=None if generation is None else list(generation["latents"].unsqueeze(1)),
-        )
-        progress.update(task, completed=guidance.steps)  # forward noising ("random") has no steps to report
-        timing["prepare_s"] = time.perf_counter() - started
-        task = progress.add_task("guide", total=guidance.steps * guidance.recursions)
-        result = editor.edit(state, target_flow, edit_mask=edit_mask, progress=lambda: progress.advance(task))
-    record = {
-        "command": "edit",
-        "image": str(image),
-        "flow": flow,
-        "mask": None if mask is None else str(mask),
-        "trajectory": None if trajectory is None else str(trajectory),
-        "prompt": prompt_text,
-        "pipeline": run.name,
-        "overrides": overrides,
-        "size": list(working),
-        "device": str(torch_device),
-        "model": asdict(run.model),
-        "estimator": asdict(run.estimator),
-        "guidance": asdict(guidance),
-        "seed": guidance.seed,
-        "versions": versions(),
-        "load_timing": timing,
-    }
-    with rescue_on_failure(folder, lambda where: write_edit(where, source, target_flow, result, record)):
-        write_edit(folder, source, target_flow, result, record)
-    if result.diverged:
-        raise MtransferError(
-            f"{result.divergence}; the last good estimate is in {folder} (run.json status 'diverged'); "
-            "try a lower --guidance-weight or --clip"
-        )
+    with stopped_note(folder, "edit"):
+        with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console) as progress:
+            timing["load_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)
+            state = editor.prepare(
+                source, prompt_text, progress=lambda: progress.advance(task),
+                trajectory=None if generation is None else list(generation["latents"].unsqueeze(1)),
+            )
+            progress.update(task, completed=guidance.steps)  # forward noising ("random") has no steps to report
+            timing["prepare_s"] = time.perf_counter() - started
+            task = progress.add_task("guide", total=guidance.steps * guidance.recursions)
+            result = editor.edit(state, target_flow, edit_mask=edit_mask, progress=lambda: progress.advance(task))
+        record = {
+            "command": "edit",
+            "image": str(image),
+            "flow": flow,
+            "mask": None if mask is None else str(mask),
+            "trajectory": None if trajectory is None else str(trajectory),
+            "prompt": prompt_text,
+            "pipeline": run.name,
+            "overrides": overrides,
+            "size": list(working),
+            "device": str(torch_device),
+            "model": asdict(run.model),
+            "estimator": asdict(run.estimator),
+            "guidance": asdict(guidance),
+            "seed": guidance.seed,
+            "versions": versions(),
+            "load_timing": timing,
+        }
+        with rescue_on_failure(folder, key, lambda where: write_edit(where, source, target_flow, result, record)):
+            write_edit(folder, source, target_flow, result, record)
+    _check_status(folder, {"status": "diverged" if result.diverged else "ok", "divergence": result.divergence})
     final = result.losses[-1] if result.losses else {}
     losses = ", ".join(f"{k} {final[k]:.4g}" for k in ("total", "flow", "color") if k in final)
     console.print(
         f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): {escape(str(folder))}/edited.png",
         highlight=False,
     )
+
+
+def _check_status(folder: Path, record: dict) -> None:
+    """A diverged edit is written (its last good estimate, status 'diverged') but is not a success."""
+    if record.get("status") == "diverged":
+        raise UsageError(
+            f"{record.get('divergence')}; the last good estimate is in {folder} (run.json status 'diverged'); "
+            "try a lower --guidance-weight or --clip"
+        )

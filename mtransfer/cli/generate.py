@@ -15,8 +15,9 @@ from mtransfer.app import load_backend, load_settings, versions
 from mtransfer.app.trajectory import save_trajectory
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
-from mtransfer.errors import MtransferError
-from mtransfer.files import ensure_writable, rescue_on_failure, save_image, write_json
+from mtransfer.cli.in_memory import reuse_rescued, stopped_note
+from mtransfer.errors import UsageError
+from mtransfer.files import ensure_writable, rescue_on_failure, save_image, staged_folder, write_json
 from mtransfer.guidance.edit import generate as generate_image
 from mtransfer.presets import available_pipelines
 from mtransfer.progress import progress_bar
@@ -54,33 +55,43 @@ def generate(
     )
     run = load_settings(pipeline, overrides)
     if run.model.is_offline and run.model.model != "tiny":
-        raise MtransferError(f"model '{run.model.model}' cannot generate images; use Stable Diffusion or 'tiny'")
+        raise UsageError(f"model '{run.model.model}' cannot generate images; use Stable Diffusion or 'tiny'")
     if not run.model.size:
-        raise MtransferError("generation needs a size: --size HEIGHTxWIDTH (e.g. 512x512)")
+        raise UsageError("generation needs a size: --size HEIGHTxWIDTH (e.g. 512x512)")
     folder = out or Path("outputs") / "generated" / (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "image")
     torch_device = run.model.torch_device()
     ensure_writable(folder)
-    backend = load_backend(run.model, None, torch_device)
-    guidance = run.guidance
-    started = time.perf_counter()
-    with progress_bar(console) as progress:
-        task = progress.add_task("generate", total=guidance.steps)
-        with torch.no_grad():
-            image, _, latents = generate_image(
-                backend, prompt, guidance, size=run.model.size, progress=lambda: progress.advance(task)
-            )
-    record = {
-        "command": "generate", "prompt": prompt, "pipeline": run.name, "overrides": overrides,
-        "model": asdict(run.model), "guidance": asdict(guidance), "device": str(torch_device),
-        "versions": versions(), "seconds": time.perf_counter() - started,
-    }
+    guide = run.by_stage()["guide"]
+    key = {"command": "generate", "model": guide["model"], "guidance": guide["guidance"],
+           "size": list(run.model.size), "prompt": prompt}
+    if reuse_rescued(folder, key, "generate", console):
+        return
+    with stopped_note(folder, "generate"):
+        backend = load_backend(run.model, None, torch_device)
+        guidance = run.guidance
+        started = time.perf_counter()
+        with progress_bar(console) as progress:
+            task = progress.add_task("generate", total=guidance.steps)
+            with torch.no_grad():
+                image, _, latents = generate_image(
+                    backend, prompt, guidance, size=run.model.size, progress=lambda: progress.advance(task)
+                )
+        record = {
+            "command": "generate", "prompt": prompt, "pipeline": run.name, "overrides": overrides,
+            "model": asdict(run.model), "guidance": asdict(guidance), "device": str(torch_device),
+            "versions": versions(), "seconds": time.perf_counter() - started,
+        }
 
-    def write_all(where: Path) -> None:
-        save_image(where / "image.png", image)
-        save_trajectory(where / "trajectory.pt", latents, prompt=prompt, model=run.model.model, steps=guidance.steps,
-                        size=list(run.model.size), seed=guidance.seed, cfg_scale=guidance.cfg_scale)
-        write_json(where / "run.json", record)
+        def write_all(where: Path) -> None:
+            """image.png, trajectory.pt and run.json as one set (run.json last): never a new picture beside
+            an old trajectory."""
+            with staged_folder(where) as stage:
+                save_image(stage / "image.png", image)
+                save_trajectory(stage / "trajectory.pt", latents, prompt=prompt, model=run.model.model,
+                                steps=guidance.steps, size=list(run.model.size), seed=guidance.seed,
+                                cfg_scale=guidance.cfg_scale)
+                write_json(stage / "run.json", record)
 
-    with rescue_on_failure(folder, write_all):
-        write_all(folder)
+        with rescue_on_failure(folder, key, write_all):
+            write_all(folder)
     console.print(f"[green]done[/]: {escape(str(folder))}/image.png and trajectory.pt", highlight=False)

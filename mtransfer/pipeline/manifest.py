@@ -47,12 +47,12 @@ def content_id(record: dict[str, Any]) -> str:
     return f"{record['bytes']} bytes, sha256 {record['sha256_first_mib'][:16]}"
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Human-readable ``key: old → new`` lines between two nested settings records."""
     if isinstance(old, dict) and isinstance(new, dict):
         lines = []
         for key in sorted(set(old) | set(new), key=str):
-            lines += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+            lines += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return lines
     return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]
 
@@ -154,7 +154,7 @@ class Manifest:
         for name, wanted in settings.items():
             recorded = self.record["stages"].get(name, {})
             if recorded.get("frames") or recorded.get("status") == "done":
-                changes = _differences(recorded.get("settings"), wanted)
+                changes = differences(recorded.get("settings"), wanted)
                 if changes:
                     stale[name] = changes
         return stale
