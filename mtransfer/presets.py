@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mtransfer.errors import MtransferError, input_error
+from mtransfer.errors import UsageError, input_error
 
 PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 
@@ -32,7 +32,7 @@ def pipeline_path(name_or_path: str | Path) -> Path:
         return candidate
     named = PIPELINES_DIR / f"{name_or_path}.toml"
     if not named.is_file():
-        raise MtransferError(
+        raise UsageError(
             f"unknown pipeline '{name_or_path}': choose one of {', '.join(available_pipelines())} or give a .toml path"
         )
     return named
@@ -43,7 +43,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     keys = [k.strip() for k in key.split(".")]
     if not sep or len(keys) < 2 or not all(keys):
-        raise MtransferError(f"bad override '{text}': expected section.key=value, e.g. guidance.steps=50")
+        raise UsageError(f"bad override '{text}': expected section.key=value, e.g. guidance.steps=50")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -64,7 +64,7 @@ def load_pipeline(name_or_path: str | Path, overrides: list[str] | tuple[str, ..
         for key in keys[:-1]:
             table = table.setdefault(key, {})
             if not isinstance(table, dict):
-                raise MtransferError(f"bad override '{text}': '{key}' is a value, not a section")
+                raise UsageError(f"bad override '{text}': '{key}' is a value, not a section")
         table[keys[-1]] = value
     config.setdefault("name", path.stem)
     return config
@@ -74,5 +74,5 @@ def section(config: dict[str, Any], name: str) -> dict[str, Any]:
     """One section of a loaded preset (empty when the preset leaves it out)."""
     value = config.get(name, {})
     if not isinstance(value, dict):
-        raise MtransferError(f"pipeline '{config.get('name')}': [{name}] must be a table")
+        raise UsageError(f"pipeline '{config.get('name')}': [{name}] must be a table")
     return dict(value)

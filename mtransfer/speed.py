@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.estimators.raft import RaftEstimator, source_cached
 
@@ -53,7 +53,7 @@ class FastPath:
 
     def __post_init__(self) -> None:
         if self.autocast is not None and self.autocast not in AUTOCAST_DTYPES:
-            raise MtransferError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
+            raise UsageError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {self.autocast!r}")
 
     @property
     def label(self) -> str:
@@ -87,10 +87,10 @@ def parse_fast_path(spec: str) -> FastPath:
     values: dict[str, Any] = {}
     for name in (part.strip() for part in spec.split("+")):
         if name not in SWITCHES:
-            raise MtransferError(f"unknown speed switch {name!r} in {spec!r}; choose from {', '.join(SWITCHES)}")
+            raise UsageError(f"unknown speed switch {name!r} in {spec!r}; choose from {', '.join(SWITCHES)}")
         for key, value in SWITCHES[name].items():
             if values.get(key, value) != value:
-                raise MtransferError(f"speed switches in {spec!r} disagree about {key}: {values[key]} vs {value}")
+                raise UsageError(f"speed switches in {spec!r} disagree about {key}: {values[key]} vs {value}")
             values[key] = value
     return FastPath(**values)
 
@@ -105,7 +105,7 @@ def fast_path(backend: Any, estimator: FlowEstimator, switches: FastPath) -> Ite
     """
     for needed in ("unet", "vae"):
         if not hasattr(backend, needed):
-            raise MtransferError(f"speed switches need a Stable Diffusion backend, got {type(backend).__name__}")
+            raise UsageError(f"speed switches need a Stable Diffusion backend, got {type(backend).__name__}")
     with ExitStack() as stack:
         stack.enter_context(_float32_precision(switches.tf32))
         stack.enter_context(_attention(backend, sdpa=switches.sdpa))

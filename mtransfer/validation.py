@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, TypeVar
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 
 STAGE = "stage"
 """The ``dataclasses.field`` metadata key naming the stage a setting shapes."""
@@ -32,7 +32,7 @@ def rule_checker(section: str) -> Rule:
 
     def require(ok: bool, name: str, rule: str, value: Any) -> None:
         if not ok:
-            raise MtransferError(f"{section}.{name}: {rule}, got {value!r}")
+            raise UsageError(f"{section}.{name}: {rule}, got {value!r}")
 
     return require
 
@@ -46,7 +46,7 @@ def check_types(settings: Any, section: str) -> None:
             continue
         value = getattr(settings, field.name)
         if isinstance(value, bool) and field.type != "bool" or not isinstance(value, accepted):
-            raise MtransferError(f"{section}.{field.name}: expected {field.type}, got {value!r}")
+            raise UsageError(f"{section}.{field.name}: expected {field.type}, got {value!r}")
         if field.type == "float":
             object.__setattr__(settings, field.name, float(value))
 
@@ -56,7 +56,7 @@ def from_mapping(cls: type[T], section: str, values: Mapping[str, Any]) -> T:
     known = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise MtransferError(f"{section}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+        raise UsageError(f"{section}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
     return cls(**values)
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mtransfer.errors import MtransferError, input_error, require_file
+from mtransfer.errors import UsageError, input_error, require_file
 from mtransfer.files import atomic_path
 
 VIDEO_FORMATS = {".mp4": "mp4", ".gif": "gif"}
@@ -103,7 +103,7 @@ def output_size(height: int, width: int, size: tuple[int, int] | int | None) -> 
     else:
         target = int(size[0]), int(size[1])
     if min(target) < MIN_SIDE:
-        raise MtransferError(f"frames of {target[0]}x{target[1]} (height x width) are too small to measure motion; "
+        raise UsageError(f"frames of {target[0]}x{target[1]} (height x width) are too small to measure motion; "
                              f"each side needs at least {MIN_SIDE} px (video.size / --size)")
     return target
 
@@ -126,9 +126,9 @@ def parse_size(text: str) -> tuple[int, int] | int:
     parts = text.lower().replace(" ", "").split("x")
     if len(parts) in (1, 2) and all(part.isdigit() and int(part) > 0 for part in parts):
         if min(int(part) for part in parts) < MIN_SIDE:
-            raise MtransferError(f"size '{text}': each side needs at least {MIN_SIDE} px")
+            raise UsageError(f"size '{text}': each side needs at least {MIN_SIDE} px")
         return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
-    raise MtransferError(f"bad size '{text}': expected HEIGHTxWIDTH like 128x160, or a short side like 256")
+    raise UsageError(f"bad size '{text}': expected HEIGHTxWIDTH like 128x160, or a short side like 256")
 
 
 def iter_frames(
@@ -237,7 +237,7 @@ def write_video(path: str | Path, frames: torch.Tensor | np.ndarray, fps: float,
     path = Path(path)
     container_format = VIDEO_FORMATS.get(path.suffix.lower())
     if container_format is None:
-        raise MtransferError(f"{path}: unsupported video extension, use one of {', '.join(VIDEO_FORMATS)}")
+        raise UsageError(f"{path}: unsupported video extension, use one of {', '.join(VIDEO_FORMATS)}")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     images = _as_uint8(frames)

@@ -521,3 +521,44 @@ def test_a_strength_that_throws_the_motion_off_the_image_is_refused(tmp_path, mo
     code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--strength", "1e12"))
     assert code == 2 and "far beyond" in one_plain_line(err)
     assert not (tmp_path / "run" / "flow").exists()
+
+
+# --- large clips: a working size by default -------------------------------------------------------------
+
+
+def test_large_clips_are_measured_at_a_longest_side_of_1024_by_default() -> None:
+    from mtransfer.app.settings import VideoSettings
+
+    video = VideoSettings()
+    for height, width in [(8000, 8000), (2160, 3840), (1080, 1920), (3000, 1000)]:
+        capped = video.frame_size(height, width)
+        assert max(capped) == 1024  # the longer side is the cap ...
+        assert abs(capped[0] / capped[1] - height / width) < 0.01  # ... and the aspect is kept
+        assert video.capped(height, width)
+    assert video.frame_size(720, 1024) == (720, 1024) and not video.capped(720, 1024)  # small clips as recorded
+    assert VideoSettings(max_side=0).frame_size(8000, 8000) == (8000, 8000)
+    assert VideoSettings(size=[32, 40]).frame_size(8000, 8000) == (32, 40)  # an explicit size wins
+    assert VideoSettings(size=256).frame_size(8000, 4000) == (512, 256)
+
+
+def test_a_clip_over_the_cap_is_decoded_smaller_said_and_recorded(tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    capped = ["--flow-only", "--set", "video.size=0", "--set", "video.max_side=24"]
+    code, err = cli(monkeypatch, capsys, *run_args(out, *capped))
+    assert code == 0, err
+    assert "128x160" in err and "19x24" in err and "video.max_side=0" in err  # pan.mp4 is 160x128 (w x h)
+    assert Image.open(out / "driving" / "0000.png").size == (24, 19)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["decode"]["settings"]["video"]["size"] == [19, 24]
+    # the cap shapes the frames: lifting it is a change of settings, not a silent mix of sizes
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--flow-only", "--set", "video.size=0",
+                                                   "--set", "video.max_side=0"))
+    assert code == 2 and "video.size" in one_plain_line(err) and "--restart" in one_plain_line(err)
+
+
+def test_flow_command_caps_too_and_max_side_0_keeps_the_recorded_size(tmp_path, monkeypatch, capsys) -> None:
+    flow = ["flow", VIDEO, "--estimator", "pyramid", "--max-frames", "2"]
+    assert cli(monkeypatch, capsys, *flow, "--max-side", "40", "--out", tmp_path / "a")[0] == 0
+    assert Image.open(tmp_path / "a" / "driving" / "0000.png").size == (40, 32)
+    assert cli(monkeypatch, capsys, *flow, "--max-side", "0", "--out", tmp_path / "b")[0] == 0
+    assert Image.open(tmp_path / "b" / "driving" / "0000.png").size == (160, 128)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mtransfer.diffusion import DiffusionBackend, FiniteSetBackend, motion_family
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.estimators import DIFFERENTIABLE, FlowEstimator
 from mtransfer.estimators import load_estimator as load_named_estimator
 from mtransfer.app.settings import DTYPES, EstimatorSettings, ModelSettings
@@ -27,7 +27,7 @@ def load_estimator(
     """The estimator ``settings`` name. Inside the guidance energy (``for_guidance``) the flow loss is
     differentiated through it, so an estimator without gradients (TV-L1, ILK) is refused up front."""
     if for_guidance and settings.name not in DIFFERENTIABLE:
-        raise MtransferError(
+        raise UsageError(
             f"estimator.name: {settings.name!r} is not differentiable, so guidance would get no flow gradient; "
             f"use one of {', '.join(DIFFERENTIABLE)} (tvl1 and ilk are for video.estimator)"
         )
@@ -62,7 +62,7 @@ def load_backend(settings: ModelSettings, image: torch.Tensor | None, device: to
     """The backend for ``settings.model``; ``image`` ``(3, H, W)`` is the target (the exact model's data)."""
     if settings.model == "exact":
         if image is None:
-            raise MtransferError("model 'exact' is built from the image it edits; it cannot generate images")
+            raise UsageError("model 'exact' is built from the image it edits; it cannot generate images")
         image = image.to(device, DTYPES[settings.dtype])
         family = motion_family(
             image,

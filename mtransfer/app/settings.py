@@ -25,13 +25,14 @@ import torch
 
 from mtransfer.diffusion.backends import sd_size_fix
 from mtransfer.devices import parse_device
-from mtransfer.errors import MtransferError, UsageError, input_error
+from mtransfer.errors import UsageError, input_error
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.pipeline.align import AlignConfig
 from mtransfer.presets import load_pipeline, section
 from mtransfer.speed import parse_fast_path
 from mtransfer.validation import STAGE, check_types, declared_stage, from_mapping, rule_checker
+from mtransfer.video import MIN_SIDE, output_size
 
 STAGES = ("decode", "flow", "align", "guide", "encode")
 """The stages of a video run, in order; each stage's results depend on the settings of all before it."""
@@ -41,6 +42,8 @@ INIT_MODES = ("shared", "previous")
 EXECUTORS = ("local", "ray")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OFFLINE_MODELS = ("tiny", "exact")
+DEFAULT_MAX_SIDE = 1024
+"""Longest side video frames are measured at unless ``video.size`` says otherwise (``VideoSettings.max_side``)."""
 
 NO_STAGE: dict[str, Any] = {STAGE: None}
 """Metadata of a setting that shapes no stage's results (a device, a batch size, a preview interval)."""
@@ -100,7 +103,7 @@ class ModelSettings:
             object.__setattr__(self, name, tuple(float(v) for v in value))
         require(all(s > 0 for s in self.family_scales), "family_scales", "must be positive", self.family_scales)
         if self.size is not None and self.model != "exact" and (fixed := sd_size_fix(*self.size)):
-            raise MtransferError(f"model.size {self.size[0]}x{self.size[1]}: Stable Diffusion needs multiples of 8; "
+            raise UsageError(f"model.size {self.size[0]}x{self.size[1]}: Stable Diffusion needs multiples of 8; "
                                  f"use --size {fixed[0]}x{fixed[1]}")
 
     @property
@@ -116,7 +119,7 @@ class ModelSettings:
         if self.model != "exact" and (fixed := sd_size_fix(height, width)):
             problem = (f"is {height}x{width} (height x width) but Stable Diffusion needs multiples of 8; "
                        f"pass --size {fixed[0]}x{fixed[1]} to resize it")
-            raise input_error(image, problem) if image is not None else MtransferError(f"the image {problem}")
+            raise input_error(image, problem) if image is not None else UsageError(f"the image {problem}")
         return height, width
 
     def torch_device(self) -> torch.device:
@@ -155,7 +158,11 @@ class VideoSettings:
 
     - ``stride`` / ``max_frames``: keep frames 0, stride, 2*stride, ...; at most ``max_frames`` (0 = all).
     - ``size``: ``[height, width]`` or a short side the frames are resized to before flow estimation
-      (0 = as recorded). The flow is resized to the target image afterwards (``[align]``).
+      (0 = as recorded, up to ``max_side``). The flow is resized to the target image afterwards (``[align]``).
+    - ``max_side``: with ``size = 0``, frames whose longer side exceeds this are scaled down to it (aspect
+      kept): a frame's flow is measured at about RAFT's training resolution and twice the edit's working size
+      instead of spending minutes and hundreds of MB per 8K frame on detail the 512 px edit cannot use.
+      0 = no cap. It shapes results only through the size it gives, which the decode stage records.
     - ``flow``: ``direct`` estimates frame 0 → frame t for each t (no drift, but large motions are hard);
       ``chained`` estimates t-1 → t and composes them (small steps, but errors accumulate).
     - ``estimator`` / ``iterations`` / ``weights``: the (not necessarily differentiable) video estimator.
@@ -181,6 +188,7 @@ class VideoSettings:
     init: str = field(default="shared", metadata={STAGE: "guide"})
     warm_start: float = field(default=0.0, metadata={STAGE: "guide"})
     batch: int = field(default=1, metadata=NO_STAGE)
+    max_side: int = field(default=DEFAULT_MAX_SIDE, metadata=NO_STAGE)
 
     def __post_init__(self) -> None:
         check_types(self, "video")
@@ -201,12 +209,24 @@ class VideoSettings:
         require(not (self.warm_start and self.init == "previous"), "warm_start",
                 'and init = "previous" both choose where a frame starts; use one of them', self.warm_start)
         require(self.batch >= 1, "batch", "must be at least 1", self.batch)
+        require(self.max_side == 0 or self.max_side >= MIN_SIDE, "max_side",
+                f"must be 0 (no cap) or at least {MIN_SIDE} px", self.max_side)
         require(self.batch == 1 or (self.init == "shared" and not self.warm_start), "batch",
                 'must be 1 with init = "previous" or warm_start (each frame starts from the one before)', self.batch)
 
-    @property
-    def resize(self) -> tuple[int, int] | int | None:
-        return self.size or None
+    def frame_size(self, height: int, width: int) -> tuple[int, int]:
+        """The ``(height, width)`` a ``height`` x ``width`` clip is decoded and measured at: ``size``, else
+        the clip's own size scaled down to ``max_side`` when it is larger (a side under ``MIN_SIDE`` is refused)."""
+        if self.size:
+            return output_size(height, width, self.size)
+        if self.max_side and max(height, width) > self.max_side:
+            scale = self.max_side / max(height, width)
+            return output_size(height, width, (max(1, round(height * scale)), max(1, round(width * scale))))
+        return output_size(height, width, None)
+
+    def capped(self, height: int, width: int) -> bool:
+        """Whether ``max_side`` scales this clip down (``size`` not set and the clip larger than the cap)."""
+        return not self.size and self.frame_size(height, width) != (height, width)
 
     @property
     def flow_estimator(self) -> EstimatorSettings:
@@ -301,7 +321,7 @@ class RunSettings:
         sections = {f.name: f for f in fields(cls) if f.name != "name"}
         unknown = sorted(set(config) - set(sections) - {"name", "description"})
         if unknown:
-            raise MtransferError(f"pipeline '{config.get('name')}': unknown section [{unknown[0]}] "
+            raise UsageError(f"pipeline '{config.get('name')}': unknown section [{unknown[0]}] "
                                  f"(known: {', '.join(sorted(sections))})")
         values = {name: _section_from_mapping(SECTIONS[name], name, section(config, name)) for name in sections}
         return cls(name=str(config.get("name", "")), **values)

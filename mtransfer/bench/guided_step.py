@@ -45,7 +45,7 @@ from mtransfer.devices import parse_device
 from mtransfer.diffusion import ddim_timesteps, forward_noise
 from mtransfer.diffusion.backends import SD_SIZE_MULTIPLE, sd_size_fix
 from mtransfer.diffusion.stable_diffusion import StableDiffusionBackend, load_stable_diffusion, random_stable_diffusion
-from mtransfer.errors import MtransferError
+from mtransfer.errors import DeviceError, MtransferError, UsageError
 from mtransfer.estimators import load_raft
 from mtransfer.estimators.raft import RaftEstimator
 from mtransfer.bench.plot import plot_split
@@ -89,11 +89,11 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.size < SD_SIZE_MULTIPLE or sd_size_fix(self.size, self.size):
-            raise MtransferError(
+            raise UsageError(
                 f"--size must be a multiple of {SD_SIZE_MULTIPLE} (Stable Diffusion's latents are 1/8), got {self.size}"
             )
         if self.repeats < 1 or self.warmup < 0 or self.run_recursions < 1 or not 1 <= self.run_steps <= PAPER.steps:
-            raise MtransferError(
+            raise UsageError(
                 f"--repeats and --run-recursions must be >= 1, --warmup >= 0, --run-steps in [1, {PAPER.steps}]"
             )
         for spec in self.variants:
@@ -448,7 +448,7 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None) -> di
             if reference is None:
                 reference = outputs
     if report["variants"][0].get("status") != "ok":
-        raise MtransferError(f"the baseline failed ({report['variants'][0]['error']}); no ratios can be computed")
+        raise DeviceError(f"the baseline failed ({report['variants'][0]['error']}); no ratios can be computed")
     report["projections"] = projections(report)
     return report
 

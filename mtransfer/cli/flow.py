@@ -9,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mtransfer.app.settings import VideoSettings
+from mtransfer.app.settings import DEFAULT_MAX_SIDE, VideoSettings
 from mtransfer.cli import app, console
+from mtransfer.devices import parse_device
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.pipeline.runner import FlowRequest, extract_flow
 from mtransfer.video import parse_size
@@ -81,6 +82,9 @@ def flow(
     size: Annotated[
         str | None, typer.Option(help="Resize frames: HEIGHTxWIDTH (e.g. 128x160) or the short side (e.g. 256).")
     ] = None,
+    max_side: Annotated[
+        int, typer.Option(min=0, help="Without --size, frames with a longer side are scaled down to it (0 = as recorded).")
+    ] = DEFAULT_MAX_SIDE,
     device: Annotated[str, typer.Option(help="Where the estimator runs: cpu, cuda, cuda:1, ...")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1, help="Frame pairs per estimator call.")] = 4,
     restart: Annotated[
@@ -88,11 +92,13 @@ def flow(
     ] = False,
 ) -> None:
     """Estimate the optical flow of VIDEO and write it as .flo files, colour images and a preview video."""
+    parse_device(device)  # named as --device in the error, before any work
     if estimator == "tvl1":
         console.print("[dim]hint: --estimator raft-large gives more accurate flow when its weights are available[/]")
     settings = VideoSettings(
         stride=stride, max_frames=max_frames or 0, size=parse_size(size) if size is not None else 0,
         flow=REFERENCE_TO_FLOW[reference], estimator=estimator, weights=weights or "", batch_size=batch_size,
+        max_side=max_side,
     )
     summary = extract_flow(FlowRequest(video, settings, device=device, out=out, restart=restart), console)
     console.print(_summary_table(summary))

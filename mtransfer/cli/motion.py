@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtransfer.cli import app, console
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.files import ensure_writable, load_image, save_image
 from mtransfer.flows import flow_to_color, load_flow, motion_usage, move_image, quiver_overlay, write_flow
 from mtransfer.video import parse_size, write_video
@@ -39,14 +39,14 @@ def motion(
     motion can be checked before spending GPU time on `mtransfer edit`.
     """
     if (onto is None) == (size is None):
-        raise MtransferError("give exactly one of --onto IMAGE or --size HEIGHTxWIDTH")
+        raise UsageError("give exactly one of --onto IMAGE or --size HEIGHTxWIDTH")
     if onto is not None:
         image = load_image(onto)
         height, width = image.shape[-2:]
     else:
         parsed = parse_size(size)
         if isinstance(parsed, int):
-            raise MtransferError(f"--size {size}: give both sides, HEIGHTxWIDTH")
+            raise UsageError(f"--size {size}: give both sides, HEIGHTxWIDTH")
         height, width = parsed
         image = torch.full((3, height, width), 0.5)
     flow = load_flow(spec, height, width)

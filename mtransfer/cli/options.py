@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.video import parse_size
 
 
@@ -17,7 +17,7 @@ def preset_overrides(settings: list[str], flags: dict[str, object], size: str | 
     if size is not None:
         parsed = parse_size(size)
         if isinstance(parsed, int):
-            raise MtransferError(f"--size {size}: give the working size as HEIGHTxWIDTH, e.g. 512x512")
+            raise UsageError(f"--size {size}: give the working size as HEIGHTxWIDTH, e.g. 512x512")
         overrides.append(f"model.size=[{parsed[0]}, {parsed[1]}]")
     overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
     return overrides

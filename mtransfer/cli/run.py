@@ -10,7 +10,7 @@ import typer
 from mtransfer.app.settings import EXECUTORS, FLOW_MODES, INIT_MODES
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.pipeline.runner import RunRequest, run_pipeline
 from mtransfer.presets import available_pipelines
 
@@ -48,7 +48,7 @@ def _region_override(text: str) -> str:
         except ValueError:
             pass
     if len(parts) > 1 and not Path(text).exists():
-        raise MtransferError(f"--region '{text}': expected x0,y0,x1,y1 (pixels or fractions) or a mask image")
+        raise UsageError(f"--region '{text}': expected x0,y0,x1,y1 (pixels or fractions) or a mask image")
     return f"align.region={json.dumps(text)}"
 
 
@@ -106,7 +106,7 @@ def run(
     manifest.json into the run folder.
     """
     if flow_only and init is not None:
-        raise MtransferError("--init only affects the guide stage, which --flow-only skips; drop one of them")
+        raise UsageError("--init only affects the guide stage, which --flow-only skips; drop one of them")
     flags = {
         "guidance.steps": steps, "guidance.seed": seed, "video.max_frames": max_frames, "video.stride": stride,
         "model.device": device, "model.prompt": prompt, "align.strength": strength, "video.flow": flow_mode,

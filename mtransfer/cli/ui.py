@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from mtransfer.cli import app, console
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.presets import available_pipelines
 
 INSTALL = "pip install 'mtransfer[ui]'"
@@ -26,7 +26,7 @@ def ui(
     except ModuleNotFoundError as exc:
         if exc.name != "gradio" and not (exc.name or "").startswith("gradio."):
             raise
-        raise MtransferError(f"the web app needs Gradio, which is not installed: {INSTALL}") from None
+        raise UsageError(f"the web app needs Gradio, which is not installed: {INSTALL}") from None
     console.print(f"mtransfer ui on http://{host}:{port} (Ctrl-C stops it); results go to outputs/ui/",
                   highlight=False)
     launch(pipeline, host, port, quiet=True)

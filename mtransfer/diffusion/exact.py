@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.flows.elementary import homography
 from mtransfer.flows.warp import warp
 
@@ -48,7 +48,7 @@ class FiniteSetBackend:
     def latent_size(self, height: int, width: int) -> tuple[int, int, int]:
         if (height, width) != self.image_size:
             h, w = self.image_size
-            raise MtransferError(f"the finite-set model only makes {h}x{w} images, not {height}x{width}; use size {h}x{w}")
+            raise UsageError(f"the finite-set model only makes {h}x{w} images, not {height}x{width}; use size {h}x{w}")
         return 3, height, width
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
-from mtransfer.errors import MtransferError, input_error
+from mtransfer.errors import InputError, UsageError, input_error
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1-4"
@@ -110,7 +110,7 @@ class StableDiffusionBackend:
 
     def latent_size(self, height: int, width: int) -> tuple[int, int, int]:
         if height % self.vae_scale or width % self.vae_scale:
-            raise MtransferError(
+            raise UsageError(
                 f"image size {height}x{width} is not a multiple of {self.vae_scale}, which Stable Diffusion needs"
             )
         return self.vae.config.latent_channels, height // self.vae_scale, width // self.vae_scale
@@ -258,16 +258,16 @@ def _quiet_hub_libraries() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def _load_error(label: str, component: str, exc: Exception, hub: dict[str, Any]) -> MtransferError:
+def _load_error(label: str, component: str, exc: Exception, hub: dict[str, Any]) -> InputError:
     reason = " ".join(str(exc).split())[:160] or type(exc).__name__
     what = f"could not load the {component} of Stable Diffusion '{label}' ({type(exc).__name__}: {reason})"
     if not hub:  # a local folder
-        return MtransferError(f"{what}; check that the folder is a complete diffusers save of an SD v1.x model")
+        return InputError(f"{what}; check that the folder is a complete diffusers save of an SD v1.x model")
     where = "it is not in the Hugging Face cache and the Hub cannot be reached (offline)" if hub[
         "local_files_only"
     ] else "it could not be downloaded and is not in the Hugging Face cache"
     login = " after accepting its licence and `huggingface-cli login`" if "gated" in reason.lower() else ""
-    return MtransferError(
+    return InputError(
         f"{what}: {where}; download it on a connected machine with "
         f"`huggingface-cli download {label}`{login} and copy the cache (HF_HOME), "
         "or pass --model /path/to/diffusers-folder"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.estimators.classical import ILKEstimator, TVL1Estimator
 from mtransfer.estimators.pyramid import PyramidEstimator
@@ -46,13 +46,13 @@ def load_estimator(
     on whatever device their inputs are on, so ``device`` only moves RAFT.
     """
     if name not in ESTIMATORS:
-        raise MtransferError(f"unknown flow estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+        raise UsageError(f"unknown flow estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
     if name.startswith("raft-"):
         return load_raft(name, device=device, weights=weights, iterations=iterations, autocast=autocast)
     if weights is not None:
-        raise MtransferError(f"{name} needs no weights; --weights only applies to raft-large and raft-small")
+        raise UsageError(f"{name} needs no weights; --weights only applies to raft-large and raft-small")
     if autocast:
-        raise MtransferError(f"{name} has no mixed-precision mode; estimator.autocast only applies to RAFT")
+        raise UsageError(f"{name} has no mixed-precision mode; estimator.autocast only applies to RAFT")
     if name == "tvl1":
         return TVL1Estimator() if iterations is None else TVL1Estimator(num_iter=iterations)
     if name == "ilk":

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from skimage.registration import optical_flow_ilk, optical_flow_tvl1
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 
 _LUMA = (0.2125, 0.7154, 0.0721)  # the weights of skimage.color.rgb2gray
 
@@ -27,7 +27,7 @@ _LUMA = (0.2125, 0.7154, 0.0721)  # the weights of skimage.color.rgb2gray
 def _require_positive(estimator: str, **values: float) -> None:
     for key, value in values.items():
         if not value > 0:
-            raise MtransferError(f"{estimator}: {key} must be positive, got {value}")
+            raise UsageError(f"{estimator}: {key} must be positive, got {value}")
 
 
 def _per_pair(

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.flows import pixel_grid, warp
 from mtransfer.flows.ops import gaussian_blur, resize_flow
 
@@ -62,7 +62,7 @@ class PyramidEstimator:
     def __post_init__(self) -> None:
         for key in ("levels", "iterations", "window", "smoothness", "ridge", "min_size"):
             if not getattr(self, key) > 0:
-                raise MtransferError(f"{self.name}: {key} must be positive, got {getattr(self, key)}")
+                raise UsageError(f"{self.name}: {key} must be positive, got {getattr(self, key)}")
 
     def __call__(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         sources, targets = [source], [target]

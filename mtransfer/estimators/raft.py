@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torchvision.models.optical_flow import RAFT, Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 from torchvision.models._api import WeightsEnum
 
-from mtransfer.errors import MtransferError, input_error
+from mtransfer.errors import UsageError, input_error
 
 WEIGHTS_ENV = "MTRANSFER_RAFT_WEIGHTS"
 """Environment variable naming a local ``.pth`` state dict, used when no ``weights`` option is given."""
@@ -50,7 +50,7 @@ class RaftEstimator(torch.nn.Module):
     def __init__(self, model: RAFT, name: str, iterations: int = DEFAULT_ITERATIONS, autocast: bool = False) -> None:
         super().__init__()
         if iterations < 1:
-            raise MtransferError(f"{name}: iterations must be at least 1, got {iterations}")
+            raise UsageError(f"{name}: iterations must be at least 1, got {iterations}")
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.iterations = iterations
@@ -104,7 +104,7 @@ def load_raft(
     a one-line ``MtransferError``. ``autocast``: see ``RaftEstimator``.
     """
     if name not in _VARIANTS:
-        raise MtransferError(f"unknown RAFT variant {name!r}; choose one of {', '.join(_VARIANTS)}")
+        raise UsageError(f"unknown RAFT variant {name!r}; choose one of {', '.join(_VARIANTS)}")
     build, weights_enum = _VARIANTS[name]
     model = build(weights=None)
     choice = str(weights) if weights is not None else os.environ.get(WEIGHTS_ENV) or None
@@ -225,7 +225,7 @@ def source_cached(estimator: RaftEstimator) -> RaftEstimator:
     gradient with respect to the target are RAFT's; the source gets no gradient.
     """
     if not isinstance(estimator, RaftEstimator):
-        raise MtransferError(f"cache-source only applies to RAFT, not to the {estimator.name} estimator")
+        raise UsageError(f"cache-source only applies to RAFT, not to the {estimator.name} estimator")
     raft = estimator.model
     cached = RAFT(
         feature_encoder=SourceCachedEncoder(raft.feature_encoder, "first_half"),

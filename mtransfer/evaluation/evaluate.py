@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from mtransfer.errors import MtransferError, input_error
+from mtransfer.errors import UsageError, input_error
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
 from mtransfer.estimators import load_estimator
@@ -92,7 +92,7 @@ def evaluate_run(
     guidance = (record.get("estimator") or {}).get("name")
     name = estimator or judge_estimator_name(guidance)
     if name == guidance:
-        raise MtransferError(f"the judge must not be the estimator that guided the edit ({name}); pick another")
+        raise UsageError(f"the judge must not be the estimator that guided the edit ({name}); pick another")
     judge = load_estimator(name, device=device)
     source = load_image(folder / "source.png")
     size = tuple(source.shape[-2:])

@@ -47,7 +47,7 @@ from typing import Callable
 
 import torch
 
-from mtransfer.errors import MtransferError, input_error
+from mtransfer.errors import UsageError, input_error
 from mtransfer.flows import elementary
 from mtransfer.flows.io import FLOW_SUFFIXES, motion_problem, read_flow, read_mask
 from mtransfer.flows.ops import compose, restrict, scale_motion
@@ -252,9 +252,9 @@ def load_flow(
     return flow.to(device)
 
 
-def _spec_error(spec: str, problem: str, usage: bool = False) -> MtransferError:
+def _spec_error(spec: str, problem: str, usage: bool = False) -> UsageError:
     tail = f"; valid motions: {motion_usage()}" if usage else ""
-    return MtransferError(f"flow spec '{spec}': {problem}{tail}")
+    return UsageError(f"flow spec '{spec}': {problem}{tail}")
 
 
 def _split_top_level(text: str, separator: str) -> list[str]:

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.validation import STAGE, check_types, from_mapping, rule_checker
 
 SOURCE_NOISE = ("inversion", "random")
@@ -112,7 +112,7 @@ class GuidanceConfig:
     def from_mapping(cls, values: Mapping[str, Any]) -> GuidanceConfig:
         """Build from a preset's ``[guidance]`` table; unknown keys and bad values name the key."""
         if "occlusion_masking" in values:
-            raise MtransferError(
+            raise UsageError(
                 'guidance.occlusion_masking: replaced by guidance.occlusion = "reference", "splat" or "none"'
             )
         return from_mapping(cls, "guidance", values)

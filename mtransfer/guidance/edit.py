@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mtransfer.diffusion import DiffusionBackend, alpha_bars, ddim_invert, ddim_step, ddim_timesteps, forward_noise
-from mtransfer.errors import MtransferError
+from mtransfer.errors import InputError, UsageError
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.flows import occlusion_mask, reference_occlusion_mask
 from mtransfer.guidance.config import GuidanceConfig
@@ -95,7 +95,7 @@ def prepare_source(
     timesteps = _schedule(backend, config.steps)
     if trajectory is not None:
         if len(trajectory) != len(timesteps) + 1:
-            raise MtransferError(
+            raise InputError(
                 f"the generation trajectory has {len(trajectory) - 1} steps but guidance.steps is {config.steps}"
             )
         return SourceState(
@@ -167,7 +167,7 @@ def edit_image(
     generator seeded with ``config.seed``. The returned image is clamped to [0, 1].
     """
     if target_flow.dim() != 3:
-        raise MtransferError(f"target flow has shape {tuple(target_flow.shape)}, expected (2, height, width)")
+        raise UsageError(f"target flow has shape {tuple(target_flow.shape)}, expected (2, height, width)")
     (result,) = edit_images(
         backend, estimator, state, target_flow[None], config,
         edit_masks=None if edit_mask is None else [edit_mask], init_latent=init_latent, first_step=first_step,
@@ -198,11 +198,11 @@ def edit_images(
     height, width = state.image.shape[-2:]
     batch = target_flows.shape[0]
     if state.timesteps != _schedule(backend, config.steps):
-        raise MtransferError(
+        raise UsageError(
             f"the source was prepared for {len(state.timesteps)} steps but guidance.steps is {config.steps}"
         )
     if tuple(target_flows.shape[1:]) != (2, height, width):
-        raise MtransferError(
+        raise UsageError(
             f"target flow has shape {tuple(target_flows.shape[1:])}, expected (2, {height}, {width}) to match the image"
         )
     if first_step and init_latent is None:
@@ -321,7 +321,7 @@ def _edit_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if mask.dim() == 2:
         mask = mask[None]
     if mask.dim() != 3 or mask.shape[0] != 1 or tuple(mask.shape[-2:]) != (height, width):
-        raise MtransferError(
+        raise UsageError(
             f"edit mask has shape {tuple(mask.shape)}, expected ({height}, {width}) to match the image"
         )
     return mask[None].float()

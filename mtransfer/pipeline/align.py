@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import InputError, UsageError
 from mtransfer.flows.ops import gaussian_blur, resize_flow, restrict, scale_motion
 from mtransfer.flows.warp import as_flow_batch, pixel_grid
 from mtransfer.validation import check_types, from_mapping, rule_checker
@@ -105,22 +106,23 @@ def pixel_box(box: Sequence[float], height: int, width: int, what: str = "region
     """
     x0, y0, x1, y1 = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
-        raise MtransferError(f"{what} {list(box)}: every value must be a finite number (pixels or fractions)")
+        raise UsageError(f"{what} {list(box)}: every value must be a finite number (pixels or fractions)")
     if all(0.0 <= v <= 1.0 for v in (x0, y0, x1, y1)):
         x0, x1, y0, y1 = x0 * width, x1 * width, y0 * height, y1 * height
     pixels = (round(x0), round(y0), round(x1), round(y1))
     if pixels[0] < 0 or pixels[1] < 0 or pixels[2] > width or pixels[3] > height:
-        raise MtransferError(f"{what} {list(box)} reaches outside the {width}x{height} (width x height) image")
+        raise UsageError(f"{what} {list(box)} reaches outside the {width}x{height} (width x height) image")
     if pixels[2] <= pixels[0] or pixels[3] <= pixels[1]:
-        raise MtransferError(f"{what} {list(box)} is empty: need x0 < x1 and y0 < y1")
+        raise UsageError(f"{what} {list(box)} is empty: need x0 < x1 and y0 < y1")
     return pixels
 
 
-def mask_box(mask: torch.Tensor) -> PixelBox:
-    """The bounding box of the non-zero pixels of a ``(1, H, W)`` mask (it must have some)."""
+def mask_box(mask: torch.Tensor, path: str | Path | None = None) -> PixelBox:
+    """The bounding box of the non-zero pixels of a ``(1, H, W)`` mask (it must have some; ``path`` names
+    the mask file in the error)."""
     ys, xs = torch.nonzero(mask[0] > 0, as_tuple=True)
     if ys.numel() == 0:
-        raise MtransferError("the region mask is empty (all black): paint the moving region white")
+        raise InputError(f"{f'{path}: ' if path else ''}the region mask is empty (all black): paint the moving region white")
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import OutputError
 from mtransfer.files import read_json, write_json
 
 FORMAT = 1
@@ -74,7 +74,7 @@ class RunLock:
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner != os.getpid() and _alive(owner):
-                    raise MtransferError(
+                    raise OutputError(
                         f"{self.path.parent}: another mtransfer run (process {owner}) is using this folder; "
                         "wait for it or choose another --out"
                     ) from None
@@ -83,7 +83,7 @@ class RunLock:
             with os.fdopen(fd, "w") as handle:
                 handle.write(str(os.getpid()))
             return self
-        raise MtransferError(f"{self.path}: could not take the run lock; remove the file if no run is active")
+        raise OutputError(f"{self.path}: could not take the run lock; remove the file if no run is active")
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
@@ -126,10 +126,10 @@ class Manifest:
         if path.exists():
             record = read_json(path)
             if not isinstance(record, dict) or record.get("format") != FORMAT or "stages" not in record:
-                raise MtransferError(f"{path}: not an mtransfer run manifest (format {FORMAT}); choose another --out")
+                raise OutputError(f"{path}: not an mtransfer run manifest (format {FORMAT}); choose another --out")
             return cls(folder, record)
         if folder.exists() and any(p.name != LOCK for p in folder.iterdir()):
-            raise MtransferError(f"{folder}: exists and holds files but no {MANIFEST}; choose an empty or new --out folder")
+            raise OutputError(f"{folder}: exists and holds files but no {MANIFEST}; choose an empty or new --out folder")
         return cls(folder, {"format": FORMAT, "created": _now(), "stages": {}})
 
     def update_header(self, header: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from mtransfer.app.executors import import_ray
 from mtransfer.app.models import check_models
@@ -34,7 +35,7 @@ from mtransfer.app.settings import (
     VideoSettings,
 )
 from mtransfer.app.versions import versions
-from mtransfer.errors import Interrupted, MtransferError, input_error, require_file
+from mtransfer.errors import Interrupted, UsageError, input_error, require_file
 from mtransfer.files import ensure_writable, load_image, read_json, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
@@ -53,7 +54,7 @@ from mtransfer.pipeline.stages import (
 )
 from mtransfer.presets import load_pipeline
 from mtransfer.progress import progress_bar
-from mtransfer.video import large_flow_warning, output_size, probe_video
+from mtransfer.video import large_flow_warning, probe_video
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class CheckedInputs:
     size: tuple[int, int]
     region_mask: Path | None
     flow_size: tuple[int, int]
+    video_size: tuple[int, int]
 
 
 def default_folder(video: Path, image: Path) -> Path:
@@ -89,7 +91,7 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
     """Probe the video, read the image and region, and check sizes and boxes: one-line errors, no writes."""
     video = settings.video
     info, frame_count = _probe(request.video, settings)
-    flow_size = output_size(info.height, info.width, video.resize)  # refuses frames too small to measure
+    flow_size = video.frame_size(info.height, info.width)  # refuses frames too small to measure
     image = load_image(request.image)
     size = settings.model.working_size(tuple(image.shape[-2:]), request.image)
     prints = {"video": fingerprint(request.video), "image": fingerprint(request.image)}
@@ -97,13 +99,14 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
     region = settings.align.region
     if isinstance(region, str):
         region_mask = require_file(region, "region mask")
-        mask_box(read_mask(region_mask, size))  # readable and not empty
+        mask_box(read_mask(region_mask, size), region_mask)  # readable and not empty
         prints["region_mask"] = fingerprint(region_mask)
     elif region is not None:
         pixel_box(region, *size)
     if settings.align.source_region is not None:
-        pixel_box(settings.align.source_region, *output_size(info.height, info.width, video.resize), "source_region")
-    return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask, flow_size)
+        pixel_box(settings.align.source_region, *flow_size, "source_region")
+    return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask, flow_size,
+                         (info.height, info.width))
 
 
 def _probe(path: Path, settings: RunSettings) -> tuple[Any, int]:
@@ -129,13 +132,32 @@ def stage_settings(settings: RunSettings, inputs: CheckedInputs, flow_only: bool
     ids = {name: content_id(print_) for name, print_ in inputs.prints.items()}
     return settings.stage_settings(
         {
-            "decode": {"inputs": {"video": ids["video"]}},
+            "decode": {"inputs": {"video": ids["video"]}, **_capped_size(settings.video, *inputs.video_size)},
             "align": {"inputs": {"image": ids["image"], "region_mask": ids.get("region_mask")},
                       "model": {"size": list(inputs.size)}},
             "encode": {"flow_only": flow_only},
         },
         skip=("guide",) if flow_only else (),
     )
+
+
+def _capped_size(video: VideoSettings, height: int, width: int) -> dict[str, Any]:
+    """The decode stage's record of the size ``video.max_side`` gives a large clip (``video.size`` stays 0 in
+    the settings): the cap shapes the frames only when it applies, and then its size is what they depend on."""
+    return {"video": {"size": list(video.frame_size(height, width))}} if video.capped(height, width) else {}
+
+
+def size_notes(video: VideoSettings, height: int, width: int, frames: int, option: str) -> list[str]:
+    """What a clip's size means for its flow: scaled down by ``video.max_side``, or still very large."""
+    notes = []
+    flow_height, flow_width = video.frame_size(height, width)
+    if video.capped(height, width):
+        notes.append(f"note: the clip is {height}x{width} (height x width); its flow is measured at {flow_height}x"
+                     f"{flow_width} (longest side at most {video.max_side} px); {option} chooses another size")
+    warning = large_flow_warning(flow_height, flow_width, frames)
+    if warning:
+        notes.append(f"warning: {warning}")
+    return notes
 
 
 def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], restart: bool, console: Console) -> None:
@@ -151,7 +173,7 @@ def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], rest
         name = next(iter(stale))
         changes = stale[name]
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
-        raise MtransferError(
+        raise UsageError(
             f"{manifest.folder}: holds results made with other settings ({shown}); use --out NEW_FOLDER to keep "
             f"them, or --restart to move the {', '.join(a for a in affected if a in recorded)} results to "
             f"{manifest.folder / 'superseded'} and recompute"
@@ -201,9 +223,9 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
     config = load_pipeline(request.pipeline, request.overrides)
     settings = RunSettings.from_config(config)
     inputs = check_inputs(request, settings)
-    warning = large_flow_warning(*inputs.flow_size, inputs.frame_count)
-    if warning:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    for note in size_notes(settings.video, *inputs.video_size, inputs.frame_count,
+                           "--set video.size=[HEIGHT, WIDTH] (or video.max_side=0: as recorded)"):
+        console.print(Text(note), highlight=False, soft_wrap=True)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
         if settings.execution.executor == "ray":
@@ -219,7 +241,7 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
                 video=request.video, frame_count=inputs.frame_count, fps=inputs.fps, folder=folder,
                 settings=settings, stage_settings=wanted, manifest=manifest, device=device, progress=progress,
                 console=console, resources=resources, image=request.image, region_mask=inputs.region_mask,
-                size=inputs.size,
+                size=inputs.size, frame_size=inputs.flow_size,
             )
             clip = decode_stage(ctx)                             # the driving frames
             driving = flow_stage(ctx, clip)                      # their motion, on the video's grid
@@ -253,12 +275,14 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
     )
     info, frame_count = _probe(request.video, settings)
     device = settings.model.torch_device()
-    warning = large_flow_warning(*output_size(info.height, info.width, settings.video.resize), frame_count)
-    if warning:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+    frame_size = settings.video.frame_size(info.height, info.width)
+    for note in size_notes(settings.video, info.height, info.width, frame_count,
+                           "--size HEIGHTxWIDTH (or --max-side 0: as recorded)"):
+        console.print(Text(note), highlight=False, soft_wrap=True)
     folder = request.out or Path("outputs") / f"{request.video.stem}-flow"
     prints = {"video": fingerprint(request.video)}
-    own = settings.stage_settings({"decode": {"inputs": {"video": content_id(prints["video"])}}},
+    own = settings.stage_settings({"decode": {"inputs": {"video": content_id(prints["video"])},
+                                              **_capped_size(settings.video, info.height, info.width)}},
                                   skip=("align", "guide"))
     wanted = {stage: own[stage] for stage in ("decode", "flow", "encode")}
     header = {"pipeline": "flow", "config": _plain({"video": settings.as_record()["video"]}), "inputs": prints,
@@ -269,6 +293,7 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
             ctx = RunContext(
                 video=request.video, frame_count=frame_count, fps=fps, folder=folder, settings=settings,
                 stage_settings=wanted, manifest=manifest, device=device, progress=progress, console=console,
+                frame_size=frame_size,
             )
             clip = decode_stage(ctx)
             driving = flow_stage(ctx, clip)

@@ -51,7 +51,7 @@ from mtransfer.app.executors import Job, make_executor
 from mtransfer.app.models import load_estimator
 from mtransfer.app.settings import RunSettings
 from mtransfer.devices import parse_device
-from mtransfer.errors import MtransferError
+from mtransfer.errors import InputError, UsageError
 from mtransfer.estimators import FlowEstimator
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import motion_problem, read_flow, read_mask, write_flow
@@ -111,6 +111,7 @@ class RunContext:
     image: Path | None = None  # the image and its working size: from the align stage on
     region_mask: Path | None = None
     size: tuple[int, int] = (0, 0)
+    frame_size: tuple[int, int] | None = None  # (height, width) the driving frames are decoded at; None: as recorded
     resources: ExitStack = field(default_factory=ExitStack)  # closed when the run ends (e.g. speed switches)
     computed: dict[str, int] = field(default_factory=dict)
 
@@ -178,7 +179,7 @@ def decode_stage(ctx: RunContext) -> Clip:
     pending = ctx.pending("decode", range(ctx.frame_count), (DRIVING, ".png"))
     task = ctx.progress.add_task("decode", total=ctx.frame_count, completed=ctx.frame_count - len(pending))
     if pending:
-        frames = iter_frames(ctx.video, stride=video.stride, max_frames=ctx.frame_count, size=video.resize)
+        frames = iter_frames(ctx.video, stride=video.stride, max_frames=ctx.frame_count, size=ctx.frame_size)
         wanted = set(pending)
         for index, frame in enumerate(frames):
             if index in wanted:
@@ -187,7 +188,7 @@ def decode_stage(ctx: RunContext) -> Clip:
                 ctx.count("decode")
                 ctx.progress.advance(task)
         if index + 1 < ctx.frame_count:
-            raise MtransferError(f"{ctx.video}: decoded only {index + 1} of the {ctx.frame_count} frames it announces")
+            raise InputError(f"{ctx.video}: decoded only {index + 1} of the {ctx.frame_count} frames it announces")
     ctx.manifest.finish("decode")
     frames = torch.stack([load_image(ctx.file(DRIVING, i, ".png")) for i in range(ctx.frame_count)])
     return Clip(frames, ctx.fps)
@@ -278,7 +279,7 @@ def align_stage(ctx: RunContext, driving: DrivingFlows) -> Motion:
     flows = align_flows(driving.from_first(), ctx.size, align, region)
     problem = motion_problem(flows.transpose(0, 1))
     if problem:  # e.g. align.strength 1e12: refused before any file of this stage is written
-        raise MtransferError(f"{ctx.video}: the target motion after [align] (strength {align.strength:g}) {problem}")
+        raise UsageError(f"{ctx.video}: the target motion after [align] (strength {align.strength:g}) {problem}")
     speeds = flows.norm(dim=1)
     still = [bool(speed.max() <= align.mask_threshold) for speed in speeds]
     if align.edit_mask:

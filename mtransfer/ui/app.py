@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from mtransfer.app import Editor, check_models, load_settings, versions  # noqa: E402
-from mtransfer.errors import MtransferError  # noqa: E402
+from mtransfer.errors import Interrupted, MtransferError, UsageError  # noqa: E402
 from mtransfer.files import load_image, to_uint8  # noqa: E402
 from mtransfer.flows import read_flow, read_mask, resize_flow, spec_terms, write_flow  # noqa: E402
 from mtransfer.guidance.outputs import write_edit  # noqa: E402
@@ -277,13 +277,13 @@ def build_app(pipeline: str = "tiny", root: Path = Path("outputs/ui"), limits: U
         try:
             return run_pipeline(request, Console(file=log, width=120, force_terminal=False))
         except KeyboardInterrupt:
-            raise MtransferError("interrupted") from None
+            raise Interrupted("interrupted") from None
 
     def on_video(session, video_state, clip_upload, preset, strength, fit, flow_only):
         session = session_of(session)
         try:
             if clip_upload is None and video_state is None:
-                raise MtransferError("upload a clip first")
+                raise UsageError("upload a clip first")
             if video_state is None or video_state.get("upload") != clip_upload:
                 clip = accept_video(clip_upload, session.folder, limits)
                 video_state = {"upload": clip_upload, "clip": str(clip)}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.flows import (
     MotionTerm,
     flow_to_color,
@@ -55,7 +55,7 @@ def sliders(kind: str, height: int, width: int) -> list[Slider]:
                    Slider("seed", 0, 100, 1, 0)],
     }
     if kind not in table:
-        raise MtransferError(f"the controls do not offer '{kind}'; choose one of {', '.join(CONTROL_KINDS)}")
+        raise UsageError(f"the controls do not offer '{kind}'; choose one of {', '.join(CONTROL_KINDS)}")
     return table[kind]
 
 
@@ -74,7 +74,7 @@ def controls_to_term(
     (default: the image centre) for the motions that have one, ``mask`` a mask file the motion is kept to."""
     names = [slider.name for slider in sliders(kind, height, width)]
     if len(values) < len(names):
-        raise MtransferError(f"{kind} needs {len(names)} values ({', '.join(names)}), got {len(values)}")
+        raise UsageError(f"{kind} needs {len(names)} values ({', '.join(names)}), got {len(values)}")
     arguments = [(name, float(value)) for name, value in zip(names, values)]
     if has_center(kind):
         cx, cy = center if center is not None else ((width - 1) / 2, (height - 1) / 2)
@@ -89,9 +89,9 @@ def term_to_controls(term: MotionTerm, height: int, width: int) -> tuple[str, li
     slider never silently changes another part of the term.
     """
     if term.name not in CONTROL_KINDS:
-        raise MtransferError(f"'{term.name}' is edited in the spec text only")
+        raise UsageError(f"'{term.name}' is edited in the spec text only")
     if term.strength is not None:
-        raise MtransferError(f"'{term.name}(...) * {term.strength:g}' is edited in the spec text only")
+        raise UsageError(f"'{term.name}(...) * {term.strength:g}' is edited in the spec text only")
     values = term.values
     shown = [values[slider.name] for slider in sliders(term.name, height, width)]
     center = (values["cx"], values["cy"]) if has_center(term.name) else None
@@ -130,7 +130,7 @@ def spec_flow(spec: str, height: int, width: int, allowed_folder: Path) -> torch
     folder = allowed_folder.resolve()
     for term in spec_terms(spec, height, width):
         if term.mask is not None and folder not in (Path(term.mask).resolve()).parents:
-            raise MtransferError(f"mask '{term.mask}': only masks uploaded in this page can be used")
+            raise UsageError(f"mask '{term.mask}': only masks uploaded in this page can be used")
     return parse_flow_spec(spec, height, width)
 
 
