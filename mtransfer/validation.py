@@ -13,6 +13,7 @@ their section's stage (see ``mtransfer.app.settings``). This module only reads t
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, TypeVar
 
 from mtransfer.errors import UsageError
@@ -39,7 +40,9 @@ def rule_checker(section: str) -> Rule:
 
 def check_types(settings: Any, section: str) -> None:
     """Check every ``int``/``float``/``bool``/``str`` field against its annotation; ints given for floats
-    become floats (TOML and flags write ``300`` for ``300.0``). A bool is never accepted as a number."""
+    become floats (TOML and flags write ``300`` for ``300.0``). A bool is never accepted as a number, a
+    float must be finite (TOML reads ``nan`` and ``inf``) and an int must fit in 64 bits (torch's seeds and
+    sizes do)."""
     for field in dataclasses.fields(settings):
         accepted = _SIMPLE_TYPES.get(str(field.type))
         if accepted is None:
@@ -48,7 +51,18 @@ def check_types(settings: Any, section: str) -> None:
         if isinstance(value, bool) and field.type != "bool" or not isinstance(value, accepted):
             raise UsageError(f"{section}.{field.name}: expected {field.type}, got {value!r}")
         if field.type == "float":
+            if not math.isfinite(value):
+                raise UsageError(f"{section}.{field.name}: must be a finite number, got {value!r}")
             object.__setattr__(settings, field.name, float(value))
+        if field.type == "int" and not -(2**63) <= value < 2**63:
+            raise UsageError(f"{section}.{field.name}: must fit in 64 bits, got {value!r}")
+
+
+def finite_numbers(value: Any) -> bool:
+    """Whether ``value`` is a list or tuple of finite numbers (not bools), for list-valued settings."""
+    return isinstance(value, (list, tuple)) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    )
 
 
 def from_mapping(cls: type[T], section: str, values: Mapping[str, Any]) -> T:

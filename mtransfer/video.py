@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from mtransfer.errors import UsageError, input_error, require_file
-from mtransfer.files import atomic_path
+from mtransfer.files import MAX_IMAGE_PIXELS, atomic_path
 
 VIDEO_FORMATS = {".mp4": "mp4", ".gif": "gif"}
 
@@ -104,7 +104,10 @@ def output_size(height: int, width: int, size: tuple[int, int] | int | None) -> 
         target = int(size[0]), int(size[1])
     if min(target) < MIN_SIDE:
         raise UsageError(f"frames of {target[0]}x{target[1]} (height x width) are too small to measure motion; "
-                             f"each side needs at least {MIN_SIDE} px (video.size / --size)")
+                         f"each side needs at least {MIN_SIDE} px (video.size / --size)")
+    if target[0] * target[1] > MAX_IMAGE_PIXELS:
+        raise UsageError(f"frames of {target[0]}x{target[1]} (height x width) are over mtransfer's limit of "
+                         f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; choose a smaller video.size / --size")
     return target
 
 

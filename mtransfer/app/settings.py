@@ -31,7 +31,7 @@ from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.pipeline.align import AlignConfig
 from mtransfer.presets import load_pipeline, section
 from mtransfer.speed import parse_fast_path
-from mtransfer.validation import STAGE, check_types, declared_stage, from_mapping, rule_checker
+from mtransfer.validation import STAGE, check_types, declared_stage, finite_numbers, from_mapping, rule_checker
 from mtransfer.video import MIN_SIDE, output_size
 
 STAGES = ("decode", "flow", "align", "guide", "encode")
@@ -49,6 +49,11 @@ NO_STAGE: dict[str, Any] = {STAGE: None}
 """Metadata of a setting that shapes no stage's results (a device, a batch size, a preview interval)."""
 
 
+MAX_WORKING_PIXELS = 4096 * 4096
+"""Largest working size of an edit (16 megapixels): Stable Diffusion v1 is trained at 512x512, and a guided
+pass at 4096x4096 already needs more memory than any GPU has; anything larger is a typo, not a request."""
+
+
 def _size(section_name: str, value: Any) -> tuple[int, int] | None:
     """``[height, width]`` → a tuple; ``[]`` or ``0`` → None."""
     if value in ([], (), 0, None):
@@ -58,6 +63,13 @@ def _size(section_name: str, value: Any) -> tuple[int, int] | None:
     )
     rule_checker(section_name)(ok, "size", "must be [height, width] in pixels, or [] for the input's own size", value)
     return int(value[0]), int(value[1])
+
+
+def _working_size_problem(height: int, width: int) -> str | None:
+    if height * width > MAX_WORKING_PIXELS:
+        return (f"{height}x{width} (height x width) is over the largest working size, {MAX_WORKING_PIXELS:,} pixels "
+                "(4096x4096); use --size 512x512 (Stable Diffusion's own) or another size under the limit")
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,12 +108,11 @@ class ModelSettings:
         require(self.family_radius >= 0, "family_radius", "must be >= 0", self.family_radius)
         for name in ("family_rotations", "family_scales"):
             value = getattr(self, name)
-            ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-            )
-            require(ok, name, "must be a non-empty list of numbers", value)
+            require(finite_numbers(value) and len(value) > 0, name, "must be a non-empty list of finite numbers", value)
             object.__setattr__(self, name, tuple(float(v) for v in value))
         require(all(s > 0 for s in self.family_scales), "family_scales", "must be positive", self.family_scales)
+        if self.size is not None and (problem := _working_size_problem(*self.size)):
+            raise UsageError(f"model.size {problem}")
         if self.size is not None and self.model != "exact" and (fixed := sd_size_fix(*self.size)):
             raise UsageError(f"model.size {self.size[0]}x{self.size[1]}: Stable Diffusion needs multiples of 8; "
                                  f"use --size {fixed[0]}x{fixed[1]}")
@@ -116,6 +127,9 @@ class ModelSettings:
         if self.size is not None:
             return self.size
         height, width = image_size
+        if problem := _working_size_problem(height, width):
+            raise input_error(image, f"model.size = [] edits at the image's own size, but {problem}") \
+                if image is not None else UsageError(f"the image's own size {problem}")
         if self.model != "exact" and (fixed := sd_size_fix(height, width)):
             problem = (f"is {height}x{width} (height x width) but Stable Diffusion needs multiples of 8; "
                        f"pass --size {fixed[0]}x{fixed[1]} to resize it")

@@ -57,7 +57,9 @@ def _unexpected(exc: BaseException) -> int:
     log = crash_log(exc)
     where = f"the traceback is in {log}" if log else "no log could be written"
     first = str(exc).splitlines()[0] if str(exc) else ""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+        isinstance(exc, RuntimeError) and any(mark in first for mark in ("can't allocate memory", "out of memory"))
+    ):
         say("error", "bold red", f"out of memory ({first[:200]}); try a smaller --size, --set model.dtype=\"float16\" "
             f"or another --device; {where}")
         return 2

@@ -118,6 +118,9 @@ def edit(
         "guidance.occlusion": "none" if no_occlusion else None,
     }, size)
     run = load_settings(pipeline, overrides)
+    if raft_weights and not run.estimator.name.startswith("raft-"):
+        raise UsageError(f"--raft-weights {raft_weights}: only raft-large and raft-small take weights, "
+                         f"not {run.estimator.name}")
     torch_device = run.model.torch_device()
 
     # Everything cheap is checked before the (slow) models are loaded.

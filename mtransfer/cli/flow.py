@@ -12,6 +12,7 @@ from rich.table import Table
 from mtransfer.app.settings import DEFAULT_MAX_SIDE, VideoSettings
 from mtransfer.cli import app, console
 from mtransfer.devices import parse_device
+from mtransfer.errors import UsageError
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.pipeline.runner import FlowRequest, extract_flow
 from mtransfer.video import parse_size
@@ -93,6 +94,8 @@ def flow(
 ) -> None:
     """Estimate the optical flow of VIDEO and write it as .flo files, colour images and a preview video."""
     parse_device(device)  # named as --device in the error, before any work
+    if weights and not estimator.startswith("raft-"):
+        raise UsageError(f"--weights {weights}: only raft-large and raft-small take weights, not {estimator}")
     if estimator == "tvl1":
         console.print("[dim]hint: --estimator raft-large gives more accurate flow when its weights are available[/]")
     settings = VideoSettings(

@@ -11,10 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtransfer.cli import app, console
-from mtransfer.errors import UsageError
+from mtransfer.errors import UsageError, input_error
 from mtransfer.files import ensure_writable, load_image, save_image
 from mtransfer.flows import flow_to_color, load_flow, motion_usage, move_image, quiver_overlay, write_flow
-from mtransfer.video import parse_size, write_video
+from mtransfer.video import MIN_SIDE, parse_size, write_video
 
 EPILOG = (
     "Examples:\n\n"
@@ -43,6 +43,8 @@ def motion(
     if onto is not None:
         image = load_image(onto)
         height, width = image.shape[-2:]
+        if min(height, width) < MIN_SIDE:
+            raise input_error(onto, f"is {width}x{height} (width x height); a motion needs at least {MIN_SIDE} px a side")
     else:
         parsed = parse_size(size)
         if isinstance(parsed, int):
