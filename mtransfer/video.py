@@ -130,6 +130,8 @@ def parse_size(text: str) -> tuple[int, int] | int:
     if len(parts) in (1, 2) and all(part.isdigit() and int(part) > 0 for part in parts):
         if min(int(part) for part in parts) < MIN_SIDE:
             raise UsageError(f"size '{text}': each side needs at least {MIN_SIDE} px")
+        if len(parts) == 2 and int(parts[0]) * int(parts[1]) > MAX_IMAGE_PIXELS:
+            raise UsageError(f"size '{text}': over mtransfer's limit of {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
         return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
     raise UsageError(f"bad size '{text}': expected HEIGHTxWIDTH like 128x160, or a short side like 256")
 

@@ -18,9 +18,12 @@ from PIL import Image
 
 import mtransfer.files as files
 from mtransfer.devices import parse_device
-from mtransfer.errors import DeviceError, InputError, OutputError
+from mtransfer.app import load_settings
+from mtransfer.errors import DeviceError, InputError, MtransferError, OutputError, UsageError
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import FLO_MAGIC
+from mtransfer.pipeline.manifest import Manifest
+from mtransfer.presets import parse_override
 from in_process import run_main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -562,3 +565,120 @@ def test_flow_command_caps_too_and_max_side_0_keeps_the_recorded_size(tmp_path, 
     assert Image.open(tmp_path / "a" / "driving" / "0000.png").size == (40, 32)
     assert cli(monkeypatch, capsys, *flow, "--max-side", "0", "--out", tmp_path / "b")[0] == 0
     assert Image.open(tmp_path / "b" / "driving" / "0000.png").size == (160, 128)
+
+
+# --- classes found by the wider probe --------------------------------------------------------------------
+
+
+def test_motion_onto_an_image_too_small_to_move_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    save_image(tmp_path / "dot.png", torch.rand(3, 1, 1))
+    code, err = cli(monkeypatch, capsys, "motion", "translate(1, 0)", "--onto", tmp_path / "dot.png",
+                    "--out", tmp_path / "m.flo")
+    line = one_plain_line(err)
+    assert code == 2 and "dot.png" in line and "at least 8 px" in line
+
+
+@pytest.mark.parametrize("override, says", [
+    ("guidance.cfg_scale=inf", "finite"), ("output.fps=nan", "finite"), ("align.strength=-inf", "finite"),
+    ("guidance.seed=99999999999999999999", "64 bits"), ("model.family_rotations=[nan]", "finite"),
+])
+def test_settings_must_be_finite_and_fit_in_64_bits(tmp_path, monkeypatch, capsys, override, says) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--set", override))
+    line = one_plain_line(err)
+    assert code == 2 and override.split("=")[0] in line and says in line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arguments, says", [
+    (["edit", "IMAGE", "--flow", "translate(1, 0)", "--size", "100000x100000"], "limit of 120 megapixels"),
+    (["run", VIDEO, "--onto", "IMAGE", "--pipeline", PRESET, "--set", "model.size=[10000, 10000]"],
+     "largest working size"),
+    (["run", VIDEO, "--onto", "IMAGE", "--pipeline", PRESET, "--set", "video.size=100000"], "limit of 120 megapixels"),
+    (["motion", "translate(1, 0)", "--size", "100000x100000"], "limit of 120 megapixels"),
+    (["generate", "a cat", "--model", "tiny", "--set", "model.size=[8192, 8192]"], "largest working size"),
+])
+def test_absurd_sizes_are_refused_before_any_allocation(tmp_path, monkeypatch, capsys, arguments, says) -> None:
+    arguments = [IMAGE if a == "IMAGE" else a for a in arguments]
+    code, err = cli(monkeypatch, capsys, *arguments, "--out", tmp_path / "out" / "x.flo")
+    assert code == 2 and says in one_plain_line(err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_allocator_failure_is_an_out_of_memory_line(tmp_path, monkeypatch, capsys) -> None:
+    import mtransfer.cli.motion as motion
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 1e11 bytes")
+
+    monkeypatch.setattr(motion, "load_flow", no_memory)
+    code, err = cli(monkeypatch, capsys, "motion", "translate(2, 0)", "--size", "16x16", "--out", tmp_path / "m.flo")
+    line = one_plain_line(err)
+    assert code == 2 and line.startswith("error: out of memory") and "--size" in line
+
+
+@pytest.mark.parametrize("command", ["flow", "edit"])
+def test_raft_weights_with_another_estimator_are_refused(tmp_path, monkeypatch, capsys, command) -> None:
+    weights = tmp_path / "raft.pth"
+    weights.write_bytes(b"weights")
+    arguments = {
+        "flow": ["flow", VIDEO, "--estimator", "pyramid", "--weights", weights, "--out", tmp_path / "f"],
+        "edit": ["edit", IMAGE, "--flow", "translate(2, 0)", *TINY_EDIT, "--raft-weights", weights, "--out", tmp_path / "e"],
+    }[command]
+    code, err = cli(monkeypatch, capsys, *arguments)
+    line = one_plain_line(err)
+    assert code == 2 and "raft.pth" in line and "only raft-large and raft-small" in line
+    assert not (tmp_path / "f").exists() and not (tmp_path / "e").exists()
+
+
+def test_motion_out_on_a_folder_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "motion", "translate(1, 0)", "--size", "16x16", "--out", tmp_path)
+    line = one_plain_line(err)
+    assert code == 2 and "is a folder" in line and "flow.flo" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_motion_preview_length_is_bounded(tmp_path, monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "motion", "translate(1, 0)", "--onto", IMAGE, "--frames", "100000",
+                    "--out", tmp_path / "m.flo")
+    assert code == 2 and "--frames" in err and "240" in err
+    assert not (tmp_path / "m.flo").exists()
+
+
+def test_bench_size_0_is_refused_not_read_as_the_default(monkeypatch, capsys) -> None:
+    code, err = cli(monkeypatch, capsys, "bench", "--device", "cpu", "--model", "tiny", "--size", "0")
+    assert code == 2 and "got 0" in one_plain_line(err)
+
+
+def test_an_empty_region_mask_is_named(tmp_path, monkeypatch, capsys) -> None:
+    Image.new("L", (48, 32), 0).save(tmp_path / "black.png")
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--region", tmp_path / "black.png"))
+    line = one_plain_line(err)
+    assert code == 2 and "black.png" in line and "empty" in line
+
+
+def test_every_problem_raised_in_the_package_names_its_kind() -> None:
+    """Each raise says whether it is a usage, input, output or device problem (or an interrupt), so that it
+    prints its kind of message; a bare ``MtransferError(...)`` would hide which it is."""
+    bare = [f"{path.relative_to(ROOT)}:{number}" for path in sorted((ROOT / "mtransfer").rglob("*.py"))
+            if path.name != "errors.py"
+            for number, line in enumerate(path.read_text().splitlines(), 1) if "MtransferError(" in line]
+    assert bare == []
+
+
+def _foreign_folder(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "mine.txt").write_text("not mtransfer's")
+    Manifest.open(folder)
+
+
+@pytest.mark.parametrize("make, kind", [
+    (lambda path: parse_override("nonsense"), UsageError),
+    (lambda path: load_settings("paper", ["guidance.steps=0"]), UsageError),
+    (lambda path: load_image(path), InputError),
+    (lambda path: parse_device("cuda:77"), DeviceError),
+    (_foreign_folder, OutputError),
+])
+def test_problems_are_classified(tmp_path, make, kind) -> None:
+    with pytest.raises(MtransferError) as raised:
+        make(tmp_path / "thing")
+    assert type(raised.value) is kind and raised.value.exit_code == 2

@@ -548,7 +548,7 @@ def parse_args(
         )
     settings = BenchSettings(
         device=device,
-        size=args.size or (GPU_SIZE if on_gpu else CPU_SIZE),
+        size=args.size if args.size is not None else (GPU_SIZE if on_gpu else CPU_SIZE),
         variants=tuple(v.strip() for v in variants if v.strip()),
         repeats=args.repeats,
         warmup=args.warmup,

@@ -11,10 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from mtransfer.cli import app, console
-from mtransfer.errors import UsageError, input_error
+from mtransfer.errors import OutputError, UsageError, input_error
 from mtransfer.files import ensure_writable, load_image, save_image
 from mtransfer.flows import flow_to_color, load_flow, motion_usage, move_image, quiver_overlay, write_flow
 from mtransfer.video import MIN_SIDE, parse_size, write_video
+
+MAX_PREVIEW_FRAMES = 240
+"""The preview loops the motion there and back at 12 fps: 240 frames is 40 s, more than any check needs."""
 
 EPILOG = (
     "Examples:\n\n"
@@ -30,7 +33,9 @@ def motion(
     onto: Annotated[Optional[Path], typer.Option(help="Image to size the flow on and to preview the motion with.")] = None,
     size: Annotated[Optional[str], typer.Option(help="Flow size HEIGHTxWIDTH when there is no --onto image.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Flow file to write (.flo, .npy or KITTI .png).")] = None,
-    frames: Annotated[int, typer.Option(min=2, help="Frames in the preview video (motion ramped from 0 to 1).")] = 12,
+    frames: Annotated[
+        int, typer.Option(min=2, max=MAX_PREVIEW_FRAMES, help="Frames in the preview video (motion ramped from 0 to 1).")
+    ] = 12,
 ) -> None:
     """Build a flow from elementary motions (or read a flow file) and write pictures of it.
 
@@ -53,6 +58,8 @@ def motion(
         image = torch.full((3, height, width), 0.5)
     flow = load_flow(spec, height, width)
     out = out or Path("outputs") / "motion" / "flow.flo"
+    if out.is_dir():
+        raise OutputError(f"{out}: is a folder; --out names the flow file to write, e.g. {out / 'flow.flo'}")
     ensure_writable(out.parent)
     stem = out.with_suffix("")
     written = [write_flow(out, flow)]
