@@ -241,7 +241,7 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
                 video=request.video, frame_count=inputs.frame_count, fps=inputs.fps, folder=folder,
                 settings=settings, stage_settings=wanted, manifest=manifest, device=device, progress=progress,
                 console=console, resources=resources, image=request.image, region_mask=inputs.region_mask,
-                size=inputs.size, frame_size=inputs.flow_size,
+                size=inputs.size, frame_size=inputs.flow_size if inputs.flow_size != inputs.video_size else None,
             )
             clip = decode_stage(ctx)                             # the driving frames
             driving = flow_stage(ctx, clip)                      # their motion, on the video's grid
@@ -293,7 +293,7 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
             ctx = RunContext(
                 video=request.video, frame_count=frame_count, fps=fps, folder=folder, settings=settings,
                 stage_settings=wanted, manifest=manifest, device=device, progress=progress, console=console,
-                frame_size=frame_size,
+                frame_size=frame_size if frame_size != (info.height, info.width) else None,
             )
             clip = decode_stage(ctx)
             driving = flow_stage(ctx, clip)
