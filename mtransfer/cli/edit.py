@@ -13,6 +13,7 @@ from rich.markup import escape
 from mtransfer.app import Editor, load_settings, versions
 from mtransfer.app.trajectory import load_trajectory
 from mtransfer.cli import app, console
+from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import UsageError, input_error
 from mtransfer.estimators import DIFFERENTIABLE
@@ -23,7 +24,6 @@ from mtransfer.guidance.outputs import write_edit
 from mtransfer.pipeline.manifest import content_id, fingerprint
 from mtransfer.presets import available_pipelines
 from mtransfer.progress import progress_bar
-from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
 
 EXAMPLES = """\
 [bold]Examples[/]

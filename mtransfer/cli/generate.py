@@ -14,8 +14,8 @@ from rich.markup import escape
 from mtransfer.app import load_backend, load_settings, versions
 from mtransfer.app.trajectory import save_trajectory
 from mtransfer.cli import app, console
-from mtransfer.cli.options import preset_overrides
 from mtransfer.cli.in_memory import reuse_rescued, stopped_note
+from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import UsageError
 from mtransfer.files import ensure_writable, rescue_on_failure, save_image, staged_folder, write_json
 from mtransfer.guidance.edit import generate as generate_image
