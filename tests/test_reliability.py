@@ -581,6 +581,7 @@ def test_motion_onto_an_image_too_small_to_move_is_refused(tmp_path, monkeypatch
 @pytest.mark.parametrize("override, says", [
     ("guidance.cfg_scale=inf", "finite"), ("output.fps=nan", "finite"), ("align.strength=-inf", "finite"),
     ("guidance.seed=99999999999999999999", "64 bits"), ("model.family_rotations=[nan]", "finite"),
+    ("output.fps=1e300", "frames per second"), ("output.fps=1e-300", "frames per second"),
 ])
 def test_settings_must_be_finite_and_fit_in_64_bits(tmp_path, monkeypatch, capsys, override, says) -> None:
     code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--set", override))
@@ -682,3 +683,27 @@ def test_problems_are_classified(tmp_path, make, kind) -> None:
     with pytest.raises(MtransferError) as raised:
         make(tmp_path / "thing")
     assert type(raised.value) is kind and raised.value.exit_code == 2
+
+
+@pytest.mark.parametrize("override, says", [("align.spatial_sigma=1e9", "spatial_sigma"),
+                                            ("align.temporal_amount=1e9", "temporal_amount")])
+def test_blurs_wider_than_any_clip_are_refused(tmp_path, monkeypatch, capsys, override, says) -> None:
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run", "--flow-only", "--set", override))
+    line = one_plain_line(err)
+    assert code == 2 and says in line and "at most 1000" in line
+
+
+def test_feather_and_margin_wider_than_the_image_cost_no_more_than_the_image() -> None:
+    """A margin or feather beyond the image's size changes nothing more (the rule: dilating by the image's
+    larger side already reaches every pixel, and eroding that far leaves nothing to add), so a huge value
+    gives the same mask as one equal to the image size, at once."""
+    from mtransfer.pipeline.align import feather_mask, motion_mask
+
+    flow = torch.zeros(2, 12, 20)
+    flow[0, 5:7, 8:10] = 3.0
+    assert torch.equal(motion_mask(flow, 0.5, 10**9), motion_mask(flow, 0.5, 20))
+    assert motion_mask(flow, 0.5, 10**9).min() == 1  # the whole image
+    box = torch.zeros(1, 12, 20)
+    box[:, 2:10, 4:16] = 1.0
+    wide = feather_mask(box, 10**9)
+    assert torch.allclose(wide * 10**9, feather_mask(box, 20) * 20)  # the same sum of erosions, spread wider

@@ -42,6 +42,8 @@ INIT_MODES = ("shared", "previous")
 EXECUTORS = ("local", "ray")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OFFLINE_MODELS = ("tiny", "exact")
+MIN_FPS, MAX_FPS = 0.01, 1000.0
+"""Frame rates an encoded result may have (``output.fps``): a frame per 100 s up to high-speed footage."""
 DEFAULT_MAX_SIDE = 1024
 """Longest side video frames are measured at unless ``video.size`` says otherwise (``VideoSettings.max_side``)."""
 
@@ -261,7 +263,8 @@ class OutputSettings:
     def __post_init__(self) -> None:
         check_types(self, "output")
         require = rule_checker("output")
-        require(self.fps >= 0, "fps", "must be >= 0 (0 = the video's)", self.fps)
+        require(self.fps == 0 or MIN_FPS <= self.fps <= MAX_FPS, "fps",
+                f"must be 0 (the video's) or in [{MIN_FPS:g}, {MAX_FPS:g}] frames per second", self.fps)
         require(0 <= self.crf <= 51, "crf", "must be in 0..51", self.crf)
 
 

@@ -76,9 +76,12 @@ class AlignConfig:
         if self.temporal == "ema":
             _require(0 <= self.temporal_amount < 1, "temporal_amount", "must be in [0, 1) for ema", self.temporal_amount)
         _require(self.temporal_amount >= 0, "temporal_amount", "must be >= 0", self.temporal_amount)
+        _require(self.temporal_amount <= MAX_BLUR_SIGMA, "temporal_amount",
+                 f"must be at most {MAX_BLUR_SIGMA:g} (frames)", self.temporal_amount)
         for name in ("feather", "mask_margin"):
             _require(getattr(self, name) >= 0, name, "must be a whole number of pixels >= 0", getattr(self, name))
-        _require(self.spatial_sigma >= 0, "spatial_sigma", "must be >= 0", self.spatial_sigma)
+        _require(0 <= self.spatial_sigma <= MAX_BLUR_SIGMA, "spatial_sigma",
+                 f"must be >= 0 and at most {MAX_BLUR_SIGMA:g} (pixels)", self.spatial_sigma)
         _require(self.mask_threshold >= 0, "mask_threshold", "must be >= 0", self.mask_threshold)
         for name in ("region", "source_region"):
             value = getattr(self, name)
@@ -97,6 +100,9 @@ class AlignConfig:
 
 
 _require = rule_checker("align")
+MAX_BLUR_SIGMA = 1000.0
+"""Widest blur of a flow over space (pixels) or time (frames): beyond it the blur is flat over any image or
+clip, and its kernel (6 sigma long) would only cost memory."""
 
 
 def pixel_box(box: Sequence[float], height: int, width: int, what: str = "region") -> PixelBox:
@@ -176,6 +182,8 @@ def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
     batched = mask.reshape(-1, 1, *mask.shape[-2:])
     eroded, total = batched, torch.zeros_like(batched)
     for _ in range(feather):
+        if not eroded.any():  # eroded away: the remaining steps add nothing (a feather wider than the image)
+            break
         total = total + eroded
         eroded = -F.max_pool2d(-eroded, kernel_size=3, stride=1, padding=1)  # padding is -inf: border ignored
     return (total / feather).view(mask.shape)
@@ -275,6 +283,7 @@ def motion_mask(flow: torch.Tensor, threshold: float = 0.5, margin: int = 8) -> 
             index = (y.clamp(0, height - 1) * width + x.clamp(0, width - 1)).long().flatten(1)
             landed = landed.scatter_add(1, index, hits.flatten(1).to(batched.dtype))
     mask = (moving | (landed.view(batch, height, width) > 0)).to(batched.dtype)[:, None]
+    margin = min(margin, max(height, width))  # a wider margin covers no more of the image, only costs memory
     if margin > 0:
         mask = F.max_pool2d(mask, kernel_size=2 * margin + 1, stride=1, padding=margin)
     return mask
