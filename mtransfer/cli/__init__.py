@@ -24,7 +24,8 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-INTERRUPTED = "interrupted: files already written are kept; `mtransfer run` resumes when given the same command again"
+INTERRUPTED = ("interrupted: stopped before any result was written or while starting; files already written are "
+               "kept; run the same command again (`run` and `flow` resume where they stopped)")
 
 
 @app.callback()
