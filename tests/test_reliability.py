@@ -707,3 +707,5 @@ def test_feather_and_margin_wider_than_the_image_cost_no_more_than_the_image() -
     box[:, 2:10, 4:16] = 1.0
     wide = feather_mask(box, 10**9)
     assert torch.allclose(wide * 10**9, feather_mask(box, 20) * 20)  # the same sum of erosions, spread wider
+    whole = torch.ones(1, 12, 20)  # no edge inside the image (the border is no edge): nothing fades
+    assert torch.equal(feather_mask(whole, 10**9), whole)

@@ -181,11 +181,13 @@ def feather_mask(mask: torch.Tensor, feather: int) -> torch.Tensor:
         return mask
     batched = mask.reshape(-1, 1, *mask.shape[-2:])
     eroded, total = batched, torch.zeros_like(batched)
-    for _ in range(feather):
-        if not eroded.any():  # eroded away: the remaining steps add nothing (a feather wider than the image)
-            break
+    for step in range(feather):
         total = total + eroded
-        eroded = -F.max_pool2d(-eroded, kernel_size=3, stride=1, padding=1)  # padding is -inf: border ignored
+        following = -F.max_pool2d(-eroded, kernel_size=3, stride=1, padding=1)  # padding is -inf: border ignored
+        if torch.equal(following, eroded):  # nothing left to erode (a feather wider than the region): every
+            total = total + eroded * (feather - step - 1)  # remaining step adds the same mask again
+            break
+        eroded = following
     return (total / feather).view(mask.shape)
 
 
