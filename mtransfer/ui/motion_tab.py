@@ -1,0 +1,194 @@
+"""The Motion tab: upload an image and a mask, build the motion with controls, clicks or spec text, see it
+previewed live, download it as a flow file. The logic is in ``mtransfer.ui.motion``; this is the wiring."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import gradio as gr
+
+from mtransfer.errors import MtransferError
+from mtransfer.flows import spec_terms, write_flow
+from mtransfer.ui import motion
+from mtransfer.ui.session import Session, Shared, picture, session_of, shows_problems
+from mtransfer.ui.uploads import accept_image, accept_mask, new_run_folder
+
+
+@dataclass
+class MotionTab:
+    """What the other tabs read from this one: the spec text box (the motion being built)."""
+
+    spec: gr.Textbox
+
+
+def render(session: Session, spec: str, note: str = "") -> tuple:
+    """Canvas with arrows, flow colours, the moved image and a status line for ``spec``."""
+    flow = session.flow(spec)
+    arrows, color, moved = motion.previews(session.image, flow)
+    peak = float(flow.norm(dim=0).max())
+    status = note or (f"motion up to {peak:.1f} px on the {session.size[1]}x{session.size[0]} canvas"
+                      if spec.strip() else "no motion yet: pick one and press Add motion, or type a spec")
+    return picture(arrows), picture(color), picture(moved), status
+
+
+def slider_updates(kind: str, size: tuple[int, int], values: list[float] | None = None) -> list:
+    """Updates of the ``SLIDER_COUNT`` sliders for ``kind`` (its start values unless ``values``)."""
+    specs = motion.sliders(kind, *size)
+    updates = []
+    for i in range(motion.SLIDER_COUNT):
+        if i < len(specs):
+            s = specs[i]
+            value = s.value if values is None else values[i]
+            updates.append(gr.update(label=s.name, minimum=s.minimum, maximum=s.maximum, step=s.step,
+                                     value=value, visible=True))
+        else:
+            updates.append(gr.update(visible=False))
+    return updates
+
+
+def build(shared: Shared) -> MotionTab:
+    """Lay out the Motion tab's components in the current context and wire their events."""
+
+    @shows_problems
+    def on_image(upload):
+        if upload is None:
+            return gr.skip()
+        folder = new_run_folder(shared.root, "session")
+        try:
+            accept_image(upload, folder, shared.limits)
+            session = Session(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return (session, "", *render(session, ""), *slider_updates("translate", session.size), "translate", None, None)
+
+    @shows_problems
+    def on_mask(session, upload, spec):
+        session = session_of(session)
+        if upload is None:
+            session.mask = None
+            return render(session, spec, "mask removed")
+        session.mask = str(accept_mask(upload, session.folder, session.size, shared.limits))
+        return render(session, spec, "mask set: 'keep to mask' motions and arrows move only the white part")
+
+    def on_kind(session, kind):
+        session = session_of(session)
+        return slider_updates(kind, session.size)
+
+    def controls_term(session: Session, kind, a, b, c, cx, cy, keep_to_mask):
+        center = None if cx is None or cy is None else (cx, cy)
+        mask = session.mask if keep_to_mask and session.mask else None
+        return motion.controls_to_term(kind, [a, b, c], center, *session.size, mask=mask)
+
+    @shows_problems
+    def on_controls(session, spec, kind, a, b, c, cx, cy, keep_to_mask):
+        """A control moved: edit the last term when it is of the same kind, else add one."""
+        session = session_of(session)
+        term = controls_term(session, kind, a, b, c, cx, cy, keep_to_mask)
+        terms = spec_terms(spec, *session.size) if spec.strip() else []
+        same = terms and terms[-1].name == kind and terms[-1].strength is None
+        spec = (motion.replace_last if same else motion.append_term)(spec, term, *session.size)
+        return (spec, *render(session, spec))
+
+    @shows_problems
+    def on_add(session, spec, kind, a, b, c, cx, cy, keep_to_mask):
+        session = session_of(session)
+        spec = motion.append_term(spec, controls_term(session, kind, a, b, c, cx, cy, keep_to_mask), *session.size)
+        return (spec, *render(session, spec))
+
+    @shows_problems
+    def on_remove_last(session, spec):
+        session = session_of(session)
+        terms = spec_terms(spec, *session.size) if spec.strip() else []
+        spec = motion.format_spec(terms[:-1]) if len(terms) > 1 else ""
+        return (spec, *render(session, spec))
+
+    @shows_problems
+    def on_spec(session, spec):
+        """Typed spec text: preview it and show its last term in the controls (when they can)."""
+        session = session_of(session)
+        shown = render(session, spec)
+        terms = spec_terms(spec, *session.size) if spec.strip() else []
+        try:
+            kind, values, center = motion.term_to_controls(terms[-1], *session.size)
+        except (IndexError, MtransferError):
+            return (*shown, *[gr.skip()] * (motion.SLIDER_COUNT + 3))
+        values = values + [0.0] * (motion.SLIDER_COUNT - len(values))
+        cx, cy = center if center is not None else (gr.skip(), gr.skip())
+        return (*shown, *slider_updates(kind, session.size, values), kind, cx, cy)
+
+    @shows_problems
+    def on_click(session, spec, mode, kind, a, b, c, cx, cy, keep_to_mask, evt: gr.SelectData):
+        session = session_of(session)
+        x, y = (float(v) for v in evt.index)
+        if mode.startswith("arrow"):
+            if session.arrow_start is None:
+                session.arrow_start = (x, y)
+                return (spec, *render(session, spec, f"arrow starts at ({x:.0f}, {y:.0f}); click where it ends"),
+                        gr.skip(), gr.skip())
+            start, session.arrow_start = session.arrow_start, None
+            spec = motion.append_term(spec, motion.arrow_to_term(start, (x, y), session.mask), *session.size)
+            return (spec, *render(session, spec), gr.skip(), gr.skip())
+        if not motion.has_center(kind):
+            return (spec, *render(session, spec, f"{kind} has no centre"), gr.skip(), gr.skip())
+        return (*on_controls(session, spec, kind, a, b, c, x, y, keep_to_mask), x, y)
+
+    @shows_problems
+    def on_download(session, spec, suffix):
+        session = session_of(session)
+        return str(write_flow(session.folder / f"motion{suffix}", session.flow(spec)))
+
+    # --- layout ----------------------------------------------------------------------------------------
+    with gr.Row():
+        with gr.Column(scale=3):
+            image_upload = gr.File(label="Image (png, jpg, ...)", elem_id="image-upload")
+            canvas = gr.Image(label="Image with the motion's arrows — click to place a centre or an arrow",
+                              interactive=False, elem_id="canvas", format="png")
+            click_mode = gr.Radio(["set the centre", "arrow: start → end (translate the masked region)"],
+                                  value="set the centre", label="A click on the image does")
+            mask_upload = gr.File(label="Mask of what moves (white = moves; optional)", elem_id="mask-upload")
+        with gr.Column(scale=2):
+            kind = gr.Dropdown(list(motion.CONTROL_KINDS), value="translate", label="Motion", elem_id="motion-kind")
+            sliders = [gr.Slider(label=f"p{i}", elem_id=f"slider-{i}") for i in range(motion.SLIDER_COUNT)]
+            with gr.Row():
+                cx = gr.Number(label="centre x (px)", elem_id="cx")
+                cy = gr.Number(label="centre y (px)", elem_id="cy")
+            keep_to_mask = gr.Checkbox(label="keep to mask", value=False)
+            with gr.Row():
+                add = gr.Button("Add motion", elem_id="add-motion", variant="primary")
+                remove = gr.Button("Remove last")
+            spec = gr.Textbox(label="Motion spec (the --flow language; edit, then Preview spec text)",
+                              elem_id="spec", lines=2)
+            apply = gr.Button("Preview spec text", elem_id="apply-spec")
+            status = gr.Markdown(elem_id="motion-status")
+    with gr.Row():
+        color = gr.Image(label="Flow colours", interactive=False, elem_id="flow-color", format="png")
+        moved = gr.Image(label="Image moved by the flow (cheap forward warp)", interactive=False,
+                         elem_id="flow-warp", format="png")
+    with gr.Row():
+        save_flo = gr.Button("Download .flo")
+        save_npy = gr.Button("Download .npy")
+        flow_file = gr.File(label="Flow file", elem_id="flow-file")
+
+    # --- events ----------------------------------------------------------------------------------------
+    session_state = shared.session
+    previews_out = [canvas, color, moved, status]
+    controls_in = [session_state, spec, kind, *sliders, cx, cy, keep_to_mask]
+    image_upload.upload(on_image, [image_upload], [session_state, spec, *previews_out, *sliders, kind, cx, cy])
+    mask_upload.change(on_mask, [session_state, mask_upload, spec], previews_out)
+    kind.input(on_kind, [session_state, kind], sliders)
+    for control in [*sliders, keep_to_mask]:
+        (control.release if isinstance(control, gr.Slider) else control.input)(
+            on_controls, controls_in, [spec, *previews_out])
+    for number in (cx, cy):
+        number.submit(on_controls, controls_in, [spec, *previews_out])
+    add.click(on_add, controls_in, [spec, *previews_out])
+    remove.click(on_remove_last, [session_state, spec], [spec, *previews_out])
+    spec_out = [*previews_out, *sliders, kind, cx, cy]
+    spec.submit(on_spec, [session_state, spec], spec_out)
+    apply.click(on_spec, [session_state, spec], spec_out)
+    canvas.select(on_click, [session_state, spec, click_mode, *controls_in[2:]], [spec, *previews_out, cx, cy])
+    save_flo.click(lambda s, t: on_download(s, t, ".flo"), [session_state, spec], flow_file)
+    save_npy.click(lambda s, t: on_download(s, t, ".npy"), [session_state, spec], flow_file)
+    return MotionTab(spec=spec)
