@@ -18,6 +18,7 @@ import torch
 
 from mtransfer.errors import MtransferError
 from mtransfer.files import load_image, to_uint8
+from mtransfer.flows import read_mask
 from mtransfer.ui import motion
 from mtransfer.ui.jobs import JobQueue
 from mtransfer.ui.uploads import UploadLimits
@@ -32,7 +33,8 @@ def canvas_size(height: int, width: int, longest: int = CANVAS_LONGEST) -> tuple
 
 
 class Session:
-    """What one browser tab has built: its run folder, the image on the motion canvas, the mask."""
+    """What one browser tab has built: its run folder, the image on the motion canvas, the mask (its file,
+    named in spec terms, and its picture, shown on the canvas; ``mask_painted``: it came from the brush)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -41,8 +43,15 @@ class Session:
         self.size = canvas_size(*self.original_size)
         self.image = load_image(folder / "source.png", size=self.size)
         self.mask: str | None = None
+        self.mask_image: torch.Tensor | None = None
+        self.mask_painted = False
         self.arrow_start: tuple[float, float] | None = None
         self.edits = 0
+
+    def set_mask(self, path: Path | None, painted: bool = False) -> None:
+        self.mask = None if path is None else str(path)
+        self.mask_image = None if path is None else read_mask(path, size=self.size)
+        self.mask_painted = painted and path is not None
 
     def flow(self, spec: str) -> torch.Tensor:
         if not spec.strip():
