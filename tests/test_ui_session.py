@@ -41,3 +41,16 @@ def test_shows_problems_keeps_what_gradio_injects_and_turns_problems_into_page_m
     assert next(stream) == "rotate(2)"
     with pytest.raises(ValueError, match="a bug stays a bug"):
         next(stream)
+
+
+def test_event_data_before_the_sliders_varargs_is_injected():
+    """The Motion tab's click handler takes the sliders last, as ``*values``, after the event data."""
+
+    @shows_problems
+    def on_click(spec: str, evt: gr.SelectData, *values):
+        return spec, evt.index, values
+
+    event = gr.EventData(None, {"index": [7, 8], "value": None, "selected": True})
+    inputs, _, event_index, _ = special_args(on_click, inputs=["rotate(5)", 1.0, 2.0, 3.0], event_data=event)
+    assert event_index == 1
+    assert on_click(*inputs) == ("rotate(5)", [7, 8], (1.0, 2.0, 3.0))
