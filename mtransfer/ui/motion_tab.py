@@ -229,6 +229,7 @@ def build(shared: Shared) -> MotionTab:
         return str(write_flow(session.folder / f"motion{suffix}", session.flow(spec)))
 
     # --- layout ----------------------------------------------------------------------------------------
+    tint = ", ".join(str(round(255 * c)) for c in motion.MASK_TINT)  # the brush paints in the canvas's mask colour
     with gr.Row():
         with gr.Column(scale=3):
             image_upload = gr.File(label="Image (png, jpg, ...)", elem_id="image-upload")
@@ -242,7 +243,7 @@ def build(shared: Shared) -> MotionTab:
                 painter = gr.ImageEditor(
                     label="Paint what moves", elem_id="mask-painter", type="numpy", image_mode="RGBA",
                     sources=(), transforms=(), layers=False, format="png", height=360,
-                    brush=gr.Brush(colors=["rgba(26, 128, 255, 0.6)"], color_mode="fixed", default_size=24),
+                    brush=gr.Brush(colors=[f"rgba({tint}, 0.6)"], color_mode="fixed", default_size=24),
                     eraser=gr.Eraser(default_size=24),
                 )
                 mask_upload = gr.File(label="or upload a mask", elem_id="mask-upload")
