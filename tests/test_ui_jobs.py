@@ -110,26 +110,34 @@ def test_job_progress_counts_stages_and_a_cancel_stops_the_work_at_the_next_adva
             progress.advance(passes)
 
 
-def test_an_interrupted_run_folder_is_listed_and_resumed_with_its_stored_settings(tmp_path):
-    """A run stopped through its progress (as the page's Cancel does) keeps its finished frames; the folder
-    is listed as unfinished and resuming it from the folder alone finishes it without redoing them."""
+def interrupted_run(folder: Path, overrides: tuple[str, ...] = ()) -> Path:
+    """A clip run (the test preset on the pan clip and the cat) stopped through its progress after two
+    frames of the guide stage, as the page's Cancel stops one; returns ``folder``."""
     from mtransfer.pipeline.runner import RunRequest, run_pipeline
-    from mtransfer.ui.runs import has_result, resume_request, unfinished_runs
-    from mtransfer.files import read_json
 
-    folder = tmp_path / "session-1" / "video"
-    request = RunRequest(SAMPLES / "pan.mp4", SAMPLES / "cat.png", TEST_PRESET, ("align.strength=0.5",), folder)
     job = Job("video")
 
     class StopInGuide(JobProgress):
         def advance(self, task_id, advance=1):
             super().advance(task_id, advance)
-            if self._tasks[task_id].description == "guide" and self._tasks[task_id].completed >= 2:
+            task = self._tasks[task_id]
+            if task.description.startswith("guide") and task.completed >= 2:
                 job.cancel_requested.set()
 
-    quiet = Console(quiet=True)
+    request = RunRequest(SAMPLES / "pan.mp4", SAMPLES / "cat.png", TEST_PRESET, overrides, folder)
     with pytest.raises(Interrupted):
-        run_pipeline(request, quiet, StopInGuide(job))
+        run_pipeline(request, Console(quiet=True), StopInGuide(job))
+    return folder
+
+
+def test_an_interrupted_run_folder_is_listed_and_resumed_with_its_stored_settings(tmp_path):
+    """A run stopped through its progress (as the page's Cancel does) keeps its finished frames; the folder
+    is listed as unfinished and resuming it from the folder alone finishes it without redoing them."""
+    from mtransfer.files import read_json
+    from mtransfer.pipeline.runner import run_pipeline
+    from mtransfer.ui.runs import has_result, resume_request, unfinished_runs
+
+    folder = interrupted_run(tmp_path / "session-1" / "video", ("align.strength=0.5",))
     stopped = read_json(folder / "manifest.json")
     kept = sorted(stopped["stages"]["guide"]["frames"])
     assert len(kept) == 2 and not has_result(stopped)
@@ -138,7 +146,7 @@ def test_an_interrupted_run_folder_is_listed_and_resumed_with_its_stored_setting
     resumed = resume_request(folder)
     assert (resumed.video, resumed.image, resumed.out) == (SAMPLES / "pan.mp4", SAMPLES / "cat.png", folder)
     assert tomllib.loads(Path(resumed.pipeline).read_text()) == stopped["config"]
-    run_pipeline(resumed, quiet)
+    run_pipeline(resumed, Console(quiet=True))
     finished = read_json(folder / "manifest.json")
     assert has_result(finished) and unfinished_runs(tmp_path) == []
     assert finished["config"]["align"]["strength"] == 0.5

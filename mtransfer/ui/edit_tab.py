@@ -82,7 +82,12 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         session = session_of(session)
         if not spec.strip():
             raise gr.Error("no motion yet: build one in the Motion tab", duration=None)
-        settings = edit_settings(preset, steps or 0)
+        try:
+            settings = edit_settings(preset, steps or 0)
+        except MtransferError as exc:  # missing weights, no GPU: said where the status is, as well as in a toast
+            gr.Warning(str(exc), duration=None)
+            yield {edit_status: f'<strong style="color: #b91c1c">cannot start:</strong> {html.escape(str(exc))}'}
+            return
         session.flow(spec)  # a bad spec fails here, before the job starts
         session.edits += 1
         folder = session.folder / f"edit-{session.edits:02d}"
@@ -131,7 +136,7 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         preset = gr.Dropdown(shared.presets, value=shared.pipeline, label="Preset", allow_custom_value=True,
                              elem_id="edit-preset")
         prompt = gr.Textbox(label="Prompt (optional)")
-        steps = gr.Number(0, label="Guidance steps (0 = the preset's)", precision=0, minimum=0, maximum=1000,
+        steps = gr.Number(0, label="Guidance steps (0 = the preset's)", precision=0, minimum=0, maximum=500,
                           elem_id="edit-steps")
         use_mask = gr.Checkbox(True, label="Edit only inside the Motion tab's mask (when one is set)")
     with gr.Row():

@@ -248,8 +248,8 @@ def build(shared: Shared) -> None:
     frame_panel_image = gr.Image(label="driving | target flow on the image | edit mask", interactive=False,
                                  height=260, elem_id="frame-panel")
     with gr.Row():
-        video_result = gr.Video(label="Result", interactive=False, elem_id="video-result")
-        video_side = gr.Video(label="Side by side", interactive=False, elem_id="video-side")
+        video_result = gr.Video(label="Result", interactive=False, height=300, elem_id="video-result")
+        video_side = gr.Video(label="Side by side", interactive=False, height=300, elem_id="video-side")
     video_links = gr.Markdown(elem_id="video-links")
 
     outputs = [video_status, video_state_box, frame_slider, frame_panel_image, shown_folder, video_result, video_side,
