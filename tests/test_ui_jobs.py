@@ -182,3 +182,23 @@ def test_region_from_two_clicked_corners_and_typed_boxes():
     assert parse_region("0.1, 0.2 0.5,0.9") == (0.1, 0.2, 0.5, 0.9)
     with pytest.raises(MtransferError, match="four numbers"):
         parse_region("1, 2, x, 4")
+
+
+def test_an_sd_preset_is_refused_before_any_work_without_weights_or_without_a_gpu(monkeypatch):
+    """Missing weights come first (``check_models``'s one-line error); with weights but only a CPU, the
+    page refuses too, with the CPU estimate, instead of starting hours of work; offline presets run."""
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.ui import edit_tab
+
+    with pytest.raises(InputError, match="raft-large weights .* missing"):
+        edit_tab.edit_settings("paper", 0)
+    if torch.cuda.is_available():
+        pytest.skip("the no-GPU refusal needs a machine without CUDA")
+    monkeypatch.setattr(edit_tab, "check_models", lambda model, estimator: None)  # as if the weights were here
+    with pytest.raises(MtransferError, match="preset 'paper' needs a GPU here .* roughly .* hours"):
+        edit_tab.edit_settings("paper", 0)
+    tiny = edit_tab.edit_settings("tiny", 7)
+    assert tiny.guidance.steps == 7 and tiny.guidance.preview_every == 1
+    quiet = edit_tab.edit_settings("offline-demo", 0)  # 50 steps and no previews of its own: the page takes some
+    shown = len(range(0, quiet.guidance.steps, quiet.guidance.preview_every))
+    assert edit_tab.PREVIEWS <= shown <= 2 * edit_tab.PREVIEWS
