@@ -122,7 +122,6 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
                 + (" — DIVERGED: " + str(result.divergence) if result.diverged else ""))
         yield {
             edit_status: html.escape(text),
-            edit_preview: gr.update(value=picture(result.image), label="Final image"),
             edit_result: str(folder / "edited.png"),
             edit_target: str(folder / "target_flow.png"),
             edit_achieved: str(folder / "achieved_flow.png"),
