@@ -7,8 +7,9 @@ Kept apart from ``app`` so that the tab modules can import it while ``app`` impo
 from __future__ import annotations
 
 import functools
+import html
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,11 +17,12 @@ import gradio as gr
 import numpy as np
 import torch
 
+from mtransfer.app.editor import EditorCache
 from mtransfer.errors import MtransferError
 from mtransfer.files import load_image, to_uint8
 from mtransfer.flows import read_mask
 from mtransfer.ui import motion
-from mtransfer.ui.jobs import JobQueue
+from mtransfer.ui.jobs import Job, JobQueue
 from mtransfer.ui.uploads import UploadLimits
 
 CANVAS_LONGEST = 512  # the motion is drawn on the image fitted into this many pixels
@@ -62,7 +64,8 @@ class Session:
 @dataclass
 class Shared:
     """The app-wide pieces every tab uses: the outputs folder, upload limits, the one job queue, the preset
-    chosen at start and the offered ones, and the page's per-browser-tab ``Session`` (a ``gr.State``)."""
+    chosen at start and the offered ones, the page's per-browser-tab ``Session`` (a ``gr.State``), and the
+    models kept loaded between jobs (``models``)."""
 
     root: Path
     limits: UploadLimits
@@ -70,6 +73,7 @@ class Shared:
     pipeline: str
     presets: list[str]
     session: gr.State
+    models: EditorCache = field(default_factory=EditorCache)
 
 
 def page_error(exc: BaseException) -> gr.Error:
@@ -118,3 +122,9 @@ def picture(image: torch.Tensor | None) -> np.ndarray | None:
 
 def file_link(path: Path, label: str) -> str:
     return f"[{label}](/gradio_api/file={path.resolve()})"
+
+
+def job_html(job: Job) -> str:
+    """A running job as the page shows it: a progress bar over its current phase and its status line."""
+    bar = f'<progress value="{job.done}" max="{job.total}"></progress>' if job.total else "<progress></progress>"
+    return f"{bar} {html.escape(job.status())}"
