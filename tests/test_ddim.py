@@ -14,7 +14,7 @@ def sd_scheduler() -> DDIMScheduler:
     return DDIMScheduler.from_config(real_config("scheduler"))
 
 
-@pytest.mark.parametrize("num_steps", [1, 7, 10, 30, 50, 250, 500, 1000])
+@pytest.mark.parametrize("num_steps", [1, 7, 10, 30, 50, 250, 500, 999])
 def test_timesteps_match_diffusers(num_steps: int) -> None:
     scheduler = sd_scheduler()
     scheduler.set_timesteps(num_steps)
@@ -26,6 +26,11 @@ def test_timesteps_reject_impossible_counts() -> None:
         ddim_timesteps(1000, 0)
     with pytest.raises(ValueError):
         ddim_timesteps(1000, 1001)
+    # 1000 steps with SD's offset of 1 would start at timestep 1000, past the last of the 1000 training
+    # timesteps (0..999): refused rather than indexing outside the schedule.
+    with pytest.raises(ValueError):
+        ddim_timesteps(1000, 1000)
+    assert max(ddim_timesteps(1000, 999)) == 999
 
 
 @pytest.mark.parametrize("num_steps", [10, 33])

@@ -123,6 +123,7 @@ def test_defaults_are_the_papers() -> None:
         ({"stpes": 10}, "stpes"),
         ({"steps": 0}, "steps"),
         ({"steps": 2.5}, "steps"),
+        ({"steps": 1000}, "steps"),
         ({"recursions": True}, "recursions"),
         ({"cfg_scale": "7.5"}, "cfg_scale"),
         ({"guidance_weight": -1.0}, "guidance_weight"),

@@ -54,6 +54,12 @@ def wait_for_new_src(page, selector: str, old: str | None, timeout_ms: int = 30_
     return image_src(page, selector)
 
 
+def choose_motion(page, kind: str) -> None:
+    page.click("#motion-kind input")
+    page.get_by_role("option", name=kind, exact=True).click()
+    page.wait_for_function("kind => document.querySelector('#motion-kind input').value === kind", arg=kind)
+
+
 def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_path):
     page = browser_page.page
     page.set_default_timeout(30_000)
@@ -119,3 +125,85 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     assert wait_for_new_src(page, "#flow-color", color) != color
     shot(page, "7-still-serving")
     assert browser_page.blocked == []
+
+
+def test_motion_tab_drag_arrow_painted_mask_and_flow_download(browser_page, app_url, tmp_path):
+    """Paint the mask on the image, drag an arrow on the canvas (press, move, release), download the flow."""
+    from mtransfer.flows import parse_flow_spec, read_flow, spec_terms
+
+    page = browser_page.page
+    page.set_default_timeout(30_000)
+    page.goto(app_url)
+    page.set_input_files("#image-upload input[type=file]", str(SAMPLES / "cat.png"))
+    canvas = wait_for_new_src(page, "#canvas", None)
+    page.wait_for_selector("#mask-painter canvas")
+
+    # Paint a stroke over the upper left of the image: the canvas shows it tinted, the status says so.
+    page.locator("#mask-painter button[aria-label='Brush']").first.click()
+    board = page.locator("#mask-painter canvas").first.bounding_box()
+    x, y = board["x"] + board["width"] * 0.3, board["y"] + board["height"] * 0.3
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, 4):  # few moves: the painter redraws in software, about a second each on 2 cores
+        page.mouse.move(x + 20 * k, y + 7 * k)
+    page.mouse.up()
+    painted = wait_for_new_src(page, "#canvas", canvas)
+    assert "mask painted" in page.inner_text("#motion-status")
+    shot(page, "8-mask-painted")
+
+    # Drag on the canvas picture: a translate term by the drag in picture pixels, kept to the painted mask.
+    # (With rotate chosen, a click leaking from the drag would add a rotate term about the clicked point.)
+    choose_motion(page, "rotate")
+    color = image_src(page, "#flow-color")
+    picture = page.locator("#canvas img")
+    box = picture.bounding_box()
+    natural = picture.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    shown = min(box["width"] / natural[0], box["height"] / natural[1])  # object-fit: contain
+    x0, y0 = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for k in range(1, 9):
+        page.mouse.move(x0 + 5 * k, y0 - 2 * k)
+    page.wait_for_timeout(100)
+    shot(page, "9-dragging")
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#spec textarea').value.startsWith('translate(')")
+    (term,) = spec_terms(page.input_value("#spec textarea"), natural[1], natural[0])
+    assert term.values["dx"] == pytest.approx(40 / shown, abs=0.6)
+    assert term.values["dy"] == pytest.approx(-16 / shown, abs=0.6)
+    assert term.mask is not None and Path(term.mask).name == "mask-01.png"
+    moved_color = wait_for_new_src(page, "#flow-color", color)
+    assert moved_color != color and image_src(page, "#canvas") != painted
+    shot(page, "10-drag-arrow")
+
+    # The two-click arrow still works: start, then end.
+    page.get_by_label("arrow: click start, then end", exact=False).check()
+    picture.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
+    page.wait_for_function("() => document.querySelector('#motion-status').innerText.includes('arrow starts at')")
+    picture.click(position={"x": box["width"] * 0.5 + 20, "y": box["height"] * 0.5})
+    page.wait_for_function("() => document.querySelector('#spec textarea').value.includes('| translate(')")
+
+    # Homography from the corner sliders, composed after the arrow (and no rotate from a leaked click).
+    choose_motion(page, "homography")
+    page.wait_for_selector("#slider-7", state="visible")
+    page.click("#add-motion")
+    page.wait_for_function("() => document.querySelector('#spec textarea').value.includes('| homography(')")
+    terms = spec_terms(page.input_value("#spec textarea"), natural[1], natural[0])
+    assert [t.name for t in terms] == ["translate", "translate", "homography"]
+    assert terms[1].values["dx"] == pytest.approx(20 / shown, abs=1) and terms[1].values["dy"] == pytest.approx(0, abs=1)
+    assert page.input_value("#cx input") in ("", "0")  # no centre was placed by the drag
+    shot(page, "11-homography")
+
+    # Download the flow: the files behind the page's link read back as the spec's flow on the canvas.
+    expected = parse_flow_spec(page.input_value("#spec textarea"), natural[1], natural[0])
+    for suffix in (".flo", ".npy"):
+        page.click(f"#save-{suffix[1:]}")
+        link = page.locator(f"#flow-file a[href$='motion{suffix}']").first
+        link.wait_for()
+        response = page.request.get(link.get_attribute("href"))
+        assert response.ok
+        (tmp_path / f"motion{suffix}").write_bytes(response.body())
+        flow = read_flow(tmp_path / f"motion{suffix}")
+        assert flow.shape == expected.shape and float((flow - expected).abs().max()) < 1e-3
+    shot(page, "12-download")
+    assert browser_page.blocked == [] and browser_page.errors == []

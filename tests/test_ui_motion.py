@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 
 from mtransfer.errors import InputError, Interrupted, MtransferError
-from mtransfer.flows import format_spec, parse_flow_spec, spec_terms
+from mtransfer.flows import format_spec, parse_flow_spec, read_mask, spec_terms
 from mtransfer.ui import motion
 from mtransfer.ui.jobs import Busy, JobQueue
-from mtransfer.ui.uploads import UploadLimits, accept_image, accept_mask, accept_video, new_run_folder
+from mtransfer.ui.uploads import (
+    UploadLimits,
+    accept_image,
+    accept_mask,
+    accept_painted_mask,
+    accept_video,
+    new_run_folder,
+)
 
 H, W = 48, 64
 
@@ -19,9 +27,9 @@ H, W = 48, 64
 @pytest.mark.parametrize("kind", motion.CONTROL_KINDS)
 def test_controls_spec_controls_round_trip(kind):
     """Controls → spec text → parsed terms → controls gives back the same numbers and the same flow."""
-    values = [slider.minimum + 0.37 * (slider.maximum - slider.minimum) for slider in motion.sliders(kind, H, W)]
-    if kind == "wobble":
-        values[2] = 7  # a seed is a whole number
+    # values the sliders can take: on their step grid
+    values = [slider.minimum + round(0.37 * (slider.maximum - slider.minimum) / slider.step) * slider.step
+              for slider in motion.sliders(kind, H, W)]
     term = motion.controls_to_term(kind, values, (20.5, 11.25), H, W)
     text = format_spec([term])
     assert spec_terms(text, H, W) == [term]
@@ -49,6 +57,25 @@ def test_controls_refuse_what_they_cannot_show():
     (term,) = spec_terms("translate(5) * 2", H, W)
     with pytest.raises(MtransferError, match="spec text only"):
         motion.term_to_controls(term, H, W)
+    (matrix,) = spec_terms("homography(1, 0, 2, 0, 1, 0, 0, 0, 1)", H, W)
+    with pytest.raises(MtransferError, match="matrix is edited in the spec text only"):
+        motion.term_to_controls(matrix, H, W)
+
+
+def test_homography_controls_move_each_image_corner_by_its_offset():
+    """The eight sliders are the corners' offsets (top-left, top-right, bottom-right, bottom-left; dx, dy):
+    the corner pixel (0, 0), (W-1, 0), (W-1, H-1), (0, H-1) moves by exactly its offset, and the spec text
+    names where each corner goes, as ``homography(x1, y1, ..., x4, y4)`` does."""
+    offsets = [4, -2, -6, 3, 1, 5, -3, -1]
+    term = motion.controls_to_term("homography", offsets, None, H, W)
+    text = format_spec([term])
+    assert text == f"homography(4, -2, {W - 1 - 6}, 3, {W - 1 + 1}, {H - 1 + 5}, -3, {H - 1 - 1})"
+    flow = parse_flow_spec(text, H, W)
+    for (x, y), i in zip([(0, 0), (W - 1, 0), (W - 1, H - 1), (0, H - 1)], range(0, 8, 2)):
+        assert flow[:, y, x].tolist() == pytest.approx(offsets[i : i + 2], abs=1e-3)
+    assert motion.term_to_controls(spec_terms(text, H, W)[0], H, W) == ("homography", offsets, None)
+    assert not motion.has_center("homography")
+    assert len(motion.sliders("homography", H, W)) == motion.SLIDER_COUNT == 8
 
 
 def test_replace_last_and_append():
@@ -82,6 +109,37 @@ def test_arrow_term_is_the_same_motion_as_the_arrow_flow(tmp_path):
     assert torch.allclose(motion.spec_flow(text, H, W, tmp_path), expected)
 
 
+def test_dragged_arrow_text_is_start_then_end():
+    assert motion.parse_arrow(" 10.5 20 30 12.0 ") == ((10.5, 20.0), (30.0, 12.0))
+    term = motion.arrow_to_term(*motion.parse_arrow("10.5 20 30 12"))
+    assert term.values == {"dx": 19.5, "dy": -8.0}
+    for bad in ("", "1 2 3", "1 2 3 x", "1 2 3 4 5"):
+        with pytest.raises(MtransferError, match="four numbers 'x0 y0 x1 y1'"):
+            motion.parse_arrow(bad)
+
+
+def test_painted_mask_is_what_was_painted_stored_like_an_uploaded_one(tmp_path):
+    """Painted pixels (any colour, any opacity) move, the rest stays; each mask gets its own numbered file,
+    so a term naming an earlier mask keeps its meaning; a spec term can name the painted file."""
+    folder = new_run_folder(tmp_path / "ui", "session")
+    layer = np.zeros((H, W, 4), np.uint8)
+    layer[10:20, 30:40] = (26, 128, 255, 150)
+    first = accept_painted_mask(layer, folder, (H, W))
+    assert first == folder / "mask-01.png"
+    expected = torch.zeros(1, H, W)
+    expected[:, 10:20, 30:40] = 1
+    assert torch.equal(read_mask(first), expected)
+    assert accept_painted_mask(np.zeros((H, W, 4), np.uint8), folder, (H, W)) is None  # nothing painted
+    uploaded = accept_mask(first, folder, (H, W))
+    assert uploaded == folder / "mask-02.png" and torch.equal(read_mask(uploaded), expected)
+    half = accept_painted_mask(np.repeat(np.repeat(layer, 2, axis=0), 2, axis=1), folder, (H, W))
+    assert half.name == "mask-03.png" and torch.allclose(read_mask(half), expected, atol=1 / 255)
+    flow = motion.spec_flow(f"translate(3, 1, mask={first})", H, W, folder)
+    assert torch.equal(flow, motion.arrow_to_flow((0, 0), (3, 1), H, W, expected))
+    with pytest.raises(InputError, match="not an RGBA layer"):
+        accept_painted_mask(np.zeros((H, W, 3), np.uint8), folder, (H, W))
+
+
 def test_spec_flow_refuses_masks_outside_the_session_folder(tmp_path):
     session = tmp_path / "session"
     session.mkdir()
@@ -93,6 +151,21 @@ def test_previews_are_images_of_the_canvas_size():
     image = torch.rand(3, H, W)
     for picture in motion.previews(image, parse_flow_spec("rotate(10)", H, W)):
         assert picture.shape == (3, H, W) and float(picture.min()) >= 0 and float(picture.max()) <= 1
+
+
+def test_mask_is_tinted_on_the_canvas_preview_and_nowhere_else():
+    image = torch.rand(3, H, W)
+    flow = torch.zeros(2, H, W)
+    mask = torch.zeros(1, H, W)
+    mask[:, 10:20, 30:40] = 1
+    plain, color, moved = motion.previews(image, flow)
+    tinted, color_masked, moved_masked = motion.previews(image, flow, mask)
+    outside = mask[0] == 0
+    assert torch.equal(tinted[:, outside], plain[:, outside])
+    tint = torch.tensor(motion.MASK_TINT).view(3, 1)
+    inside = mask[0] == 1
+    assert torch.all((tinted[:, inside] - tint).abs() < (plain[:, inside] - tint).abs() + 1e-6)
+    assert torch.equal(color, color_masked) and torch.equal(moved, moved_masked)
 
 
 def test_uploads_are_checked_and_stored_under_generated_names(tmp_path):

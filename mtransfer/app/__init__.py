@@ -4,7 +4,8 @@
   once; each setting declares the pipeline stage it shapes (``STAGES``, ``RunSettings.stage_settings``).
 - ``models``: ``load_backend``, ``load_estimator`` (refuses a non-differentiable guidance estimator),
   ``check_models`` (missing weights before any work), ``cpu_warning``.
-- ``editor``: ``Editor``: load the models once, ``prepare`` a source, ``edit`` it under many flows.
+- ``editor``: ``Editor``: load the models once, ``prepare`` a source, ``edit`` it under many flows;
+  ``EditorCache`` keeps the last loaded models for the next job that needs the same ones (the web app).
 - ``executors``: where a run's frame edits happen: here (``LocalExecutor``) or on a pool of Ray actors
   (``RayExecutor``), chosen by ``[execution]`` (``ExecutionSettings``); imported on its own, not here.
 - ``trajectory``: ``save_trajectory`` / ``load_trajectory``, a generated image's DDIM latents on disk.
@@ -13,7 +14,7 @@
 
 from __future__ import annotations
 
-from mtransfer.app.editor import Editor
+from mtransfer.app.editor import Editor, EditorCache
 from mtransfer.app.models import check_models, cpu_warning, load_backend, load_estimator
 from mtransfer.app.settings import (
     STAGES,
@@ -30,6 +31,7 @@ from mtransfer.app.versions import versions
 __all__ = [
     "STAGES",
     "Editor",
+    "EditorCache",
     "EstimatorSettings",
     "ExecutionSettings",
     "ModelSettings",

@@ -18,8 +18,11 @@ process can be handed the settings and load its own copy of the models::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import threading
 from contextlib import ExitStack
-from typing import Callable
+from typing import Callable, Hashable
 
 import torch
 
@@ -28,7 +31,7 @@ from mtransfer.app.settings import RunSettings
 from mtransfer.diffusion import DiffusionBackend
 from mtransfer.estimators import FlowEstimator
 from mtransfer.guidance.config import GuidanceConfig
-from mtransfer.guidance.edit import EditResult, Progress, SourceState, edit_image, edit_images, prepare_source
+from mtransfer.guidance.edit import EditResult, Preview, Progress, SourceState, edit_image, edit_images, prepare_source
 from mtransfer.speed import speed_switches
 
 
@@ -105,13 +108,15 @@ class Editor:
         init_latent: torch.Tensor | None = None,
         progress: Progress | None = None,
         first_step: int = 0,
+        preview: Preview | None = None,
     ) -> EditResult:
         """Move the prepared source by ``target_flow`` ``(2, H, W)`` (see ``edit_image``); ``edit_mask``
         ``(1, H, W)`` marks where the image may change, ``init_latent`` replaces the shared start (the latent
-        at step ``first_step`` for a warm start, which runs only the remaining steps)."""
+        at step ``first_step`` for a warm start, which runs only the remaining steps); ``preview`` receives
+        each one-step estimate ``guidance.preview_every`` takes, while the edit runs."""
         return edit_image(
             self.backend, self.estimator, state, target_flow.to(self.device), self.guidance,
-            edit_mask=edit_mask, init_latent=init_latent, first_step=first_step, progress=progress,
+            edit_mask=edit_mask, init_latent=init_latent, first_step=first_step, progress=progress, preview=preview,
         )
 
     def edit_many(
@@ -137,3 +142,61 @@ class Editor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def loading_key(settings: RunSettings, source: torch.Tensor | None, device: torch.device) -> Hashable:
+    """What ``Editor.load`` gives depends on: the model, its dtype and speed switches, the device, the
+    estimator settings, and for the exact model its family and the image it is built from (Stable
+    Diffusion ignores the image). The prompt, size and guidance settings only shape the edits."""
+    model = settings.model
+    key: tuple = (model.model, model.dtype, model.speed, str(device), dataclasses.astuple(settings.estimator))
+    if model.model == "exact":
+        image = b"" if source is None else source.detach().float().cpu().contiguous().numpy().tobytes()
+        digest = hashlib.sha256(image).hexdigest()
+        key += (model.family_step, model.family_radius, model.family_rotations, model.family_scales,
+                None if source is None else tuple(source.shape), digest)
+    return key
+
+
+class EditorCache:
+    """The models of the last load, kept for the next edit that would load the same ones (a long-lived
+    process such as the web app): ``editor(settings, source)`` reloads only when ``loading_key`` changes,
+    and closes the models it replaces, so one set stays in memory; ``loads`` counts the loads. Safe to call
+    from several threads."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+        self._lock = threading.RLock()
+        self._key: Hashable | None = None
+        self._loaded: Editor | None = None
+
+    def editor(
+        self,
+        settings: RunSettings,
+        source: torch.Tensor | None = None,
+        device: str | torch.device | None = None,
+        *,
+        warn: Callable[[str], None] | None = None,
+    ) -> Editor:
+        """An ``Editor`` with ``settings`` over the kept models, loading them first when they differ."""
+        device = settings.model.torch_device() if device is None else torch.device(device)
+        key = loading_key(settings, source, device)
+        with self._lock:
+            if self._loaded is None or key != self._key:
+                self.close_models()
+                self._loaded = Editor.load(settings, source, device)
+                self._key = key
+                self.loads += 1
+            loaded = self._loaded
+        guidance = settings.guidance
+        warning = cpu_warning(settings.model, device, guidance.steps * guidance.recursions, 1)
+        if warning and warn is not None:
+            warn(warning)
+        return Editor(loaded.backend, loaded.estimator, settings, loaded.device)
+
+    def close_models(self) -> None:
+        """Forget the kept models (undoing their speed switches); the next ``editor`` call loads again."""
+        with self._lock:
+            if self._loaded is not None:
+                self._loaded.close()
+            self._loaded = self._key = None

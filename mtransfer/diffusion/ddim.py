@@ -43,9 +43,14 @@ def forward_noise(x0: torch.Tensor, a_t: Alpha, noise: torch.Tensor) -> torch.Te
 
 
 def ddim_timesteps(num_train_timesteps: int, num_steps: int, steps_offset: int = 1) -> list[int]:
-    """The descending training timesteps a ``num_steps`` DDIM run visits ("leading" spacing, as SD v1)."""
-    if not 0 < num_steps <= num_train_timesteps:
-        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
+    """The descending training timesteps a ``num_steps`` DDIM run visits ("leading" spacing, as SD v1).
+
+    The offset shifts every timestep up by ``steps_offset``, so a run may take at most
+    ``num_train_timesteps - steps_offset`` steps (999 for SD v1) before the first one leaves the schedule.
+    """
+    most = num_train_timesteps - steps_offset
+    if not 0 < num_steps <= most:
+        raise ValueError(f"num_steps must be in [1, {most}], got {num_steps}")
     stride = num_train_timesteps // num_steps
     return [i * stride + steps_offset for i in reversed(range(num_steps))]
 

@@ -193,6 +193,12 @@ def _quoted(path: str) -> str:
     return path if plain else (f'"{path}"' if '"' not in path else f"'{path}'")
 
 
+def image_corners(height: int, width: int) -> list[tuple[float, float]]:
+    """The ``(x, y)`` pixel centres of the corners top-left, top-right, bottom-right, bottom-left: the
+    points whose destinations ``homography(x1, y1, ..., x4, y4)`` gives, in that order."""
+    return [(0.0, 0.0), (width - 1.0, 0.0), (width - 1.0, height - 1.0), (0.0, height - 1.0)]
+
+
 def build_term(
     term: MotionTerm, height: int, width: int, *, device: torch.device | str | None = None, spec: str | None = None
 ) -> torch.Tensor:
@@ -202,9 +208,10 @@ def build_term(
     try:
         if term.name == "homography":
             if tuple(values) == _CORNER_NAMES:
-                corners = [[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0], [0.0, height - 1.0]]
                 coords = list(values.values())
-                matrix = elementary.homography_from_points(corners, [coords[i : i + 2] for i in range(0, 8, 2)])
+                matrix = elementary.homography_from_points(
+                    image_corners(height, width), [coords[i : i + 2] for i in range(0, 8, 2)]
+                )
             elif tuple(values) == _MATRIX_NAMES:
                 matrix = [[values[f"h{r}{c}"] for c in range(1, 4)] for r in range(1, 4)]
             else:

@@ -41,6 +41,9 @@ PADDINGS = ("reflection", "zeros")
 """How the colour term's warp samples outside the frame: mirrored about the border pixels (the authors')
 or black."""
 
+MAX_STEPS = 999
+"""The most DDIM steps over SD v1's 1000 training timesteps with its offset of 1 (``ddim_timesteps``)."""
+
 SCHEDULES = ("constant", "early", "linear")
 """Per-step guidance weights (step 0 is the noisiest). The authors load a ``guidance_schedule.npy`` whose
 values are not published, so none of these is claimed to be theirs:
@@ -90,7 +93,8 @@ class GuidanceConfig:
 
     def __post_init__(self) -> None:
         check_types(self, "guidance")
-        _require(self.steps >= 1, "steps", "must be at least 1", self.steps)
+        _require(1 <= self.steps <= MAX_STEPS, "steps", f"must be in 1..{MAX_STEPS} (SD v1's 1000 training "
+                 "timesteps, offset by 1)", self.steps)
         _require(self.recursions >= 1, "recursions", "must be at least 1", self.recursions)
         _require(self.cfg_scale >= 0, "cfg_scale", "must be >= 0", self.cfg_scale)
         for name in ("guidance_weight", "flow_weight", "color_weight", "recon_weight", "clip_grad"):

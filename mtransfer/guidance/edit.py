@@ -27,6 +27,9 @@ from mtransfer.guidance.sampler import GuidanceDiverged, GuidedEps, MotionTarget
 Progress = Callable[[], None]
 """Called once per unit of work: per inversion/generation step, per guided pass (steps x recursions)."""
 
+Preview = Callable[[int, torch.Tensor], None]
+"""Called with ``(step, image)`` as each preview is taken, so a front end can show it while the edit runs."""
+
 
 @dataclass(frozen=True)
 class SourceState:
@@ -152,6 +155,7 @@ def edit_image(
     init_latent: torch.Tensor | None = None,
     first_step: int = 0,
     progress: Progress | None = None,
+    preview: Preview | None = None,
 ) -> EditResult:
     """Move the source by ``target_flow`` ``(2, H, W)`` with motion guidance.
 
@@ -162,7 +166,8 @@ def edit_image(
     (the authors do not paste). ``init_latent`` replaces ``state.start`` as the starting latent; with
     ``first_step > 0`` (a warm start, see ``warm_start_latent``) it is the latent at the level of
     ``state.timesteps[first_step]`` and only the remaining steps run, with the full schedule's weights. Previews
-    are taken every ``config.preview_every`` steps at the first recursion. The colour-loss mask, the clamp
+    are taken every ``config.preview_every`` steps at the first recursion and handed to ``preview`` as they
+    are taken. The colour-loss mask, the clamp
     and the warp padding follow ``config.occlusion`` / ``clamp`` / ``padding``; noise comes only from a
     generator seeded with ``config.seed``. The returned image is clamped to [0, 1].
     """
@@ -171,7 +176,7 @@ def edit_image(
     (result,) = edit_images(
         backend, estimator, state, target_flow[None], config,
         edit_masks=None if edit_mask is None else [edit_mask], init_latent=init_latent, first_step=first_step,
-        progress=progress,
+        progress=progress, preview=None if preview is None else (lambda step, images: preview(step, images[0])),
     )
     return result
 
@@ -187,13 +192,14 @@ def edit_images(
     init_latent: torch.Tensor | None = None,
     first_step: int = 0,
     progress: Progress | None = None,
+    preview: Preview | None = None,
 ) -> list[EditResult]:
     """``edit_image`` for a batch of target flows ``(B, 2, H, W)`` (one edit mask each, if any), computed
     together: one UNet, decoder and estimator call per pass serves all B edits. Each edit has its own
     energy, clipping and recursion noise (a generator per item seeded with ``config.seed``), so each
     result is its edit alone up to floating-point order; if any item diverges, the batch is redone one
     edit at a time so that only the diverging edit is labelled. ``init_latent`` is ``(B, C, h, w)``.
-    ``progress`` is called once per edit and pass.
+    ``progress`` is called once per edit and pass; ``preview`` with each step's previews ``(B, 3, H, W)``.
     """
     height, width = state.image.shape[-2:]
     batch = target_flows.shape[0]
@@ -235,6 +241,8 @@ def edit_images(
                 image = guided.image if guided.image is not None else backend.decode(guided.x0).float()
             for b in range(batch):
                 previews[b].append((step, image[b].cpu()))
+            if preview is not None:
+                preview(step, image.detach().float().cpu())
 
     generators = [torch.Generator(device=backend.device).manual_seed(config.seed) for _ in range(batch)]
     start = state.start.expand(batch, -1, -1, -1) if init_latent is None else init_latent

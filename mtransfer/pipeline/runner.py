@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress
 from rich.text import Text
 
 from mtransfer.app.executors import import_ray
@@ -217,8 +218,9 @@ def _run_folder(
         yield manifest
 
 
-def run_pipeline(request: RunRequest, console: Console) -> Path:
-    """Run (or resume) the whole pipeline for ``request``; returns the run folder."""
+def run_pipeline(request: RunRequest, console: Console, progress: Progress | None = None) -> Path:
+    """Run (or resume) the whole pipeline for ``request``; returns the run folder. ``progress`` replaces the
+    console's progress bar (a front end that shows the stages' tasks its own way)."""
     started = time.perf_counter()
     config = load_pipeline(request.pipeline, request.overrides)
     settings = RunSettings.from_config(config)
@@ -236,7 +238,7 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
     header = {"pipeline": settings.name, "config": _plain(config), "inputs": inputs.prints, "device": str(device),
               "flow_only": request.flow_only}
     with _run_folder(folder, wanted, request.restart, header, console) as manifest:
-        with progress_bar(console, 18) as progress, ExitStack() as resources:
+        with (progress if progress is not None else progress_bar(console, 18)) as progress, ExitStack() as resources:
             ctx = RunContext(
                 video=request.video, frame_count=inputs.frame_count, fps=inputs.fps, folder=folder,
                 settings=settings, stage_settings=wanted, manifest=manifest, device=device, progress=progress,

@@ -24,9 +24,10 @@ from mtransfer.flows import (
     spec_terms,
     translation,
 )
-from mtransfer.flows.spec import MOTIONS
+from mtransfer.flows.spec import MOTIONS, image_corners
 
-SLIDER_COUNT = 3  # the controls show a motion's first three non-centre parameters
+CORNERS = ("top-left", "top-right", "bottom-right", "bottom-left")  # homography(x1, y1, ..., x4, y4) order
+MASK_TINT = (0.1, 0.5, 1.0)  # the colour the mask is shown in (the flow's arrows are red)
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,24 @@ def sliders(kind: str, height: int, width: int) -> list[Slider]:
         "bulge": [Slider("strength", -1, 1, 0.01, 0.3), Slider("radius", 1, side, 1, side / 2)],
         "wobble": [Slider("amplitude", 0, side / 8, 0.5, 4), Slider("wavelength", 2, side, 1, side / 2),
                    Slider("seed", 0, 100, 1, 0)],
+        # where each image corner goes, as an offset in pixels; the top corners start tilted inwards
+        "homography": [
+            Slider(f"{corner} {axis}", -span / 2, span / 2, 1, start)
+            for corner, inward in zip(CORNERS, (1, -1, 0, 0))
+            for axis, span, start in (("dx", width, inward * round(width / 20)), ("dy", height, 0))
+        ],
     }
     if kind not in table:
         raise UsageError(f"the controls do not offer '{kind}'; choose one of {', '.join(CONTROL_KINDS)}")
     return table[kind]
 
 
-CONTROL_KINDS = tuple(MOTIONS)  # every elementary motion but homography (8 numbers: typed in the spec text)
+CONTROL_KINDS = (*MOTIONS, "homography")  # homography as the four corners' offsets (its matrix form: spec text)
+SLIDER_COUNT = max(len(sliders(kind, 2, 2)) for kind in CONTROL_KINDS)  # the page has this many sliders
 
 
 def has_center(kind: str) -> bool:
-    return "cx" in {param.name for param in MOTIONS[kind].params}
+    return kind in MOTIONS and "cx" in {param.name for param in MOTIONS[kind].params}
 
 
 def controls_to_term(
@@ -75,6 +83,13 @@ def controls_to_term(
     names = [slider.name for slider in sliders(kind, height, width)]
     if len(values) < len(names):
         raise UsageError(f"{kind} needs {len(names)} values ({', '.join(names)}), got {len(values)}")
+    if kind == "homography":  # corner offsets → where the corners go
+        arguments = [
+            (f"{axis}{i}", corner[k] + float(values[2 * (i - 1) + k]))
+            for i, corner in enumerate(image_corners(height, width), start=1)
+            for k, axis in enumerate("xy")
+        ]
+        return MotionTerm(kind, tuple(arguments), mask)
     arguments = [(name, float(value)) for name, value in zip(names, values)]
     if has_center(kind):
         cx, cy = center if center is not None else ((width - 1) / 2, (height - 1) / 2)
@@ -85,14 +100,20 @@ def controls_to_term(
 def term_to_controls(term: MotionTerm, height: int, width: int) -> tuple[str, list[float], tuple[float, float] | None]:
     """What the controls show for ``term``: kind, slider values and centre (None for motions without one).
 
-    Refuses terms the controls cannot show exactly (homography, a strength factor), so that editing a
-    slider never silently changes another part of the term.
+    Refuses terms the controls cannot show exactly (a homography given as a matrix, a strength factor),
+    so that editing a slider never silently changes another part of the term.
     """
     if term.name not in CONTROL_KINDS:
         raise UsageError(f"'{term.name}' is edited in the spec text only")
     if term.strength is not None:
         raise UsageError(f"'{term.name}(...) * {term.strength:g}' is edited in the spec text only")
     values = term.values
+    if term.name == "homography":
+        if "x1" not in values:
+            raise UsageError("a homography given as a matrix is edited in the spec text only")
+        offsets = [values[f"{axis}{i}"] - corner[k]
+                   for i, corner in enumerate(image_corners(height, width), start=1) for k, axis in enumerate("xy")]
+        return term.name, offsets, None
     shown = [values[slider.name] for slider in sliders(term.name, height, width)]
     center = (values["cx"], values["cy"]) if has_center(term.name) else None
     return term.name, shown, center
@@ -115,6 +136,15 @@ def arrow_to_term(start: tuple[float, float], end: tuple[float, float], mask: st
     return MotionTerm("translate", (("dx", float(end[0] - start[0])), ("dy", float(end[1] - start[1]))), mask)
 
 
+def parse_arrow(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The arrow the page's drag sends as text ``"x0 y0 x1 y1"`` (pixels of the canvas): start, end."""
+    try:
+        x0, y0, x1, y1 = (float(part) for part in text.split())
+    except ValueError:
+        raise UsageError(f"a dragged arrow is four numbers 'x0 y0 x1 y1', got '{text[:60]}'") from None
+    return (x0, y0), (x1, y1)
+
+
 def arrow_to_flow(
     start: tuple[float, float], end: tuple[float, float], height: int, width: int, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -134,9 +164,13 @@ def spec_flow(spec: str, height: int, width: int, allowed_folder: Path) -> torch
     return parse_flow_spec(spec, height, width)
 
 
-def previews(image: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Arrows over the image, the flow's colour coding and the image moved by it (a cheap forward warp),
-    each ``(3, H, W)`` in [0, 1]; arrows are spaced for about 24 across the image."""
+def previews(
+    image: torch.Tensor, flow: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Arrows over the image (the mask ``(1, H, W)``, if any, tinted in ``MASK_TINT``), the flow's colour
+    coding and the image moved by it (a cheap forward warp), each ``(3, H, W)`` in [0, 1]; arrows are
+    spaced for about 24 across the image."""
     step = max(4, round(max(image.shape[-2:]) / 24))
-    arrows = quiver_overlay(image, flow, step=step)
+    shown = image if mask is None else torch.lerp(image, torch.tensor(MASK_TINT).view(3, 1, 1), 0.45 * mask)
+    arrows = quiver_overlay(shown, flow, step=step)
     return arrows, flow_to_color(flow), move_image(image[None], flow[None])[0].clamp(0, 1)

@@ -2,7 +2,9 @@
 
 A browser's file name never reaches the file system: the app reads the upload where Gradio stored it,
 checks it (size, readable image or video, frame count) and writes its own copy (``source.png``,
-``mask.png``, ``driving.mp4``) into the session's folder under ``outputs/ui/``.
+``mask-01.png``, ``driving.mp4``) into the session's folder under ``outputs/ui/``. Masks painted in the
+page are stored the same way. Each mask gets a new number, so a spec term naming an earlier mask keeps
+its meaning when another one is set.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from mtransfer.errors import InputError, MtransferError
 from mtransfer.files import load_image, save_image
@@ -77,7 +82,26 @@ def accept_mask(upload: str | Path, folder: Path, size: tuple[int, int], limits:
         raise _named(upload, exc) from None
     if float(mask.max()) <= 0:
         raise InputError(f"upload '{path.name}': the mask is black everywhere; white marks what moves")
-    return save_image(folder / "mask.png", mask)
+    return _keep_mask(folder, mask)
+
+
+def accept_painted_mask(layer: np.ndarray, folder: Path, size: tuple[int, int]) -> Path | None:
+    """Save the strokes painted over the image, an RGBA ``(h, w, 4)`` layer, as a mask at ``size``
+    (height, width): painted pixels (any colour, any opacity) move. None when nothing is painted."""
+    if layer.ndim != 3 or layer.shape[-1] != 4:
+        raise InputError(f"the painted mask is not an RGBA layer (shape {layer.shape})")
+    painted = torch.from_numpy(np.ascontiguousarray(layer[..., 3] > 0)).float()[None, None]
+    if float(painted.max()) <= 0:
+        return None
+    mask = torch.nn.functional.interpolate(painted, size=size, mode="bilinear", align_corners=False)[0]
+    return _keep_mask(folder, mask)
+
+
+def _keep_mask(folder: Path, mask: torch.Tensor) -> Path:
+    """Save ``mask`` ``(1, H, W)`` as the session's next ``mask-NN.png``."""
+    taken = [int(p.stem[5:]) for p in folder.glob("mask-*.png") if p.stem[5:].isdigit()]
+    number = 1 + max(taken, default=0)
+    return save_image(folder / f"mask-{number:02d}.png", mask)
 
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi")

@@ -1,0 +1,162 @@
+"""The Edit tab: a motion-guided edit of the Motion tab's image towards its motion, run as a job with a
+progress bar and the one-step estimate refreshing while it runs, then the result against the target
+(flows side by side, flow error, losses, the run folder as a zip). The models stay loaded between edits
+(``Shared.models``): a second edit with the same model and estimator does not load them again."""
+
+from __future__ import annotations
+
+import html
+import shutil
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import gradio as gr
+
+from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings, versions
+from mtransfer.errors import DeviceError, MtransferError
+from mtransfer.files import load_image
+from mtransfer.flows import read_flow, read_mask, resize_flow
+from mtransfer.guidance.outputs import write_edit
+from mtransfer.ui.jobs import Job
+from mtransfer.ui.session import (
+    POLL_S, Session, Shared, file_link, job_html, page_error, picture, session_of, shows_problems,
+)
+
+PREVIEWS = 10
+"""The one-step estimate is shown about this many times per edit when the preset keeps no previews."""
+
+
+def edit_settings(preset: str, steps: int):
+    """The preset's settings with ``steps`` guidance steps (0 = the preset's) and previews every few steps,
+    refused with the reason when the models are missing or Stable Diffusion would run on a CPU."""
+    settings = load_settings(preset, [f"guidance.steps={int(steps)}"] if steps else [])
+    check_models(settings.model, settings.estimator)
+    guidance = settings.guidance
+    warning = cpu_warning(settings.model, settings.model.torch_device(), guidance.steps * guidance.recursions, 1)
+    if warning:
+        raise DeviceError(f"preset '{preset}' needs a GPU here (no CUDA device is visible). {warning} "
+                          "The web app does not start such a job; `mtransfer edit` does, if you mean it.")
+    if not guidance.preview_every:
+        settings = replace(settings, guidance=replace(guidance, preview_every=max(1, guidance.steps // PREVIEWS)))
+    return settings
+
+
+def edit_work(job: Job, session: Session, settings, spec: str, prompt: str, folder: Path, models: EditorCache,
+              use_mask: bool):
+    """The job: get the models (kept from the last edit when they match), edit the session's image towards
+    ``spec`` (inside the session's mask when ``use_mask``), write the run folder and its zip."""
+    source_path = session.folder / "source.png"
+    working = settings.model.working_size(session.original_size, source_path)
+    source = load_image(source_path, size=working)
+    target = resize_flow(session.flow(spec), working)
+    mask = read_mask(Path(session.mask), size=working) if use_mask and session.mask else None
+    job.begin("loading models", 0)
+    guidance = settings.guidance
+    warnings: list[str] = []
+    loads = models.loads
+    editor = models.editor(settings, source, warn=warnings.append)
+    reused = models.loads == loads
+    job.begin(guidance.source_noise, guidance.steps)
+    state = editor.prepare(source, prompt or None, progress=job.tick)
+    job.begin("guide", guidance.steps * guidance.recursions)
+    result = editor.edit(state, target, edit_mask=mask, progress=job.tick, preview=job.show)
+    record = {
+        "command": "ui edit", "image": "source.png", "flow": spec, "drawn_at": list(session.size),
+        "prompt": prompt or settings.model.prompt, "pipeline": settings.name, "size": list(working),
+        "edit_mask": "the Motion tab's mask" if mask is not None else None,
+        "device": str(editor.device), "model": asdict(settings.model), "estimator": asdict(settings.estimator),
+        "guidance": asdict(guidance), "seed": guidance.seed, "versions": versions(), "warnings": warnings,
+    }
+    job.begin("writing", 0)
+    write_edit(folder, source, target, result, record)
+    archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
+    return result, Path(archive), reused, mask is not None
+
+
+def build(shared: Shared, spec: gr.Textbox) -> None:
+    """Lay out the Edit tab in the current context; ``spec`` is the Motion tab's spec text box."""
+
+    @shows_problems
+    def on_edit(session, spec, preset, prompt, steps, use_mask):
+        session = session_of(session)
+        if not spec.strip():
+            raise gr.Error("no motion yet: build one in the Motion tab", duration=None)
+        try:
+            settings = edit_settings(preset, steps or 0)
+        except MtransferError as exc:  # missing weights, no GPU: said where the status is, as well as in a toast
+            gr.Warning(str(exc), duration=None)
+            yield {edit_status: f'<strong style="color: #b91c1c">cannot start:</strong> {html.escape(str(exc))}'}
+            return
+        session.flow(spec)  # a bad spec fails here, before the job starts
+        session.edits += 1
+        folder = session.folder / f"edit-{session.edits:02d}"
+        job = shared.queue.submit("edit", lambda job: edit_work(
+            job, session, settings, spec, prompt, folder, shared.models, bool(use_mask)))
+        shown = None
+        try:
+            while not job.finished.wait(POLL_S):
+                update = {edit_status: job_html(job)}
+                if job.picture is not None and job.picture[0] != shown:
+                    shown = job.picture[0]
+                    update[edit_preview] = gr.update(value=picture(job.picture[1]),
+                                                     label=f"One-step estimate at step {shown}")
+                yield update
+        finally:
+            if not job.finished.is_set():  # the page went away: stop the work too
+                job.cancel_requested.set()
+        if job.cancelled:
+            yield {edit_status: html.escape(f"cancelled at {job.phase} {job.done}/{job.total}: the worker "
+                                            f"stopped; nothing was written to {folder.name}")}
+            return
+        if job.error is not None:
+            raise page_error(job.error)
+        result, archive, reused, masked = job.result
+        error = (result.achieved_flow.float().cpu() - read_flow(folder / "target_flow.flo")).norm(dim=0)
+        final = result.losses[-1] if result.losses else {}
+        text = (f"done in {time.perf_counter() - job.started:.1f} s "
+                f"({'models kept loaded from the last edit' if reused else 'models loaded'}"
+                f"{', edited inside the mask' if masked else ''}): flow error mean "
+                f"{float(error.mean()):.2f} px, max {float(error.max()):.2f} px"
+                + (f", final flow loss {final['flow']:.4g}" if "flow" in final else "")
+                + (" — DIVERGED: " + str(result.divergence) if result.diverged else ""))
+        yield {
+            edit_status: html.escape(text),
+            edit_result: str(folder / "edited.png"),
+            edit_target: str(folder / "target_flow.png"),
+            edit_achieved: str(folder / "achieved_flow.png"),
+            edit_error: str(folder / "flow_error.png"),
+            edit_loss: str(folder / "loss.png"),
+            edit_zip: str(archive),
+            edit_links: f"{file_link(folder / 'report.html', 'report.html')} · run folder `{folder}`",
+        }
+
+    with gr.Row():
+        preset = gr.Dropdown(shared.presets, value=shared.pipeline, label="Preset", allow_custom_value=True,
+                             elem_id="edit-preset")
+        prompt = gr.Textbox(label="Prompt (optional)")
+        steps = gr.Number(0, label="Guidance steps (0 = the preset's)", precision=0, minimum=0, maximum=500,
+                          elem_id="edit-steps")
+        use_mask = gr.Checkbox(True, label="Edit only inside the Motion tab's mask (when one is set)")
+    with gr.Row():
+        run_edit = gr.Button("Run edit", variant="primary", elem_id="run-edit")
+        cancel_edit = gr.Button("Cancel", elem_id="cancel-edit")
+    edit_status = gr.HTML(elem_id="edit-status")
+    with gr.Row():
+        edit_preview = gr.Image(label="One-step estimate (while the edit runs)", interactive=False, height=240,
+                                elem_id="edit-preview", format="png")
+        edit_result = gr.Image(label="Edited image", interactive=False, height=240, elem_id="edit-result")
+        edit_target = gr.Image(label="Target flow", interactive=False, height=240)
+        edit_achieved = gr.Image(label="Achieved flow", interactive=False, height=240)
+        edit_error = gr.Image(label="Flow error (achieved − target)", interactive=False, height=240)
+    with gr.Row():
+        edit_loss = gr.Image(label="Losses", interactive=False, elem_id="edit-loss")
+        with gr.Column():
+            edit_zip = gr.File(label="Run folder (zip)", elem_id="edit-zip")
+            edit_links = gr.Markdown()
+
+    edit_outputs = [edit_status, edit_preview, edit_result, edit_target, edit_achieved, edit_error, edit_loss,
+                    edit_zip, edit_links]
+    run_edit.click(on_edit, [shared.session, spec, preset, prompt, steps, use_mask], edit_outputs,
+                   concurrency_limit=1)
+    cancel_edit.click(lambda: shared.queue.cancel("edit"), None, edit_status)

@@ -1,0 +1,204 @@
+"""The pieces behind the web app's Edit and Video tabs, without a browser: models kept loaded between
+edits, the one-step estimate handed out while an edit runs, cancelling a pipeline run through its
+progress, and resuming unfinished run folders from their stored settings."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from mtransfer.app import EditorCache, load_settings
+from mtransfer.errors import InputError, Interrupted, MtransferError
+from mtransfer.files import write_json
+from mtransfer.ui.jobs import Job, JobProgress
+
+TEST_PRESET = str(Path(__file__).resolve().parent / "data" / "run-test.toml")
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_videos"
+
+
+@pytest.fixture
+def counted_loads(monkeypatch):
+    """Every backend and estimator load the editor makes, counted (the real loaders still run)."""
+    import mtransfer.app.editor as editor_module
+
+    counts = {"backend": 0, "estimator": 0}
+    real_backend, real_estimator = editor_module.load_backend, editor_module.load_estimator
+
+    def backend(*args, **kwargs):
+        counts["backend"] += 1
+        return real_backend(*args, **kwargs)
+
+    def estimator(*args, **kwargs):
+        counts["estimator"] += 1
+        return real_estimator(*args, **kwargs)
+
+    monkeypatch.setattr(editor_module, "load_backend", backend)
+    monkeypatch.setattr(editor_module, "load_estimator", estimator)
+    return counts
+
+
+def test_editor_cache_loads_once_per_model_and_reloads_when_what_shapes_loading_changes(counted_loads):
+    cache = EditorCache()
+    image = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(0))
+    settings = load_settings(TEST_PRESET)
+
+    first = cache.editor(settings, image)
+    # Settings that only shape the edit (steps, prompt) keep the models; the editor carries the new ones.
+    fewer_steps = load_settings(TEST_PRESET, ["guidance.steps=2"])
+    second = cache.editor(fewer_steps, image)
+    assert counted_loads == {"backend": 1, "estimator": 1} and cache.loads == 1
+    assert second.backend is first.backend and second.estimator is first.estimator
+    assert second.guidance.steps == 2
+
+    # The exact model is built from the image it edits: another image loads again.
+    cache.editor(settings, image.flip(-1))
+    assert counted_loads == {"backend": 2, "estimator": 2}
+    # Another estimator setting loads again; so does another model (the tiny random SD of 'tiny').
+    cache.editor(load_settings(TEST_PRESET, ["estimator.iterations=2"]), image.flip(-1))
+    assert counted_loads == {"backend": 3, "estimator": 3}
+    tiny = load_settings("tiny")
+    cache.editor(tiny, image)
+    cache.editor(load_settings("tiny", ['model.prompt="a dog"', "guidance.steps=2"]), image.flip(-1))
+    assert counted_loads == {"backend": 4, "estimator": 4} and cache.loads == 4
+
+    cache.close_models()
+    cache.editor(tiny, image)
+    assert cache.loads == 5
+
+
+def test_a_kept_editor_edits_exactly_like_a_fresh_one_and_hands_out_each_preview_as_it_is_taken():
+    """Reusing the models must not change an edit; the preview hook sees the previews the result keeps,
+    in order, while the edit runs (every ``preview_every`` steps of the first recursion)."""
+    from mtransfer.app import Editor
+
+    image = torch.rand(3, 32, 48, generator=torch.Generator().manual_seed(1))
+    flow = torch.zeros(2, 32, 48)
+    flow[0] = 1.0
+    settings = load_settings(TEST_PRESET, ["guidance.preview_every=1", "guidance.steps=3"])
+    cache = EditorCache()
+    cache.editor(settings, image).edit(cache.editor(settings, image).prepare(image), flow)  # the models' first use
+
+    seen = []
+    kept = cache.editor(settings, image)
+    result = kept.edit(kept.prepare(image), flow, preview=lambda step, picture: seen.append((step, picture)))
+    with Editor.load(settings, image) as fresh:
+        expected = fresh.edit(fresh.prepare(image), flow)
+    assert cache.loads == 1
+    assert torch.equal(result.image, expected.image)
+    assert [step for step, _ in seen] == [0, 1, 2]  # steps 0..2, each once (recursion 0 only)
+    assert [step for step, _ in seen] == [step for step, _ in result.previews]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(seen, result.previews))
+    assert seen[0][1].shape == (3, 32, 48)
+
+
+def test_job_progress_counts_stages_and_a_cancel_stops_the_work_at_the_next_advance():
+    job = Job("video")
+    progress = JobProgress(job)
+    with progress:
+        stage = progress.add_task("guide", total=4, completed=1)
+        passes = progress.add_task("  passes", total=12)
+        progress.advance(stage)
+        progress.advance(passes)
+        assert (job.phase, job.done, job.total) == ("guide", 2, 4)  # the sub-task does not move the bar
+        assert job.status().startswith("video: guide 2/4") and "passes 1/12" in job.status()
+        job.cancel_requested.set()
+        with pytest.raises(Interrupted, match="video cancelled"):
+            progress.advance(passes)
+
+
+def interrupted_run(folder: Path, overrides: tuple[str, ...] = ()) -> Path:
+    """A clip run (the test preset on the pan clip and the cat) stopped through its progress after two
+    frames of the guide stage, as the page's Cancel stops one; returns ``folder``."""
+    from mtransfer.pipeline.runner import RunRequest, run_pipeline
+
+    job = Job("video")
+
+    class StopInGuide(JobProgress):
+        def advance(self, task_id, advance=1):
+            super().advance(task_id, advance)
+            task = self._tasks[task_id]
+            if task.description.startswith("guide") and task.completed >= 2:
+                job.cancel_requested.set()
+
+    request = RunRequest(SAMPLES / "pan.mp4", SAMPLES / "cat.png", TEST_PRESET, overrides, folder)
+    with pytest.raises(Interrupted):
+        run_pipeline(request, Console(quiet=True), StopInGuide(job))
+    return folder
+
+
+def test_an_interrupted_run_folder_is_listed_and_resumed_with_its_stored_settings(tmp_path):
+    """A run stopped through its progress (as the page's Cancel does) keeps its finished frames; the folder
+    is listed as unfinished and resuming it from the folder alone finishes it without redoing them."""
+    from mtransfer.files import read_json
+    from mtransfer.pipeline.runner import run_pipeline
+    from mtransfer.ui.runs import has_result, resume_request, unfinished_runs
+
+    folder = interrupted_run(tmp_path / "session-1" / "video", ("align.strength=0.5",))
+    stopped = read_json(folder / "manifest.json")
+    kept = sorted(stopped["stages"]["guide"]["frames"])
+    assert len(kept) == 2 and not has_result(stopped)
+    assert unfinished_runs(tmp_path) == [folder]
+
+    resumed = resume_request(folder)
+    assert (resumed.video, resumed.image, resumed.out) == (SAMPLES / "pan.mp4", SAMPLES / "cat.png", folder)
+    assert tomllib.loads(Path(resumed.pipeline).read_text()) == stopped["config"]
+    run_pipeline(resumed, Console(quiet=True))
+    finished = read_json(folder / "manifest.json")
+    assert has_result(finished) and unfinished_runs(tmp_path) == []
+    assert finished["config"]["align"]["strength"] == 0.5
+    for index in kept:  # the frames finished before the stop were not made again
+        assert finished["stages"]["guide"]["frames"][index] == stopped["stages"]["guide"]["frames"][index]
+
+
+def test_resume_refuses_folders_that_cannot_be_resumed(tmp_path):
+    from mtransfer.ui.runs import resume_request, unfinished_runs
+
+    with pytest.raises(InputError, match="not a run folder"):
+        resume_request(tmp_path)
+    gone = tmp_path / "run"
+    write_json(gone / "manifest.json", {"config": {"name": "x"}, "inputs": {
+        "video": {"path": str(tmp_path / "missing.mp4")}, "image": {"path": str(SAMPLES / "cat.png")}}})
+    with pytest.raises(InputError, match="its video .*missing.mp4 is gone"):
+        resume_request(gone)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{not json")
+    assert unfinished_runs(tmp_path) == [gone]  # the unreadable manifest is skipped, not fatal
+
+
+def test_region_from_two_clicked_corners_and_typed_boxes():
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.ui.video_tab import corners_region, parse_region
+
+    # Corners in either order give the same box, in fractions of the picture's width and height.
+    assert corners_region((150, 20), (30, 80), (100, 200)) == "0.150, 0.200, 0.750, 0.800"
+    assert corners_region((30, 80), (150, 20), (100, 200)) == "0.150, 0.200, 0.750, 0.800"
+    with pytest.raises(MtransferError, match="must differ"):
+        corners_region((30, 80), (30, 10), (100, 200))
+    assert parse_region(" ") is None
+    assert parse_region("0.1, 0.2 0.5,0.9") == (0.1, 0.2, 0.5, 0.9)
+    with pytest.raises(MtransferError, match="four numbers"):
+        parse_region("1, 2, x, 4")
+
+
+def test_an_sd_preset_is_refused_before_any_work_without_weights_or_without_a_gpu(monkeypatch):
+    """Missing weights come first (``check_models``'s one-line error); with weights but only a CPU, the
+    page refuses too, with the CPU estimate, instead of starting hours of work; offline presets run."""
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.ui import edit_tab
+
+    with pytest.raises(InputError, match="raft-large weights .* missing"):
+        edit_tab.edit_settings("paper", 0)
+    if torch.cuda.is_available():
+        pytest.skip("the no-GPU refusal needs a machine without CUDA")
+    monkeypatch.setattr(edit_tab, "check_models", lambda model, estimator: None)  # as if the weights were here
+    with pytest.raises(MtransferError, match="preset 'paper' needs a GPU here .* roughly .* hours"):
+        edit_tab.edit_settings("paper", 0)
+    tiny = edit_tab.edit_settings("tiny", 7)
+    assert tiny.guidance.steps == 7 and tiny.guidance.preview_every == 1
+    quiet = edit_tab.edit_settings("offline-demo", 0)  # 50 steps and no previews of its own: the page takes some
+    shown = len(range(0, quiet.guidance.steps, quiet.guidance.preview_every))
+    assert edit_tab.PREVIEWS <= shown <= 2 * edit_tab.PREVIEWS
