@@ -18,6 +18,7 @@ from mtransfer.app.models import check_models, cpu_warning, load_backend, load_e
 from mtransfer.app.settings import (
     STAGES,
     EstimatorSettings,
+    EvaluationSettings,
     ExecutionSettings,
     ModelSettings,
     OutputSettings,
@@ -31,6 +32,7 @@ __all__ = [
     "STAGES",
     "Editor",
     "EstimatorSettings",
+    "EvaluationSettings",
     "ExecutionSettings",
     "ModelSettings",
     "OutputSettings",

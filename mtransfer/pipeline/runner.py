@@ -26,6 +26,7 @@ from rich.markup import escape
 from mtransfer.app.executors import import_ray
 from mtransfer.app.models import check_models
 from mtransfer.app.settings import (
+    REDONE_ON_CHANGE,
     STAGES,
     EstimatorSettings,
     ModelSettings,
@@ -35,6 +36,8 @@ from mtransfer.app.settings import (
 )
 from mtransfer.app.versions import versions
 from mtransfer.errors import Interrupted, MtransferError, input_error, require_file
+from mtransfer.estimators import load_estimator
+from mtransfer.evaluation import evaluation_table
 from mtransfer.files import ensure_writable, load_image, read_json, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
@@ -47,8 +50,10 @@ from mtransfer.pipeline.stages import (
     align_stage,
     decode_stage,
     encode_stage,
+    evaluate_stage,
     flow_stage,
     guide_stage,
+    judge_name,
     render_driving_flow,
 )
 from mtransfer.presets import load_pipeline
@@ -124,23 +129,25 @@ def _plain(value: Any) -> Any:
 
 def stage_settings(settings: RunSettings, inputs: CheckedInputs, flow_only: bool) -> dict[str, dict[str, Any]]:
     """What each stage's results depend on: the settings each declares it shapes (``RunSettings``), the
-    inputs' content and the resolved working size. The device and the output encoding shape no frame:
-    resuming a CPU run on a GPU is allowed, and changing ``[output]`` only re-encodes."""
+    inputs' content, the resolved working size and judge. The device and the output encoding shape no
+    frame: resuming a CPU run on a GPU is allowed, and changing ``[output]`` only re-encodes."""
     ids = {name: content_id(print_) for name, print_ in inputs.prints.items()}
+    skip = ("guide", "evaluate") if flow_only else () if settings.evaluation.enabled else ("evaluate",)
     return settings.stage_settings(
         {
             "decode": {"inputs": {"video": ids["video"]}},
             "align": {"inputs": {"image": ids["image"], "region_mask": ids.get("region_mask")},
                       "model": {"size": list(inputs.size)}},
+            "evaluate": {"evaluation": {"estimator": judge_name(settings)}},
             "encode": {"flow_only": flow_only},
         },
-        skip=("guide",) if flow_only else (),
+        skip=skip,
     )
 
 
 def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], restart: bool, console: Console) -> None:
     """Refuse to mix results made with other settings, or (``--restart``) move them aside."""
-    math_stages = {name: wanted[name] for name in STAGES if name in wanted and name != "encode"}
+    math_stages = {name: wanted[name] for name in STAGES if name in wanted and name not in REDONE_ON_CHANGE}
     stale = manifest.stale_stages(math_stages)
     recorded = [name for name in STAGES if name in manifest.record["stages"]]
     if not stale and not (restart and recorded):
@@ -206,6 +213,8 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
+        if settings.evaluation.enabled:
+            load_estimator(judge_name(settings))  # a judge without its weights: one line now, not after the edits
         if settings.execution.executor == "ray":
             import_ray()  # its absence is a one-line error now, not after the flow stage
     device = settings.model.torch_device()
@@ -225,7 +234,12 @@ def run_pipeline(request: RunRequest, console: Console) -> Path:
             driving = flow_stage(ctx, clip)                      # their motion, on the video's grid
             motion = align_stage(ctx, driving)                   # laid onto the image: target flows, edit masks
             results = None if request.flow_only else guide_stage(ctx, motion)  # one edit per target flow
-            encode_stage(ctx, clip, motion, results)
+            evaluation = None if request.flow_only else evaluate_stage(ctx)    # judged independently
+            encode_stage(ctx, clip, motion, results, evaluation)
+    if request.flow_only:
+        console.print("evaluation skipped: --flow-only made no edits to judge", highlight=False)
+    elif evaluation is not None:
+        console.print(evaluation_table(evaluation))
     done = ", ".join(f"{count} {stage}" for stage, count in ctx.computed.items()) or "nothing (all up to date)"
     console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {escape(str(folder / 'report.html'))}",
                   highlight=False)
@@ -259,7 +273,7 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
     folder = request.out or Path("outputs") / f"{request.video.stem}-flow"
     prints = {"video": fingerprint(request.video)}
     own = settings.stage_settings({"decode": {"inputs": {"video": content_id(prints["video"])}}},
-                                  skip=("align", "guide"))
+                                  skip=("align", "guide", "evaluate"))
     wanted = {stage: own[stage] for stage in ("decode", "flow", "encode")}
     header = {"pipeline": "flow", "config": _plain({"video": settings.as_record()["video"]}), "inputs": prints,
               "device": str(device)}
