@@ -294,10 +294,16 @@ def _sort_value(value: float) -> str:
 
 
 def _figure_keys(frames: list[ReportFrame]) -> list[str]:
-    keys: dict[str, None] = {}
+    """Every frame's figure keys, each frame's order kept: a key first seen in a later frame goes right
+    after the key before it there (frame 0, the source, lacks the edit's figures)."""
+    keys: list[str] = []
     for frame in frames:
-        keys.update(dict.fromkeys(frame.figures))
-    return list(keys)
+        position = 0
+        for key in frame.figures:
+            if key not in keys:
+                keys.insert(position, key)
+            position = keys.index(key) + 1
+    return keys
 
 
 def _png_data_uri(image: Any) -> str:

@@ -663,10 +663,10 @@ def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
 
 
 EVALUATION_PLOTS = (
-    Plot("epe_edit", "motion fidelity: EPE in the edit mask (px, by the judge); dashed: overall", "epe_all"),
+    Plot("epe_edit", "fidelity: EPE in the edit mask (px); dashed: overall", "epe_all"),
     Plot("ssim", "preservation: SSIM outside the edit mask (1: untouched)"),
-    Plot("warping_error", "temporal consistency: warping error between consecutive frames (lower is steadier); "
-         "dashed: the source pushed along the target flows", "baseline_warping_error"),
+    Plot("warping_error", "temporal consistency: warping error (lower is steadier); dashed: naive baseline",
+         "baseline_warping_error"),
 )
 """The report's plots of an evaluation; its other figures (PSNR, shares within 1 px) are in the table."""
 
@@ -677,7 +677,8 @@ def _evaluation_line(evaluation: dict[str, Any]) -> str:
     judge = evaluation["judge"]
 
     def shown(key: str, text: str) -> str:
-        return text.format(mean[key]) if mean.get(key) is not None else "–"
+        value = mean.get(key)
+        return "–" if value is None else "∞" if value == math.inf else text.format(value)
 
     return (
         f"Evaluation by {judge['estimator']} (not the guidance estimator {judge['guidance_estimator']}), means over "
