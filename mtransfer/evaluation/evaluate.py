@@ -40,7 +40,7 @@ FIGURES = {
     "warping_error": "warping error",
     "baseline_warping_error": "naive warping error",
 }
-"""The per-frame figures of an evaluation, in order, with readable names (the report's columns)."""
+"""The per-frame figures of an evaluation (averaged in its summary), with readable names for the report."""
 
 
 def _same_size(path: Path, tensor: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -138,13 +138,11 @@ def evaluate_run(
     for row, error, baseline in zip(rows[1:], temporal["warping_error"], temporal["baseline_warping_error"]):
         row.update(warping_error=error, baseline_warping_error=baseline)
     moving = [row for row in rows if row["max_motion_px"] > MOTIONLESS_PX]  # frame 0 is the source itself
-    keys = ("epe_edit", "epe_all", "within_1px_edit", "within_1px_all", "psnr", "ssim",
-            "warping_error", "baseline_warping_error")
     evaluation = {
         "folder": str(folder),
         "kind": kind,
         "judge": {"estimator": name, "guidance_estimator": guidance, "max_side": max_side},
-        "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in keys},
+        "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in FIGURES},
         "frames": rows,
     }
     write_json(folder / EVALUATION, json_ready(evaluation))
