@@ -6,7 +6,8 @@ a bad command never changes earlier results. Resuming is the default: the same c
 a killed run stopped. When the inputs or the settings that shape the results changed, the run refuses to
 mix old and new results; ``--restart`` then moves the affected stages' files to ``superseded/<time>/``
 inside the run folder (nothing is deleted) and recomputes them, keeping the stages that are still valid.
-``--restart`` with nothing changed redoes every stage the same way.
+``--restart`` with nothing changed redoes every stage the same way. The evaluation and the encoding are
+derived from the frames and need no ``--restart``: when only their settings changed they are redone.
 """
 
 from __future__ import annotations
@@ -130,7 +131,9 @@ def _plain(value: Any) -> Any:
 def stage_settings(settings: RunSettings, inputs: CheckedInputs, flow_only: bool) -> dict[str, dict[str, Any]]:
     """What each stage's results depend on: the settings each declares it shapes (``RunSettings``), the
     inputs' content, the resolved working size and judge. The device and the output encoding shape no
-    frame: resuming a CPU run on a GPU is allowed, and changing ``[output]`` only re-encodes."""
+    frame: resuming a CPU run on a GPU is allowed, changing ``[output]`` only re-encodes and changing
+    ``[evaluation]`` only re-evaluates (``REDONE_ON_CHANGE``). A run without edits (``flow_only``) or with
+    ``evaluation.enabled = false`` has no evaluation for the report to depend on."""
     ids = {name: content_id(print_) for name, print_ in inputs.prints.items()}
     skip = ("guide", "evaluate") if flow_only else () if settings.evaluation.enabled else ("evaluate",)
     return settings.stage_settings(
