@@ -98,6 +98,9 @@ def test_report_references_only_existing_local_files(finished):
         assert (finished / path).is_file(), path
     assert "frames/0003.png" in viewer and "achieved_color/0003.png" in viewer and "source.png" in parser.paths
     assert "guidance.steps" in page and "<script>" in page
+    # the evaluation: its three plots, the naive baseline as the temporal plot's reference, the file linked
+    assert all(f'data-key="{key}"' in page for key in ("epe_edit", "ssim", "warping_error"))
+    assert '<polyline class="reference"' in page and "evaluation.json" in parser.paths
 
 
 def test_flow_only_stops_before_guidance(tmp_path, capsys):
