@@ -55,8 +55,8 @@ from mtransfer.app.settings import RunSettings
 from mtransfer.devices import parse_device
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import FlowEstimator
-from mtransfer.evaluation import EVALUATION, FIGURES, evaluate_run, judge_estimator_name, read_evaluation
-from mtransfer.files import atomic_path, json_ready, load_image, save_image
+from mtransfer.evaluation import EVALUATION, FIGURES, evaluate_run, judge_estimator_name
+from mtransfer.files import atomic_path, json_ready, load_image, save_image, with_infinities
 from mtransfer.flows.io import motion_problem, read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
@@ -585,7 +585,10 @@ def evaluate_stage(ctx: RunContext) -> dict[str, Any] | None:
         return None
     remade = "guide" in ctx.computed
     if ctx.manifest.is_done("evaluate", settings) and not remade and path.exists():
-        return read_evaluation(ctx.folder)
+        # as the manifest and the report hold it (`mtransfer eval` may have rewritten evaluation.json since)
+        record = with_infinities(ctx.manifest.stage("evaluate"))
+        return {"folder": str(ctx.folder), "kind": "run", "judge": record["judge"], "summary": record["summary"],
+                "frames": list(record["frames"].values())}
     _supersede_changed(ctx, "evaluate", settings, "re-evaluating", "the earlier evaluation")
     if remade:  # figures of the results this run replaced no longer hold
         ctx.manifest.record["stages"].pop("evaluate", None)
