@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -227,6 +228,38 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with its infinite floats written as the strings "inf" / "-inf" (JSON has no infinity; an
+    identical picture's PSNR is one); ``with_infinities`` and ``json_number`` read them back."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def with_infinities(value: Any) -> Any:
+    """The inverse of ``json_ready``: the strings "inf" / "-inf" anywhere in a record become floats."""
+    if isinstance(value, str) and value in ("inf", "-inf"):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: with_infinities(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_infinities(v) for v in value]
+    return value
+
+
+def json_number(value: Any) -> float | None:
+    """A number of a JSON record as a float (the strings "inf" / "-inf" as infinities), else None."""
+    if isinstance(value, str) and value in ("inf", "-inf"):
+        return float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def write_json(path: str | Path, record: Any) -> Path:

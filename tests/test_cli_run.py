@@ -98,6 +98,9 @@ def test_report_references_only_existing_local_files(finished):
         assert (finished / path).is_file(), path
     assert "frames/0003.png" in viewer and "achieved_color/0003.png" in viewer and "source.png" in parser.paths
     assert "guidance.steps" in page and "<script>" in page
+    # the evaluation: its three plots, the naive baseline as the temporal plot's reference, the file linked
+    assert all(f'data-key="{key}"' in page for key in ("epe_edit", "ssim", "warping_error"))
+    assert '<polyline class="reference"' in page and "evaluation.json" in parser.paths
 
 
 def test_flow_only_stops_before_guidance(tmp_path, capsys):
@@ -108,6 +111,7 @@ def test_flow_only_stops_before_guidance(tmp_path, capsys):
     assert len(list((out / "flow").glob("*.flo"))) == FRAMES
     assert not (out / "frames").exists() and not (out / "result.mp4").exists()
     assert "--flow-only" in (out / "report.html").read_text()
+    assert "evaluation skipped: --flow-only made no edits" in err and not (out / "evaluation.json").exists()
 
 
 def test_common_flags_become_settings(tmp_path, capsys):
@@ -172,6 +176,10 @@ def test_a_missing_model_is_a_one_line_error_before_any_stage_runs(tmp_path, cap
     code, err = cli(capsys, *run_args(tmp_path / "run", *raft))
     assert code == 2 and "no.pth: no such raft-small weights file" in " ".join(err.split())
     assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("MTRANSFER_RAFT_WEIGHTS", str(tmp_path / "judge.pth"))  # a judge without its weights
+    code, err = cli(capsys, *run_args(tmp_path / "run", "--set", 'evaluation.estimator="raft-small"'))
+    assert code == 2 and "judge.pth: no such raft-small weights file" in " ".join(err.split())
+    assert not (tmp_path / "run").exists()  # found before the edits, nothing written
     code, err = cli(capsys, *run_args(tmp_path / "run", *missing, "--flow-only"))
     assert code == 0, err  # flows need no diffusion model
     assert len(list((tmp_path / "run" / "flow").glob("*.flo"))) == FRAMES
@@ -183,7 +191,14 @@ def test_the_tiny_stable_diffusion_preset_runs_end_to_end(tmp_path, capsys):
     assert code == 0, err
     info = probe_video(out / "result.mp4")
     assert (info.frame_count, info.width, info.height) == (3, 64, 64)
-    guide = json.loads((out / "manifest.json").read_text())["stages"]["guide"]["frames"]
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    guide = stages["guide"]["frames"]
     assert guide["0000"] == {"still": True} and guide["0002"]["diverged"] is False  # frame 2 went through SD
     assert (out / "cache" / "latents" / "0002.pt").exists()
+    # judged at the end: the figures in the manifest and evaluation.json, the summary table in the terminal
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert stages["evaluate"]["frames"]["0002"] == evaluation["frames"][2]
+    assert {"epe_edit", "psnr", "ssim", "warping_error", "baseline_warping_error"} <= set(evaluation["frames"][2])
+    printed = " ".join(err.split())
+    assert "EPE mask" in printed and "naive" in printed and f"judge: {evaluation['judge']['estimator']}" in printed, err
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from mtransfer.estimators import load_estimator
 from mtransfer.evaluation import (
-    evaluate_run, fidelity, judge_estimator_name, judge_motion, preservation, temporal_consistency,
+    evaluate_run, fidelity, judge_estimator_name, judge_motion, preservation, read_evaluation, temporal_consistency,
 )
 from mtransfer.files import save_image, write_json
 from mtransfer.flows import splat_image, translation, write_flow
@@ -133,12 +133,12 @@ def test_mtransfer_eval_on_a_run_folder(tmp_path) -> None:
     assert "mean" in done.stdout and "tvl1" in done.stdout
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
     assert [row["frame"] for row in evaluation["frames"]] == [0, 1, 2]
-    assert evaluation["judge"] == {"estimator": "tvl1", "guidance_estimator": "pyramid"}
+    assert evaluation["judge"] == {"estimator": "tvl1", "guidance_estimator": "pyramid", "max_side": 256}
     assert evaluation["summary"]["epe_edit"] < 1.0
     assert evaluation["summary"]["psnr"] == "inf"  # outside the masks the frames are the source
     assert evaluation["summary"]["warping_error"] < 0.01
     direct = evaluate_run(tmp_path)  # the function the report can call; JSON spells infinity "inf"
-    assert direct["summary"]["psnr"] == math.inf
+    assert direct["summary"]["psnr"] == math.inf and read_evaluation(tmp_path)["summary"]["psnr"] == math.inf
     assert direct["frames"][1]["epe_edit"] == evaluation["frames"][1]["epe_edit"]
 
 

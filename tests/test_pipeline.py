@@ -15,9 +15,11 @@ import torch
 from rich.console import Console
 
 import mtransfer.app.settings as app_settings
+import mtransfer.evaluation.evaluate as evaluate
 import mtransfer.pipeline.stages as stages
 from mtransfer.app import Editor, load_settings
 from mtransfer.errors import MtransferError
+from mtransfer.evaluation import evaluate_run, read_evaluation
 from mtransfer.files import load_image
 from mtransfer.flows.io import read_flow
 from mtransfer.guidance import GuidanceConfig
@@ -46,8 +48,9 @@ class Interrupt(Exception):
     """Stands in for a kill: raised from inside a stage after some frames were finished."""
 
 
-COUNTED = {"edit": (Editor, "edit"), "video_flows": (stages, "video_flows")}
-"""What the tests count: edits (``Editor.edit``) and flow estimations (the flow stage's ``video_flows``)."""
+COUNTED = {"edit": (Editor, "edit"), "video_flows": (stages, "video_flows"), "judge": (evaluate, "judge_motion")}
+"""What the tests count: edits (``Editor.edit``), flow estimations (the flow stage's ``video_flows``) and
+the evaluation judge's measurements (``judge_motion``, once per judged frame)."""
 
 
 def counting(monkeypatch, what: str, stop_after: int | None = None) -> list[int]:
@@ -114,10 +117,34 @@ def test_manifest_records_config_inputs_versions_and_every_frame(reference):
 def test_rerunning_a_finished_run_computes_nothing(reference, monkeypatch):
     edits = counting(monkeypatch, "edit")
     flows = counting(monkeypatch, "video_flows")
-    before = (reference / "result.mp4").stat().st_mtime_ns
+    judged = counting(monkeypatch, "judge")
+    before = {name: (reference / name).stat().st_mtime_ns for name in ("result.mp4", "evaluation.json", "report.html")}
     run(reference)
-    assert edits == [] and flows == []
-    assert (reference / "result.mp4").stat().st_mtime_ns == before
+    assert edits == [] and flows == [] and judged == []
+    assert {name: (reference / name).stat().st_mtime_ns for name in before} == before
+
+
+def test_the_run_evaluates_every_frame_into_the_manifest_and_evaluation_json(reference):
+    manifest = json.loads((reference / "manifest.json").read_text())
+    recorded = manifest["stages"]["evaluate"]
+    evaluation = json.loads((reference / "evaluation.json").read_text())
+    judge = evaluation["judge"]
+    # an independent judge: not the estimator inside the energy, resolved and recorded as what evaluate depends on
+    assert judge["estimator"] != "pyramid" and judge["guidance_estimator"] == "pyramid"
+    assert recorded["status"] == "done" and recorded["judge"] == judge
+    assert recorded["settings"]["evaluation"] == {"enabled": True, "estimator": judge["estimator"], "max_side": 256}
+    assert recorded["summary"] == evaluation["summary"]
+    rows = {f"{row['frame']:04d}": row for row in evaluation["frames"]}
+    assert recorded["frames"] == rows and list(rows) == ["0000", "0001", "0002", "0003"]
+    # frame 0 is the source itself: untouched, and no frame before it to compare with
+    assert rows["0000"]["psnr"] == "inf" and rows["0000"]["ssim"] == 1.0 and "warping_error" not in rows["0000"]
+    for name in ("0001", "0002", "0003"):
+        row = rows[name]
+        assert row["epe_edit"] >= 0 and 0 <= row["within_1px_edit"] <= 1 and row["ssim"] <= 1
+        assert row["warping_error"] >= 0 and row["baseline_warping_error"] >= 0
+    # what the stage assembled frame by frame is what one evaluation of the finished folder gives
+    again = evaluate_run(reference, estimator=judge["estimator"])
+    assert again["frames"] == read_evaluation(reference)["frames"]
 
 
 def test_an_interrupted_run_resumes_with_only_the_missing_frames(reference, tmp_path, monkeypatch):
@@ -199,6 +226,15 @@ def test_a_batched_run_gives_every_frame_its_unbatched_result(reference, tmp_pat
     assert [frames[f"{i:04d}"]["passes"] for i in (1, 2, 3)] == [3 * 2] * 3  # steps x recursions each
 
 
+def test_evaluation_settings_are_checked():
+    with pytest.raises(MtransferError, match=r"^evaluation\.estimator: pyramid guides the edit"):
+        load_settings(PRESET, ['evaluation.estimator="pyramid"'])
+    with pytest.raises(MtransferError, match=r"^evaluation\.max_side: must be at least 16"):
+        load_settings(PRESET, ["evaluation.max_side=8"])
+    with pytest.raises(MtransferError, match=r"^evaluation\.estimator: must be"):
+        load_settings(PRESET, ['evaluation.estimator="nonesuch"'])
+
+
 def test_warm_start_settings_are_checked():
     with pytest.raises(MtransferError, match="video.warm_start"):
         load_settings(PRESET, ["video.warm_start=1.0"])
@@ -227,6 +263,41 @@ def test_a_killed_process_resumes_without_corrupt_or_repeated_frames(reference, 
     run(out)
     assert len(edits) == 2  # frames 2 and 3; frame 0 is the source itself, frame 1 was kept
     assert torch.equal(frames_of(out), frames_of(reference))
+
+
+def test_judge_settings_redo_only_the_evaluation_which_resumes_frame_by_frame(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(out)
+    first = read_evaluation(out)
+    edits, flows = counting(monkeypatch, "edit"), counting(monkeypatch, "video_flows")
+
+    judged = counting(monkeypatch, "judge")
+    run(out, "evaluation.max_side=16")  # a judge setting: no --restart needed, only the evaluation is redone
+    assert edits == [] and flows == [] and len(judged) == 4
+    assert read_evaluation(out)["judge"]["max_side"] == 16
+    (moved,) = (out / "superseded").glob("*/evaluation.json")
+    assert read_evaluation(moved.parent) == first  # the earlier evaluation is kept, not mixed in
+
+    judged = counting(monkeypatch, "judge", stop_after=2)  # killed after judging two frames
+    with pytest.raises(Interrupt):
+        run(out, "evaluation.max_side=24")
+    assert Manifest.open(out).done_frames("evaluate") == {0, 1}
+    judged = counting(monkeypatch, "judge")
+    run(out, "evaluation.max_side=24")
+    assert len(judged) == 2 and edits == [] and flows == []  # frames 2 and 3
+    resumed = read_evaluation(out)
+    assert evaluate_run(out, estimator=resumed["judge"]["estimator"], max_side=24)["frames"] == resumed["frames"]
+
+    judged = counting(monkeypatch, "judge")
+    (out / "frames" / "0002.png").unlink()  # a result made again is judged again, with every other frame
+    run(out, "evaluation.max_side=24")
+    assert len(edits) == 1 and len(judged) == 4
+
+    judged = counting(monkeypatch, "judge")
+    run(out, "evaluation.max_side=24", "evaluation.enabled=false")
+    assert judged == [] and not (out / "evaluation.json").exists()
+    assert "evaluate" not in json.loads((out / "manifest.json").read_text())["stages"]
+    assert 'data-key="warping_error"' not in (out / "report.html").read_text()
 
 
 def test_changed_settings_are_refused_then_restart_moves_only_the_affected_stages(tmp_path, monkeypatch):

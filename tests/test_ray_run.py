@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+import mtransfer.evaluation.evaluate as evaluate
 import mtransfer.pipeline.stages as stages
 from mtransfer.app import Editor, load_settings
 from mtransfer.app.executors import RAY_INSTALL_HINT
 from mtransfer.errors import Interrupted, UsageError
+from mtransfer.evaluation import read_evaluation
 from mtransfer.pipeline.manifest import Manifest
 from mtransfer.pipeline.runner import RunRequest, run_pipeline
 from mtransfer.pipeline.stages import KILL_AFTER_ENV
@@ -115,6 +117,9 @@ def test_ray_frames_are_the_local_frames_byte_for_byte_even_when_a_worker_dies_m
 ):
     marker = tmp_path / "worker-died"
     monkeypatch.setattr(stages, "FrameEditor", functools.partial(KillingFrameEditor, marker=str(marker)))
+    judged: list[int] = []
+    judge = evaluate.judge_motion
+    monkeypatch.setattr(evaluate, "judge_motion", lambda *args, **kwargs: judged.append(1) or judge(*args, **kwargs))
     folder = run(fresh("ray"), *RAY, "execution.workers=2")
     assert marker.exists()  # a worker did die in the middle of frame 1
     assert frame_bytes(folder) == local_frames  # every frame, whole, and no temporary file left behind
@@ -125,6 +130,11 @@ def test_ray_frames_are_the_local_frames_byte_for_byte_even_when_a_worker_dies_m
         assert records[name]["worker"] in ("ray-0", "ray-1")
         assert records[name]["pid"] != os.getpid() and records[name]["host"]
         assert records[name]["worker_seconds"] >= records[name]["seconds"] - 0.01 > 0  # rounded to 3 and 2 places
+    # the driver judged every frame once the workers were done, into its manifest and evaluation.json
+    assert len(judged) == FRAMES
+    recorded = Manifest.open(folder).stage("evaluate")
+    assert recorded["status"] == "done"
+    assert [row["frame"] for row in read_evaluation(folder)["frames"]] == [int(name) for name in recorded["frames"]]
 
 
 def test_a_run_killed_on_the_local_executor_finishes_on_ray_without_recomputing(fresh, local_frames, monkeypatch):

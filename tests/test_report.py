@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
 import torch
 
 from mtransfer.flows.viz import HEAT_STOPS, error_scale, error_to_color
-from mtransfer.pipeline.report import Report, ReportFrame, figure_label, figure_values, render_report
+from mtransfer.pipeline.report import Plot, Report, ReportFrame, figure_label, figure_values, render_report
 
 
 def test_error_heat_map_interpolates_its_stops_and_clips_at_the_top():
@@ -46,6 +47,9 @@ def test_figures_are_flattened_numbers_with_readable_names():
     assert figure_label("final_energy.flow") == "final energy flow"
     assert figure_label("sampling_s") == "sampling (s)"
     assert figure_label("seconds") == "seconds"
+    # JSON spells infinity "inf" (an untouched background's PSNR); the frame number names, it does not measure
+    assert figure_values({"frame": 3, "psnr": "inf", "ssim": 1.0}) == {"psnr": math.inf, "ssim": 1.0}
+    assert figure_label("psnr", {"psnr": "PSNR outside mask (dB)"}) == "PSNR outside mask (dB)"
 
 
 def report(frames: list[ReportFrame], **extra) -> Report:
@@ -75,3 +79,33 @@ def test_page_data_cannot_close_its_script_element():
     page = render_report(report([frame]))
     assert page.count("<script") == 2 and page.count("</script>") == 2
     assert hostile in json.dumps(page_data(page))  # the name survives, escaped
+
+
+def test_a_plot_draws_its_reference_dashed_on_the_same_axis_and_table_only_figures_are_not_plotted():
+    figures = [{"seconds": 1.0, "psnr": math.inf},
+               {"seconds": 2.0, "psnr": math.inf, "warping_error": 0.02, "baseline_warping_error": 0.01},
+               {"seconds": 3.0, "psnr": 30.0, "warping_error": 0.04, "baseline_warping_error": 0.01}]
+    frames = [ReportFrame(index=i, target_flow="t.png", motion_px=float(i), result="r.png", figures=f)
+              for i, f in enumerate(figures)]
+    page = render_report(report(frames, plots=[Plot("warping_error", "warping (dashed: naive)", "baseline_warping_error")],
+                                table_only=("psnr",), labels={"psnr": "PSNR outside mask (dB)"}))
+    plots = dict(re.findall(r'<svg class="plot"[^>]*data-key="([^"]+)"[^>]*>(.*?)</svg>', page))
+    assert set(plots) == {"warping_error", "seconds"}  # the reference and table-only figures get no plot alone
+    warping = plots["warping_error"]
+    lines = dict(re.findall(r'<polyline class="([^"]*)" points="([^"]+)"/>', warping))
+    assert set(lines) == {"", "reference"} and all(len(points.split()) == 2 for points in lines.values())
+    # one axis for both: it spans the lowest reference value and the highest figure value
+    assert re.findall(r'text-anchor="end">([^<]+)</text>', warping)[:2] == ["0.04", "0.01"]
+    # the reference is flat at the bottom of the axis; the figure's points select their frames
+    assert len({point.split(",")[1] for point in lines["reference"].split()}) == 1
+    assert re.findall(r'<circle[^>]*data-frame="(\d+)"', warping) == ["1", "2"]
+    assert "PSNR outside mask (dB)</button>" in page and "warping (dashed: naive)" in page
+    assert re.findall(r'<td data-value="([^"]*)">inf</td>', page) == ["Infinity", "Infinity"]  # sorts as a number
+
+
+def test_table_columns_keep_each_frames_order_when_later_frames_add_figures():
+    frames = [ReportFrame(index=0, target_flow="t.png", motion_px=0.0, figures={"motion": 0.0, "psnr": 1.0}),
+              ReportFrame(index=1, target_flow="t.png", motion_px=1.0,
+                          figures={"motion": 1.0, "seconds": 2.0, "epe": 0.5, "psnr": 3.0, "warp": 0.1})]
+    heads = re.findall(r'<th scope="col"><button type="button">([^<]+)</button>', render_report(report(frames)))
+    assert heads == ["frame", "status", "motion", "seconds", "epe", "psnr", "warp"]

@@ -150,6 +150,29 @@ def test_run_report_table_sorts_and_selects_frames(browser_page, run_report):
     assert_stayed_local(browser_page)
 
 
+def test_run_report_plots_the_evaluation_with_reference_lines_and_tabulates_it(browser_page, run_report):
+    page = open_page(browser_page, run_report)
+    evaluation = json.loads((run_report.parent / "evaluation.json").read_text())
+    assert f"Evaluation by {evaluation['judge']['estimator']}" in page.text_content(".summary")
+    for key in ("epe_edit", "ssim", "warping_error"):  # fidelity, preservation, temporal consistency
+        assert page.locator(f'svg.plot[data-key="{key}"]').is_visible(), key
+    temporal = page.locator('svg.plot[data-key="warping_error"]')
+    naive = temporal.locator("polyline.reference")
+    assert naive.count() == 1 and naive.evaluate("line => getComputedStyle(line).strokeDasharray") != "none"
+    assert "naive" not in " ".join(page.eval_on_selector_all("svg.plot", "plots => plots.map(p => p.dataset.key)"))
+    page.locator(".plots").scroll_into_view_if_needed()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.locator(".plots").screenshot(path=SHOTS / "run-evaluation-plots.png")
+    temporal.locator('circle[data-frame="2"]').click()  # a point of the plot shows its frame
+    assert page.input_value("#slider") == "2" and shown(page, "result") == "frames/0002.png"
+    heads = page.eval_on_selector_all("thead th", "heads => heads.map(h => h.textContent)")
+    assert {"EPE in mask (px)", "PSNR outside mask (dB)", "warping error", "naive warping error"} <= set(heads)
+    column = heads.index("warping error") + 1
+    values = page.eval_on_selector_all(f"tbody tr td:nth-child({column})", "cells => cells.map(c => c.dataset.value)")
+    assert values == [""] + [repr(row["warping_error"]) for row in evaluation["frames"][1:]]
+    assert_stayed_local(browser_page)
+
+
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 def test_edit_report_shows_one_frame_in_the_same_layout(browser_page, edit_report, viewport):
     page = open_page(browser_page, edit_report, viewport)

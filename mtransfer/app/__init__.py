@@ -19,6 +19,7 @@ from mtransfer.app.models import check_models, cpu_warning, load_backend, load_e
 from mtransfer.app.settings import (
     STAGES,
     EstimatorSettings,
+    EvaluationSettings,
     ExecutionSettings,
     ModelSettings,
     OutputSettings,
@@ -33,6 +34,7 @@ __all__ = [
     "Editor",
     "EditorCache",
     "EstimatorSettings",
+    "EvaluationSettings",
     "ExecutionSettings",
     "ModelSettings",
     "OutputSettings",

@@ -5,7 +5,7 @@ its overrides into ``RunSettings``, checking every section here at the edge (``m
 everything after can trust its inputs. The objects are frozen dataclasses of plain values: they pickle,
 so a worker process can be handed them and load its own models (``mtransfer.app.Editor.load``).
 
-Stages: ``decode → flow → align → guide → encode`` (``STAGES``). Each section of ``RunSettings`` names the
+Stages: ``decode → flow → align → guide → evaluate → encode`` (``STAGES``). Each section of ``RunSettings`` names the
 stage its fields shape by default, and a field may override it with ``field(metadata={STAGE: ...})``
 (``None``: shapes no stage's results). ``RunSettings.stage_settings`` derives from these declarations what
 each stage's results depend on, which is what resuming compares and ``--restart`` acts on; a field added
@@ -34,8 +34,12 @@ from mtransfer.speed import parse_fast_path
 from mtransfer.validation import STAGE, check_types, declared_stage, finite_numbers, from_mapping, rule_checker
 from mtransfer.video import MIN_SIDE, output_size
 
-STAGES = ("decode", "flow", "align", "guide", "encode")
+STAGES = ("decode", "flow", "align", "guide", "evaluate", "encode")
 """The stages of a video run, in order; each stage's results depend on the settings of all before it."""
+
+REDONE_ON_CHANGE = ("evaluate", "encode")
+"""Stages whose results are figures and files derived from the frames: when their settings change, a run
+moves their earlier results to ``superseded/`` and redoes them instead of refusing to go on."""
 
 FLOW_MODES = ("direct", "chained")
 INIT_MODES = ("shared", "previous")
@@ -269,6 +273,30 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class EvaluationSettings:
+    """``[evaluation]``: the independent judge of a run's results (``mtransfer.evaluation``), run by the
+    ``evaluate`` stage after the edits; its figures go to ``evaluation.json``, the manifest and the report.
+
+    - ``enabled``: judge the results at the end of a run (``false``: skip; ``mtransfer eval`` can later).
+    - ``estimator``: the judge; ``""`` picks RAFT-large or RAFT-small when their weights are on this machine
+      and they did not guide the edit, else TV-L1 (``judge_estimator_name``). Never the guidance estimator.
+    - ``max_side``: the long side (px) the judge measures at, which bounds its cost per frame (TV-L1 runs
+      on the CPU); larger images are measured shrunk and their flows scaled back.
+    """
+
+    enabled: bool = True
+    estimator: str = ""
+    max_side: int = 256
+
+    def __post_init__(self) -> None:
+        check_types(self, "evaluation")
+        require = rule_checker("evaluation")
+        require(self.estimator in ("", *ESTIMATORS), "estimator", f"must be \"\" (automatic) or one of "
+                f"{', '.join(ESTIMATORS)}", self.estimator)
+        require(self.max_side >= 16, "max_side", "must be at least 16 px", self.max_side)
+
+
+@dataclass(frozen=True)
 class ExecutionSettings:
     """``[execution]``: where the guide stage's frames are edited (``mtransfer.app.executors``). Shapes no
     stage's results: a frame is the same bytes whichever executor made it, so a run started with one
@@ -312,9 +340,15 @@ class RunSettings:
     video: VideoSettings = field(metadata={STAGE: "decode"})
     align: AlignConfig = field(metadata={STAGE: "align"})
     output: OutputSettings = field(metadata={STAGE: "encode"})
+    evaluation: EvaluationSettings = field(default=EvaluationSettings(), metadata={STAGE: "evaluate"})
     execution: ExecutionSettings = field(default=ExecutionSettings(), metadata=NO_STAGE)
 
     def __post_init__(self) -> None:
+        if self.evaluation.estimator and self.evaluation.estimator == self.estimator.name:
+            raise UsageError(
+                f"evaluation.estimator: {self.estimator.name} guides the edit, so it cannot judge it too; "
+                'pick another estimator, or "" for the automatic choice'
+            )
         if self.execution.executor == "ray" and self.video.init == "previous":
             raise UsageError(
                 'video.init = "previous" edits the frames strictly one after another, so Ray cannot spread them '
@@ -391,6 +425,7 @@ SECTIONS: dict[str, type] = {
     "video": VideoSettings,
     "align": AlignConfig,
     "output": OutputSettings,
+    "evaluation": EvaluationSettings,
     "execution": ExecutionSettings,
 }
 """The class that validates each section of a preset."""

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mtransfer.cli import app, console
-from mtransfer.evaluation import EVALUATION, evaluate_run
+from mtransfer.evaluation import EVALUATION, evaluate_run, evaluation_table
 from mtransfer.progress import progress_bar
 
 EXAMPLES = """\
@@ -26,42 +25,6 @@ the flow the judge measures from the source to the result; preservation is PSNR/
 mask; the warping error compares consecutive frames moved back by their target flows (lower is steadier),
 next to the same figure for the source simply pushed along each target flow.
 """
-
-_COLUMNS = (  # key, header, format
-    ("max_motion_px", "|T|", "{:.1f}"),
-    ("epe_edit", "EPE mask", "{:.2f}"),
-    ("epe_all", "EPE all", "{:.2f}"),
-    ("within_1px_edit", "≤1px", "{:.0%}"),
-    ("psnr", "PSNR", "{:.1f}"),
-    ("ssim", "SSIM", "{:.3f}"),
-    ("warping_error", "warp", "{:.4f}"),
-    ("baseline_warping_error", "naive", "{:.4f}"),
-)
-_MAX_ROWS = 16
-
-
-def _cell(value: object, fmt: str) -> str:
-    if value is None:
-        return "–"
-    return fmt.format(value)
-
-
-def evaluation_table(evaluation: dict) -> Table:
-    """One screen: a row per frame (the first ones when there are many) and the summary row."""
-    judge = evaluation["judge"]
-    table = Table(title=f"{evaluation['folder']}  (judge: {judge['estimator']}, guided by: {judge['guidance_estimator']})")
-    table.add_column("frame", justify="right")
-    for _, header, _ in _COLUMNS:
-        table.add_column(header, justify="right")
-    frames = evaluation["frames"]
-    for row in frames[:_MAX_ROWS]:
-        table.add_row(str(row["frame"]), *(_cell(row.get(key), fmt) for key, _, fmt in _COLUMNS))
-    if len(frames) > _MAX_ROWS:
-        table.add_row(f"… {len(frames) - _MAX_ROWS} more", *[""] * len(_COLUMNS))
-    summary = evaluation["summary"]
-    table.add_row("mean", "", *(_cell(summary.get(key), fmt) for key, _, fmt in _COLUMNS[1:]), style="bold")
-    return table
-
 
 @app.command("eval", epilog=EXAMPLES)
 def eval_command(

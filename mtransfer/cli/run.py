@@ -35,6 +35,8 @@ EXAMPLES = """\
   [cyan]mtransfer run clip.mp4 --onto photo.png --set guidance.guidance_weight=150 --out outputs/w150[/]
       any preset value, into another folder
 
+The results are judged at the end (evaluation.json, the report, a table here; see `mtransfer eval`);
+--set evaluation.enabled=false skips that, --set evaluation.estimator="tvl1" picks the judge.
 Running the same command again resumes; finished frames are never recomputed. Sizes are HEIGHTxWIDTH.
 """
 

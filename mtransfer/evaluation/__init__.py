@@ -2,23 +2,27 @@
 
 ``judge`` measures the motion an edit shows (robust to large motions), ``metrics`` turns it and the
 images into fidelity, preservation and temporal-consistency figures, ``evaluate`` applies both to a run
-or edit folder (``mtransfer eval``).
+or edit folder (``mtransfer eval``, and the ``evaluate`` stage of ``mtransfer run``), ``table`` prints it.
 """
 
-from mtransfer.evaluation.evaluate import EVALUATION, evaluate_run
+from mtransfer.evaluation.evaluate import EVALUATION, FIGURES, evaluate_run, read_evaluation
 from mtransfer.evaluation.judge import Judgement, judge_estimator_name, judge_motion, load_judge
 from mtransfer.evaluation.metrics import end_point_error, fidelity, preservation, temporal_consistency, warping_error
+from mtransfer.evaluation.table import evaluation_table
 
 __all__ = [
     "EVALUATION",
+    "FIGURES",
     "Judgement",
     "end_point_error",
     "evaluate_run",
+    "evaluation_table",
     "fidelity",
     "judge_estimator_name",
     "judge_motion",
     "load_judge",
     "preservation",
+    "read_evaluation",
     "temporal_consistency",
     "warping_error",
 ]

@@ -4,14 +4,16 @@ A run folder has ``manifest.json``, ``source.png``, ``frames/NNNN.png``, ``flow/
 ``edit_mask/NNNN.png`` (see ``mtransfer.pipeline.stages``). An edit folder has ``run.json``,
 ``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving region of the
 target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The figures are
-written to ``evaluation.json`` in the folder (atomically) and returned.
+written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
+``evaluate_run`` as its ``evaluate`` stage, keeping each judged frame's figures in its manifest so that
+an interrupted evaluation resumes (``known``, ``on_frame``).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,24 @@ from mtransfer.errors import UsageError, input_error
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
 from mtransfer.estimators import load_estimator
-from mtransfer.files import load_image, read_json, write_json
+from mtransfer.files import json_ready, load_image, read_json, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
 from mtransfer.pipeline.align import motion_mask
 
 EVALUATION = "evaluation.json"
 MOTIONLESS_PX = 0.5
 """Frames whose target moves no pixel further than this are left out of the summary (they are the source)."""
+FIGURES = {
+    "epe_edit": "EPE in mask (px)",
+    "epe_all": "EPE overall (px)",
+    "within_1px_edit": "within 1 px in mask",
+    "within_1px_all": "within 1 px overall",
+    "psnr": "PSNR outside mask (dB)",
+    "ssim": "SSIM outside mask",
+    "warping_error": "warping error",
+    "baseline_warping_error": "naive warping error",
+}
+"""The per-frame figures of an evaluation (averaged in its summary), with readable names for the report."""
 
 
 def _same_size(path: Path, tensor: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -62,15 +75,9 @@ def _mean(values: list[float | None]) -> float | None:
     return statistics.fmean(finite) if finite else None
 
 
-def _json_ready(value: Any) -> Any:
-    """JSON has no infinity: an infinite figure (identical pixels, PSNR) is written as the string "inf"."""
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    return value
+def read_evaluation(folder: str | Path) -> dict[str, Any]:
+    """The ``evaluation.json`` that ``evaluate_run`` wrote in ``folder``, infinities restored."""
+    return with_infinities(read_json(Path(folder) / EVALUATION))
 
 
 def evaluate_run(
@@ -78,12 +85,18 @@ def evaluate_run(
     *,
     device: str | torch.device = "cpu",
     estimator: str | None = None,
+    max_side: int = 256,
     progress: Callable[[int], None] | None = None,
+    known: Mapping[int, Mapping[str, Any]] | None = None,
+    on_frame: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Fidelity (by the judge), preservation and temporal consistency of every frame in ``folder``.
 
-    ``estimator`` overrides the judge's choice (``judge_estimator_name``); ``progress(total)`` is called
-    once with the number of frames and then ``progress(0)`` after each one. Writes ``evaluation.json``.
+    ``estimator`` overrides the judge's choice (``judge_estimator_name``), ``max_side`` caps the size it
+    measures at (``judge_motion``); ``progress(total)`` is called once with the number of frames to judge
+    and then ``progress(0)`` after each one. ``known`` holds the fidelity and preservation figures of
+    frames judged before (by index; "inf" read as infinity), which are not judged again; ``on_frame(index,
+    figures)`` is called after each frame judged now. Writes ``evaluation.json``.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -93,39 +106,44 @@ def evaluate_run(
     name = estimator or judge_estimator_name(guidance)
     if name == guidance:
         raise UsageError(f"the judge must not be the estimator that guided the edit ({name}); pick another")
-    judge = load_estimator(name, device=device)
+    known = {index: with_infinities(dict(row)) for index, row in (known or {}).items()}
+    judge = load_estimator(name, device=device) if any(index not in known for index, *_ in frames) else None
     source = load_image(folder / "source.png")
     size = tuple(source.shape[-2:])
     if progress:
-        progress(len(frames))
+        progress(sum(index not in known for index, *_ in frames))
     rows, results, targets = [], [], []
     for index, result_path, flow_path, mask_path in frames:
         result = _same_size(result_path, load_image(result_path), size, "result")
         target = _same_size(flow_path, read_flow(flow_path), size, "target flow")
+        results.append(result)
+        targets.append(target)
+        if index in known:
+            rows.append({**known[index], "frame": index})
+            continue
         mask = motion_mask(target)[0] if mask_path is None else _same_size(mask_path, read_mask(mask_path), size, "edit mask")
-        measured = judge_motion(judge, source[None].to(device), result[None].to(device), target.to(device)).flow[0]
+        measured = judge_motion(judge, source[None].to(device), result[None].to(device), target.to(device),
+                                max_side=max_side).flow[0]
         rows.append({
             "frame": index,
             "max_motion_px": float(target.norm(dim=0).max()),
             **fidelity(measured, target, mask),
             **preservation(source, result, mask),
         })
-        results.append(result)
-        targets.append(target)
+        if on_frame:
+            on_frame(index, rows[-1])
         if progress:
             progress(0)
     temporal = temporal_consistency(torch.stack(results), torch.stack(targets), source)
     for row, error, baseline in zip(rows[1:], temporal["warping_error"], temporal["baseline_warping_error"]):
         row.update(warping_error=error, baseline_warping_error=baseline)
     moving = [row for row in rows if row["max_motion_px"] > MOTIONLESS_PX]  # frame 0 is the source itself
-    keys = ("epe_edit", "epe_all", "within_1px_edit", "within_1px_all", "psnr", "ssim",
-            "warping_error", "baseline_warping_error")
     evaluation = {
         "folder": str(folder),
         "kind": kind,
-        "judge": {"estimator": name, "guidance_estimator": guidance},
-        "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in keys},
+        "judge": {"estimator": name, "guidance_estimator": guidance, "max_side": max_side},
+        "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in FIGURES},
         "frames": rows,
     }
-    write_json(folder / EVALUATION, _json_ready(evaluation))
+    write_json(folder / EVALUATION, json_ready(evaluation))
     return evaluation

@@ -6,7 +6,8 @@ when the run is small. The result flips to the source (hover it, or the toggle) 
 an error heat map ``|achieved − target|`` in px with its colour bar. Flow pictures have a colour-wheel
 legend with the px scale, and a frame without motion says so instead of showing a white box. Below come
 the per-frame numbers (whatever the caller gives: time, flow error, energies, metrics) as small plots over
-the frames and a sortable table, the output files, and the settings folded away.
+the frames (a figure alone, or with a reference figure dashed beside it, ``Plot``) and a sortable table, the
+output files, and the settings folded away.
 
 Plain HTML, CSS and a short script; pictures are relative paths (or inline data), so the page opens from
 disk with no server and no network, and survives moving the folder.
@@ -25,7 +26,7 @@ from typing import Any
 
 from PIL import Image
 
-from mtransfer.files import to_uint8, write_bytes
+from mtransfer.files import json_number, to_uint8, write_bytes
 from mtransfer.flows.viz import HEAT_STOPS, color_wheel
 
 
@@ -56,6 +57,16 @@ class ReportFrame:
 
 
 @dataclass(frozen=True)
+class Plot:
+    """A plot of the figure ``key`` over the frames, with the figure ``reference`` (if any) drawn dashed on
+    the same axis as a yardstick; ``caption`` says what both are."""
+
+    key: str
+    caption: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything the page shows. ``flow_scale_px`` is the speed drawn fully saturated in the flow
     pictures (the legend's rim), ``error_scale_px`` the top of the error map's colour bar."""
@@ -70,6 +81,11 @@ class Report:
     fps: float = 0.0
     files: list[str] = field(default_factory=list)
     pictures: list[tuple[str, str]] = field(default_factory=list)  # (path, caption) shown under the figures
+    plots: list[Plot] = field(default_factory=list)
+    """Plots drawn first; every other figure gets a plot of its own unless ``table_only`` names it."""
+    table_only: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    """Column names of figure keys where ``figure_label``'s reading of the key is not enough."""
 
 
 STYLE = """
@@ -125,6 +141,7 @@ svg.plot { width: 100%; height: auto; display: block; overflow: visible; }
 svg.plot text { font-size: 10px; fill: var(--muted); font-variant-numeric: tabular-nums; }
 svg.plot .frame { fill: none; stroke: var(--line); }
 svg.plot polyline { fill: none; stroke: var(--accent); stroke-width: 1.6; }
+svg.plot polyline.reference { stroke: var(--muted); stroke-dasharray: 5 3; stroke-width: 1.3; }
 svg.plot circle { fill: var(--accent); cursor: pointer; }
 svg.plot .cursor { stroke: var(--fg); stroke-width: 1; stroke-dasharray: 3 2; opacity: .6; }
 .scroll { overflow-x: auto; }
@@ -237,9 +254,11 @@ STATUS_TEXT = {
 }
 
 
-def figure_label(key: str) -> str:
-    """A readable column name for a figure key: ``final_energy.flow`` → "final energy flow",
-    ``flow_error_px`` → "flow error (px)", ``seconds`` → "seconds"."""
+def figure_label(key: str, labels: dict[str, str] | None = None) -> str:
+    """A readable column name for a figure key: its entry in ``labels``, else ``final_energy.flow`` →
+    "final energy flow", ``flow_error_px`` → "flow error (px)", ``seconds`` → "seconds"."""
+    if labels and key in labels:
+        return labels[key]
     words = key.replace(".", " ").replace("_", " ").split()
     units = {"px": "px", "s": "s", "db": "dB", "pct": "%"}
     if len(words) > 1 and words[-1].lower() in units:
@@ -247,21 +266,21 @@ def figure_label(key: str) -> str:
     return " ".join(words)
 
 
-IDENTIFIERS = {"pid"}
-"""Numbers in a frame's record that name something (the worker's process) rather than measure it."""
+IDENTIFIERS = {"pid", "frame"}
+"""Numbers in a frame's record that name something (the worker's process, the frame) rather than measure it."""
 
 
 def figure_values(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The numbers of a (nested) record, flattened to ``outer.inner`` keys; flags, text and identifiers
-    (``IDENTIFIERS``) are left out."""
+    (``IDENTIFIERS``) are left out; "inf" is infinity (``mtransfer.files.json_ready``)."""
     values: dict[str, float] = {}
     for key, value in record.items():
         if key in IDENTIFIERS:
             continue
         if isinstance(value, dict):
             values.update(figure_values(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            values[prefix + key] = float(value)
+        elif (number := json_number(value)) is not None:
+            values[prefix + key] = number
     return values
 
 
@@ -269,11 +288,22 @@ def _number(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else str(value)
 
 
+def _sort_value(value: float) -> str:
+    """A table cell's ``data-value``, as the page's script reads numbers (``Number("Infinity")``)."""
+    return repr(value) if math.isfinite(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
 def _figure_keys(frames: list[ReportFrame]) -> list[str]:
-    keys: dict[str, None] = {}
+    """Every frame's figure keys, each frame's order kept: a key first seen in a later frame goes right
+    after the key before it there (frame 0, the source, lacks the edit's figures)."""
+    keys: list[str] = []
     for frame in frames:
-        keys.update(dict.fromkeys(frame.figures))
-    return list(keys)
+        position = 0
+        for key in frame.figures:
+            if key not in keys:
+                keys.insert(position, key)
+            position = keys.index(key) + 1
+    return keys
 
 
 def _png_data_uri(image: Any) -> str:
@@ -320,9 +350,9 @@ def _frame_panels(report: Report, frame: ReportFrame) -> dict[str, dict[str, str
     return {key: shown for key, shown in panels.items() if key in columns}
 
 
-def _frame_numbers(frame: ReportFrame, single: bool) -> str:
-    parts = [] if single else [f"frame {frame.index}"]
-    parts += [f"{figure_label(k)} {_number(v)}" for k, v in frame.figures.items()]
+def _frame_numbers(report: Report, frame: ReportFrame) -> str:
+    parts = [] if len(report.frames) == 1 else [f"frame {frame.index}"]
+    parts += [f"{figure_label(k, report.labels)} {_number(v)}" for k, v in frame.figures.items()]
     return " · ".join(parts)
 
 
@@ -383,18 +413,25 @@ def _viewer(report: Report, start: int) -> str:
     return (
         f'<section class="viewer"><div class="controls">{"".join(controls)}</div>'
         f'<div class="panels" style="--columns: {len(panels)}">{"".join(figures)}</div>'
-        f'<p class="numbers" id="numbers">{html.escape(_frame_numbers(first, len(frames) == 1))}</p>{legend}{hint}</section>'
+        f'<p class="numbers" id="numbers">{html.escape(_frame_numbers(report, first))}</p>{legend}{hint}</section>'
     )
 
 
 # --- figures, files, settings --------------------------------------------------------------------------
 
 
-def _plot(frames: list[ReportFrame], key: str, start: int) -> str:
-    """An inline SVG line plot of one figure over the frames, with a cursor at the shown frame."""
+def _plottable(frames: list[ReportFrame], key: str) -> list[tuple[int, float]]:
+    return [(f.index, f.figures[key]) for f in frames if key in f.figures and math.isfinite(f.figures[key])]
+
+
+def _plot(frames: list[ReportFrame], plot: Plot, start: int, label: str) -> str:
+    """An inline SVG line plot of one figure (and its dashed reference) over the frames, with a cursor at
+    the shown frame; points of the figure select their frame."""
     width, height, left, right, top, bottom = 260, 100, 44, 8, 8, 18
-    points = [(f.index, f.figures[key]) for f in frames if key in f.figures and math.isfinite(f.figures[key])]
-    low, high = min(v for _, v in points), max(v for _, v in points)
+    points = _plottable(frames, plot.key)
+    reference = _plottable(frames, plot.reference) if plot.reference else []
+    values = [v for _, v in points + reference]
+    low, high = min(values), max(values)
     if high == low:
         low, high = low - 0.5, high + 0.5
     last = max(frames[-1].index, 1)
@@ -403,34 +440,42 @@ def _plot(frames: list[ReportFrame], key: str, start: int) -> str:
     def xy(index: int, value: float) -> tuple[float, float]:
         return left + dx * index, top + (height - top - bottom) * (high - value) / (high - low)
 
-    coordinates = [xy(i, v) for i, v in points]
-    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in coordinates)
+    def line(series: list[tuple[int, float]], css: str = "") -> str:
+        joined = " ".join("{:.1f},{:.1f}".format(*xy(i, v)) for i, v in series)
+        return f'<polyline class="{css}" points="{joined}"/>' if series else ""
+
     dots = "".join(
         f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.2" data-frame="{i}"><title>frame {i}: {_number(v)}</title></circle>'
-        for (i, v), (x, y) in zip(points, coordinates)
+        for i, v in points for x, y in [xy(i, v)]
     )
     cursor = left + dx * frames[start].index
     return (
         f'<figure><svg class="plot" viewBox="0 0 {width} {height}" data-x0="{left}" data-dx="{dx:.4f}" role="img" '
-        f'aria-label="{html.escape(figure_label(key))} over frames">'
+        f'data-key="{html.escape(plot.key)}" aria-label="{html.escape(label)} over frames">'
         f'<rect class="frame" x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}"/>'
         f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{_number(high)}</text>'
         f'<text x="{left - 4}" y="{height - bottom}" text-anchor="end">{_number(low)}</text>'
         f'<text x="{left}" y="{height - 4}">frame 0</text>'
         f'<text x="{width - right}" y="{height - 4}" text-anchor="end">{frames[-1].index}</text>'
         f'<line class="cursor" x1="{cursor:.1f}" x2="{cursor:.1f}" y1="{top}" y2="{height - bottom}"/>'
-        f'<polyline points="{line}"/>{dots}</svg><figcaption>{html.escape(figure_label(key))}</figcaption></figure>'
+        f'{line(reference, "reference")}{line(points)}{dots}</svg>'
+        f'<figcaption>{html.escape(plot.caption)}</figcaption></figure>'
     )
 
 
 def _figures(report: Report, start: int) -> str:
     frames = report.frames
     keys = _figure_keys(frames)
-    plots = [
-        _plot(frames, key, start) for key in keys
-        if len(frames) > 1 and any(key in f.figures and math.isfinite(f.figures[key]) for f in frames)
+    drawn = {key for plot in report.plots for key in (plot.key, plot.reference) if key}
+    plots = report.plots + [
+        Plot(key, figure_label(key, report.labels)) for key in keys
+        if key not in drawn and key not in report.table_only
     ]
-    heads = ["frame", "status"] + [figure_label(k) for k in keys]
+    svgs = [
+        _plot(frames, plot, start, figure_label(plot.key, report.labels)) for plot in plots
+        if len(frames) > 1 and _plottable(frames, plot.key)
+    ]
+    heads = ["frame", "status"] + [figure_label(k, report.labels) for k in keys]
     head = "".join(f'<th scope="col"><button type="button">{html.escape(h)}</button></th>' for h in heads)
     rows = []
     for position, frame in enumerate(frames):
@@ -438,11 +483,11 @@ def _figures(report: Report, start: int) -> str:
                  f'<td data-value="{html.escape(frame.status)}">{html.escape(frame.status)}</td>']
         for key in keys:
             value = frame.figures.get(key)
-            cells.append(f'<td data-value="{value!r}">{_number(value)}</td>' if value is not None
+            cells.append(f'<td data-value="{_sort_value(value)}">{_number(value)}</td>' if value is not None
                          else '<td data-value="">&ndash;</td>')
         current = ' class="current"' if position == start else ""
         rows.append(f'<tr data-frame="{position}"{current}>{"".join(cells)}</tr>')
-    plots_html = f'<div class="plots">{"".join(plots)}</div>' if plots else ""
+    plots_html = f'<div class="plots">{"".join(svgs)}</div>' if svgs else ""
     table = (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
              f'<tbody>{"".join(rows)}</tbody></table></div>')
     pictures = "".join(
@@ -472,7 +517,7 @@ def _page_data(report: Report, start: int) -> str:
         "start": start,
         "fps": min(max(report.fps, 1.0), 30.0),
         "frames": [
-            {"index": f.index, "panels": _frame_panels(report, f), "numbers": _frame_numbers(f, len(report.frames) == 1)} for f in report.frames
+            {"index": f.index, "panels": _frame_panels(report, f), "numbers": _frame_numbers(report, f)} for f in report.frames
         ],
     }
     return json.dumps(data).replace("<", "\\u003c")  # no "</script>" or "<!--" can end the element early

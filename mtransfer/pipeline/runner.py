@@ -6,7 +6,8 @@ a bad command never changes earlier results. Resuming is the default: the same c
 a killed run stopped. When the inputs or the settings that shape the results changed, the run refuses to
 mix old and new results; ``--restart`` then moves the affected stages' files to ``superseded/<time>/``
 inside the run folder (nothing is deleted) and recomputes them, keeping the stages that are still valid.
-``--restart`` with nothing changed redoes every stage the same way.
+``--restart`` with nothing changed redoes every stage the same way. The evaluation and the encoding are
+derived from the frames and need no ``--restart``: when only their settings changed they are redone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from rich.text import Text
 from mtransfer.app.executors import import_ray
 from mtransfer.app.models import check_models
 from mtransfer.app.settings import (
+    REDONE_ON_CHANGE,
     STAGES,
     EstimatorSettings,
     ModelSettings,
@@ -37,6 +39,8 @@ from mtransfer.app.settings import (
 )
 from mtransfer.app.versions import versions
 from mtransfer.errors import Interrupted, UsageError, input_error, require_file
+from mtransfer.estimators import load_estimator
+from mtransfer.evaluation import evaluation_table
 from mtransfer.files import ensure_writable, load_image, read_json, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
@@ -49,8 +53,10 @@ from mtransfer.pipeline.stages import (
     align_stage,
     decode_stage,
     encode_stage,
+    evaluate_stage,
     flow_stage,
     guide_stage,
+    judge_name,
     render_driving_flow,
 )
 from mtransfer.presets import load_pipeline
@@ -128,17 +134,21 @@ def _plain(value: Any) -> Any:
 
 def stage_settings(settings: RunSettings, inputs: CheckedInputs, flow_only: bool) -> dict[str, dict[str, Any]]:
     """What each stage's results depend on: the settings each declares it shapes (``RunSettings``), the
-    inputs' content and the resolved working size. The device and the output encoding shape no frame:
-    resuming a CPU run on a GPU is allowed, and changing ``[output]`` only re-encodes."""
+    inputs' content, the resolved working size and judge. The device and the output encoding shape no
+    frame: resuming a CPU run on a GPU is allowed, changing ``[output]`` only re-encodes and changing
+    ``[evaluation]`` only re-evaluates (``REDONE_ON_CHANGE``). A run without edits (``flow_only``) or with
+    ``evaluation.enabled = false`` has no evaluation for the report to depend on."""
     ids = {name: content_id(print_) for name, print_ in inputs.prints.items()}
+    skip = ("guide", "evaluate") if flow_only else () if settings.evaluation.enabled else ("evaluate",)
     return settings.stage_settings(
         {
             "decode": {"inputs": {"video": ids["video"]}, **_capped_size(settings.video, *inputs.video_size)},
             "align": {"inputs": {"image": ids["image"], "region_mask": ids.get("region_mask")},
                       "model": {"size": list(inputs.size)}},
+            "evaluate": {"evaluation": {"estimator": judge_name(settings)}},
             "encode": {"flow_only": flow_only},
         },
-        skip=("guide",) if flow_only else (),
+        skip=skip,
     )
 
 
@@ -163,7 +173,7 @@ def size_notes(video: VideoSettings, height: int, width: int, frames: int, optio
 
 def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], restart: bool, console: Console) -> None:
     """Refuse to mix results made with other settings, or (``--restart``) move them aside."""
-    math_stages = {name: wanted[name] for name in STAGES if name in wanted and name != "encode"}
+    math_stages = {name: wanted[name] for name in STAGES if name in wanted and name not in REDONE_ON_CHANGE}
     stale = manifest.stale_stages(math_stages)
     recorded = [name for name in STAGES if name in manifest.record["stages"]]
     if not stale and not (restart and recorded):
@@ -230,6 +240,8 @@ def run_pipeline(request: RunRequest, console: Console, progress: Progress | Non
         console.print(Text(note), highlight=False, soft_wrap=True)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
+        if settings.evaluation.enabled:
+            load_estimator(judge_name(settings))  # a judge without its weights: one line now, not after the edits
         if settings.execution.executor == "ray":
             import_ray()  # its absence is a one-line error now, not after the flow stage
     device = settings.model.torch_device()
@@ -249,7 +261,12 @@ def run_pipeline(request: RunRequest, console: Console, progress: Progress | Non
             driving = flow_stage(ctx, clip)                      # their motion, on the video's grid
             motion = align_stage(ctx, driving)                   # laid onto the image: target flows, edit masks
             results = None if request.flow_only else guide_stage(ctx, motion)  # one edit per target flow
-            encode_stage(ctx, clip, motion, results)
+            evaluation = None if request.flow_only else evaluate_stage(ctx)    # judged independently
+            encode_stage(ctx, clip, motion, results, evaluation)
+    if request.flow_only:
+        console.print("evaluation skipped: --flow-only made no edits to judge", highlight=False)
+    elif evaluation is not None:
+        console.print(evaluation_table(evaluation))
     done = ", ".join(f"{count} {stage}" for stage, count in ctx.computed.items()) or "nothing (all up to date)"
     console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {escape(str(folder / 'report.html'))}",
                   highlight=False)
@@ -285,7 +302,7 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
     prints = {"video": fingerprint(request.video)}
     own = settings.stage_settings({"decode": {"inputs": {"video": content_id(prints["video"])},
                                               **_capped_size(settings.video, info.height, info.width)}},
-                                  skip=("align", "guide"))
+                                  skip=("align", "guide", "evaluate"))
     wanted = {stage: own[stage] for stage in ("decode", "flow", "encode")}
     header = {"pipeline": "flow", "config": _plain({"video": settings.as_record()["video"]}), "inputs": prints,
               "device": str(device)}

@@ -1,4 +1,4 @@
-"""The five stages of ``mtransfer run``: decode → flow → align → guide → encode.
+"""The six stages of ``mtransfer run``: decode → flow → align → guide → evaluate → encode.
 
 Each stage is a function of the run context (and of the previous stage's output) returning its own
 output. Work happens frame by frame: a frame's files are written atomically, then the manifest records
@@ -9,7 +9,8 @@ memory by the guide stage; so a resumed run computes exactly what an uninterrupt
 
 A frame's target flow goes: ``decode_stage`` (the driving frame) → ``flow_stage`` (its motion measured
 on the video's grid) → ``align_stage`` (laid onto the image: ``Motion.flows[t]``) → ``guide_stage``
-(``Editor.edit(state, Motion.flows[t])``, see ``mtransfer.app.editor``) → ``frames/NNNN.png``.
+(``Editor.edit(state, Motion.flows[t])``, see ``mtransfer.app.editor``) → ``frames/NNNN.png``, which
+``evaluate_stage`` judges independently (``mtransfer.evaluation``) for the manifest, the report and the terminal.
 ``mtransfer flow`` runs the first two stages and ``render_driving_flow`` instead of the rest.
 
 Run folder layout (paths relative to it)::
@@ -22,6 +23,7 @@ Run folder layout (paths relative to it)::
     flow_color/0000.png           their colour coding (one scale for the clip)
     edit_mask/0000.png            where guidance may change the image (white)
     frames/0000.png               the results
+    evaluation.json               their independent evaluation (also per frame in the manifest)
     cache/latents, cache/achieved_flow, cache/source_state.pt   what resuming and the report need
     result.mp4, result.gif, side_by_side.mp4, flow.mp4, report.html
     achieved_color/0001.png, flow_error/0001.png                 the report's achieved flow and its error
@@ -53,14 +55,15 @@ from mtransfer.app.settings import RunSettings
 from mtransfer.devices import parse_device
 from mtransfer.errors import InputError, UsageError
 from mtransfer.estimators import FlowEstimator
-from mtransfer.files import atomic_path, load_image, save_image
+from mtransfer.evaluation import EVALUATION, FIGURES, evaluate_run, judge_estimator_name
+from mtransfer.files import atomic_path, json_ready, load_image, save_image, with_infinities
 from mtransfer.flows.io import motion_problem, read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import SourceState, warm_start_latent, warm_start_step
 from mtransfer.pipeline.align import align_flows, motion_mask
 from mtransfer.pipeline.manifest import Manifest
-from mtransfer.pipeline.report import ACHIEVED_COLOR, FLOW_ERROR, Report, ReportFrame, figure_values, write_report
+from mtransfer.pipeline.report import ACHIEVED_COLOR, FLOW_ERROR, Plot, Report, ReportFrame, figure_values, write_report
 from mtransfer.video import iter_frames, write_video
 from mtransfer.video_flow import video_flows
 
@@ -89,6 +92,7 @@ STAGE_OUTPUTS = {
     "flow": (DRIVING_FLOW,),
     "align": (SOURCE, FLOW, FLOW_COLOR, EDIT_MASK),
     "guide": (FRAMES, LATENTS, ACHIEVED_FLOW, SOURCE_STATE),
+    "evaluate": (EVALUATION,),
     "encode": (RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE, FLOW_VIDEO, REPORT, DRIVING_COLOR, SUMMARY,
                ACHIEVED_COLOR, FLOW_ERROR),
 }
@@ -556,17 +560,84 @@ def _prepare_source_state(ctx: RunContext, editor: Editor, source: torch.Tensor)
     return state
 
 
+# --- evaluate ------------------------------------------------------------------------------------------
+
+
+def judge_name(settings: RunSettings) -> str:
+    """The estimator that judges the results: ``evaluation.estimator``, or the automatic choice here."""
+    return settings.evaluation.estimator or judge_estimator_name(settings.estimator.name)
+
+
+def evaluate_stage(ctx: RunContext) -> dict[str, Any] | None:
+    """Judge every result independently of the estimator that guided it (``evaluate_run``): fidelity,
+    preservation, temporal consistency; the evaluation, or None with ``evaluation.enabled = false``.
+
+    Each judged frame's figures are recorded in the manifest as it finishes, so an interrupted evaluation
+    resumes at the next frame; results (re)made by this run are judged again. The temporal figures (cheap,
+    from pairs of frames) and ``evaluation.json`` are redone whenever any frame was judged.
+    """
+    settings = ctx.stage_settings["evaluate"]
+    path = ctx.folder / EVALUATION
+    if not ctx.settings.evaluation.enabled:
+        moved = ctx.manifest.supersede(["evaluate"], [path]) if "evaluate" in ctx.manifest.record["stages"] else None
+        kept = f"; the earlier evaluation moved to {escape(str(moved))}" if moved is not None else ""
+        ctx.console.print(f"evaluation off (evaluation.enabled = false){kept}; `mtransfer eval` can judge the "
+                          "run later", highlight=False)
+        return None
+    remade = "guide" in ctx.computed
+    if ctx.manifest.is_done("evaluate", settings) and not remade and path.exists():
+        # as the manifest and the report hold it (`mtransfer eval` may have rewritten evaluation.json since)
+        record = with_infinities(ctx.manifest.stage("evaluate"))
+        return {"folder": str(ctx.folder), "kind": "run", "judge": record["judge"], "summary": record["summary"],
+                "frames": list(record["frames"].values())}
+    _supersede_changed(ctx, "evaluate", settings, "re-evaluating", "the earlier evaluation")
+    if remade:  # figures of the results this run replaced no longer hold
+        ctx.manifest.record["stages"].pop("evaluate", None)
+    frames = sorted(int(p.stem) for p in (ctx.folder / FRAMES).glob("*.png") if p.stem.isdigit())
+    record = ctx.manifest.begin("evaluate", settings, total=len(frames))
+    known = {int(name): row for name, row in record["frames"].items()}
+    name = judge_name(ctx.settings)
+    task = ctx.progress.add_task(f"evaluate ({name})", total=len(frames), completed=len(known))
+
+    def judged(index: int, row: dict[str, Any]) -> None:
+        ctx.manifest.frame_done("evaluate", index, json_ready(row))
+        ctx.count("evaluate")
+        ctx.progress.advance(task)
+
+    evaluation = evaluate_run(ctx.folder, device=ctx.device, estimator=name,
+                              max_side=ctx.settings.evaluation.max_side, known=known, on_frame=judged)
+    for row in evaluation["frames"]:  # now with the temporal figures
+        record["frames"][f"{row['frame']:04d}"] = json_ready(row)
+    ctx.manifest.finish("evaluate", judge=evaluation["judge"], summary=json_ready(evaluation["summary"]))
+    return evaluation
+
+
+def _supersede_changed(ctx: RunContext, stage: str, settings: dict[str, Any], doing: str, kept: str) -> None:
+    """Results of a stage in ``REDONE_ON_CHANGE`` made with other settings are moved to ``superseded/``
+    before they are redone, like any other stale result, and the user is told what changed."""
+    changes = ctx.manifest.stale_stages({stage: settings}).get(stage)
+    if not changes:
+        return
+    moved = ctx.manifest.supersede([stage], [ctx.folder / name for name in STAGE_OUTPUTS[stage]])
+    shown = "; ".join(changes[:2]) + (f"; and {len(changes) - 2} more" if len(changes) > 2 else "")
+    where = f"; {kept} moved to {escape(str(moved))}" if moved is not None else ""
+    ctx.console.print(f"{doing} with other settings ({escape(shown)}){where}", highlight=False)
+
+
 # --- encode --------------------------------------------------------------------------------------------
 
 
-def encode_stage(ctx: RunContext, clip: Clip, motion: Motion, results: torch.Tensor | None) -> list[Path]:
-    """Write the videos and ``report.html``; skipped when nothing changed since they were written."""
+def encode_stage(
+    ctx: RunContext, clip: Clip, motion: Motion, results: torch.Tensor | None, evaluation: dict[str, Any] | None
+) -> list[Path]:
+    """Write the videos and ``report.html`` (with ``evaluation``, if any); skipped when nothing changed
+    since they were written."""
     settings = ctx.stage_settings["encode"]
     outputs = [FLOW_VIDEO, REPORT] + ([RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE] if results is not None else [])
     paths = [ctx.folder / name for name in outputs]
     if ctx.manifest.is_done("encode", settings) and not ctx.computed and all(p.exists() for p in paths):
         return paths
-    _supersede_other_encoding(ctx, settings)
+    _supersede_changed(ctx, "encode", settings, "re-encoding", "the earlier videos and report")
     ctx.manifest.begin("encode", settings, total=len(outputs))
     task = ctx.progress.add_task("encode", total=len(outputs))
     fps = ctx.settings.output.fps or clip.fps
@@ -580,23 +651,11 @@ def encode_stage(ctx: RunContext, clip: Clip, motion: Motion, results: torch.Ten
         write_video(ctx.folder / RESULT_GIF, results, fps)
         write_video(ctx.folder / SIDE_BY_SIDE, torch.cat((driving, colors, results), dim=-1), fps, crf=crf)
         ctx.progress.advance(task, 3)
-    _write_report(ctx, clip, motion, results is not None, fps)
+    _write_report(ctx, clip, motion, results is not None, fps, evaluation)
     ctx.progress.advance(task)
     ctx.manifest.finish("encode", fps=fps)
     ctx.computed["encode"] = len(outputs)
     return paths
-
-
-def _supersede_other_encoding(ctx: RunContext, settings: dict[str, Any]) -> None:
-    """Videos encoded with other ``[output]`` settings (or with/without ``--flow-only``) are moved to
-    ``superseded/`` before re-encoding, like any other stale result, and the user is told."""
-    record = ctx.manifest.record["stages"].get("encode")
-    if not record or record.get("status") != "done" or record.get("settings") == settings:
-        return
-    moved = ctx.manifest.supersede(["encode"], [ctx.folder / name for name in STAGE_OUTPUTS["encode"]])
-    if moved is not None:
-        ctx.console.print(f"re-encoding with other output settings; the earlier videos are in {escape(str(moved))}",
-                          highlight=False)
 
 
 def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
@@ -607,10 +666,39 @@ def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
     return F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
-def _write_report(ctx: RunContext, clip: Clip, motion: Motion, has_results: bool, fps: float) -> None:
+EVALUATION_PLOTS = (
+    Plot("epe_edit", "fidelity: EPE in the edit mask (px); dashed: overall", "epe_all"),
+    Plot("ssim", "preservation: SSIM outside the edit mask (1: untouched)"),
+    Plot("warping_error", "temporal consistency: warping error (lower is steadier); dashed: naive baseline",
+         "baseline_warping_error"),
+)
+"""The report's plots of an evaluation; its other figures (PSNR, shares within 1 px) are in the table."""
+
+
+def _evaluation_line(evaluation: dict[str, Any]) -> str:
+    """One summary line of the evaluation: judge and the means over the moving frames."""
+    mean = evaluation["summary"]
+    judge = evaluation["judge"]
+
+    def shown(key: str, text: str) -> str:
+        value = mean.get(key)
+        return "–" if value is None else "∞" if value == math.inf else text.format(value)
+
+    return (
+        f"Evaluation by {judge['estimator']} (not the guidance estimator {judge['guidance_estimator']}), means over "
+        f"the moving frames: EPE {shown('epe_edit', '{:.2f}')} px in the edit mask ({shown('within_1px_edit', '{:.0%}')} "
+        f"within 1 px); outside it PSNR {shown('psnr', '{:.1f}')} dB, SSIM {shown('ssim', '{:.3f}')}; warping error "
+        f"{shown('warping_error', '{:.4f}')} (naive baseline {shown('baseline_warping_error', '{:.4f}')})."
+    )
+
+
+def _write_report(
+    ctx: RunContext, clip: Clip, motion: Motion, has_results: bool, fps: float, evaluation: dict[str, Any] | None
+) -> None:
     """``report.html``, with the achieved flows drawn on the target flows' colour scale and their error
-    maps ``|achieved − target|`` on one scale for the clip (``error_scale``)."""
-    stages = ctx.manifest.record["stages"]
+    maps ``|achieved − target|`` on one scale for the clip (``error_scale``), and the evaluation's plots."""
+    stages = {name: record for name, record in ctx.manifest.record["stages"].items()
+              if name != "evaluate" or evaluation is not None}
     achieved = {
         i: read_flow(ctx.file(ACHIEVED_FLOW, i, ".flo")) for i in range(len(motion.flows))
         if has_results and not motion.still[i] and ctx.file(ACHIEVED_FLOW, i, ".flo").exists()
@@ -651,9 +739,13 @@ def _write_report(ctx: RunContext, clip: Clip, motion: Motion, has_results: bool
     ]
     if not has_results:
         summary.append("Flow only (--flow-only): no edits were made; the edit masks show where guidance would act.")
+    if evaluation is not None:
+        summary.append(_evaluation_line(evaluation))
     files = ([RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE] if has_results else []) + [FLOW_VIDEO, ctx.manifest.path.name]
+    files += [EVALUATION] if evaluation is not None else []
     write_report(ctx.folder / REPORT, Report(
         title=f"mtransfer: {ctx.video.stem} onto {ctx.image.stem}", summary=summary, source=SOURCE, frames=frames,
         flow_scale_px=motion.max_magnitude, error_scale_px=top_error, settings=settings.as_record(), fps=fps,
-        files=files,
+        files=files, plots=list(EVALUATION_PLOTS) if evaluation is not None else [],
+        table_only=tuple(FIGURES) if evaluation is not None else (), labels=FIGURES,
     ))
