@@ -55,16 +55,15 @@ SETTINGS_SECTION = "## Exact-world settings"
 # Candidate guidance settings for the settings comparison: the preset's values ("preset") and one or two
 # changes each to what decides whether the walk from member to member reaches the requested shift (see
 # BENCHMARKS.md): recursions per step, the clip, the guidance weight, and the family's extent.
-# The preset's weight was 10000 when BENCHMARKS.md's table was measured ("weight 10000" here), and 30000
-# after it.
+# The preset's clip was 200 when BENCHMARKS.md's table was measured ("clip 200" here), and 100 after it.
 CANDIDATES = {
     "preset": [],
-    "weight 10000": ["guidance.guidance_weight=10000"],
-    "weight 10000, 3 recursions": ["guidance.guidance_weight=10000", "guidance.recursions=3"],
-    "weight 10000, 34 steps x 3 rec.": ["guidance.guidance_weight=10000", "guidance.steps=34", "guidance.recursions=3"],
-    "weight 10000, clip 100": ["guidance.guidance_weight=10000", "guidance.clip_grad=100"],
-    "weight 10000, clip 400": ["guidance.guidance_weight=10000", "guidance.clip_grad=400"],
-    "weight 10000, family radius 8": ["guidance.guidance_weight=10000", "model.family_radius=8"],
+    "clip 200": ["guidance.clip_grad=200"],
+    "clip 200, 3 recursions": ["guidance.clip_grad=200", "guidance.recursions=3"],
+    "clip 200, 34 steps x 3 rec.": ["guidance.clip_grad=200", "guidance.steps=34", "guidance.recursions=3"],
+    "clip 400": ["guidance.clip_grad=400"],
+    "clip 200, weight 30000": ["guidance.clip_grad=200", "guidance.guidance_weight=30000"],
+    "clip 200, family radius 8": ["guidance.clip_grad=200", "model.family_radius=8"],
 }
 
 
