@@ -122,14 +122,15 @@ def motion_family(
     moved = []
     for scale, degrees, (dx, dy) in itertools.product(scales, rotations, translations):
         # The inverse map, exact for every pixel: backward warping by it renders the forward motion.
-        inverse = torch.linalg.inv(_similarity(height, width, scale, degrees, dx, dy))
+        inverse = torch.linalg.inv(similarity_matrix(height, width, scale, degrees, dx, dy))
         flow = homography(height, width, inverse, device=image.device, dtype=image.dtype)
         moved.append(warp(image, flow, padding_mode="border"))
     return torch.stack(moved)
 
 
-def _similarity(height: int, width: int, scale: float, degrees: float, dx: float, dy: float) -> torch.Tensor:
-    """3x3 matrix of p -> c + scale * R(degrees) (p - c) + (dx, dy), rotation as in ``flows.elementary``."""
+def similarity_matrix(height: int, width: int, scale: float, degrees: float, dx: float, dy: float) -> torch.Tensor:
+    """3x3 matrix of p -> c + scale * R(degrees) (p - c) + (dx, dy), rotation as in ``flows.elementary``:
+    the forward motion of the ``motion_family`` member ``(scale, degrees, (dx, dy))``."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
     cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
