@@ -281,9 +281,14 @@ def markdown(report: dict[str, Any]) -> str:
     for line in report["summary"]:
         lines.append(f"| {line['picture']} | {line['edits']} | {100 * line['exact']:.0f} % | "
                      f"{line['mean_miss_px']:.2f} | {line['passes']:.0f} | {line['seconds']:.1f} |")
-    misses = ", ".join(f"{r['picture']} {motion_label(r['requested'])}→{motion_label(r['landed'])}" for r in report["misses"])
+    misses = misses_text(report["misses"])
     lines += ["", f"Misses (requested→landed): {misses}." if misses else "No misses.", ""]
     return "\n".join(lines)
+
+
+def misses_text(misses: list[dict[str, Any]]) -> str:
+    """The misses of a sweep as "picture requested→landed", comma-separated."""
+    return ", ".join(f"{r['picture']} {motion_label(r['requested'])}→{motion_label(r['landed'])}" for r in misses)
 
 
 def settings_markdown(report: dict[str, Any]) -> str:
@@ -304,7 +309,7 @@ def settings_markdown(report: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---|",
     ]
     for line in report["settings"]:
-        misses = ", ".join(f"{r['picture']} {motion_label(r['requested'])}→{motion_label(r['landed'])}" for r in line["misses"])
+        misses = misses_text(line["misses"])
         changes = ", ".join(f"`{c}`" for c in line["changes"]) or "—"
         lines.append(f"| {line['setting']} | {changes} | {line['passes']:.0f} | {100 * line['exact']:.0f} % | "
                      f"{line['mean_miss_px']:.2f} | {line['seconds']:.1f} | {misses or '—'} |")

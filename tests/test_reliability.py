@@ -272,7 +272,8 @@ def _fail_if_called(what: str):
     return called
 
 
-def test_a_rerun_after_disk_full_writes_the_rescued_edit_without_recomputing(tmp_path, monkeypatch, capsys) -> None:
+def _edit_that_ran_out_of_disk(tmp_path, monkeypatch, capsys) -> tuple[list, Path, Path]:
+    """A tiny edit whose final write hit a full disk: its command, its output folder and its rescue folder."""
     save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
     out = tmp_path / "e"
     edit = ["edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT, "--out", out]
@@ -281,7 +282,11 @@ def test_a_rerun_after_disk_full_writes_the_rescued_edit_without_recomputing(tmp
         code, err = cli(monkeypatch, capsys, *edit)
     line = one_plain_line(err)
     assert code == 2 and "run the same command again" in line
-    rescued = rescued_folder(line)
+    return edit, out, rescued_folder(line)
+
+
+def test_a_rerun_after_disk_full_writes_the_rescued_edit_without_recomputing(tmp_path, monkeypatch, capsys) -> None:
+    edit, out, rescued = _edit_that_ran_out_of_disk(tmp_path, monkeypatch, capsys)
     assert not (out / "edited.png").exists()
 
     with monkeypatch.context() as no_work:
@@ -301,20 +306,15 @@ def test_a_rerun_after_disk_full_writes_the_rescued_edit_without_recomputing(tmp
 def test_rescued_results_of_other_settings_are_named_but_not_used(tmp_path, monkeypatch, capsys) -> None:
     import mtransfer.app.editor as editor
 
-    save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
-    out = tmp_path / "e"
-    edit = ["edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT, "--out", out]
-    with monkeypatch.context() as full:
-        _disk_full_under(full, out)
-        rescued = rescued_folder(one_plain_line(cli(monkeypatch, capsys, *edit)[1]))
+    edit, out, rescued = _edit_that_ran_out_of_disk(tmp_path, monkeypatch, capsys)
     edits = []
     real_edit = editor.edit_image
     monkeypatch.setattr(editor, "edit_image", lambda *a, **k: edits.append(1) or real_edit(*a, **k))
-    for changed in (["--seed", "7"], ["--flow", "translate(3, 0)"]):
+    for changed, difference in ((["--seed", "7"], "guidance.seed"), (["--flow", "translate(3, 0)"], "inputs.flow")):
         code, err = cli(monkeypatch, capsys, *edit, *changed)
         assert code == 0, err
         assert "nothing was recomputed" not in err and str(rescued) in err and "not used" in err
-    assert "guidance.seed" in err or "inputs.flow" in err
+        assert difference in err
     assert len(edits) == 2 and rescued.is_dir()  # both recomputed; the rescue is left alone
 
 
@@ -496,15 +496,20 @@ def test_pillows_bomb_warning_and_error_are_replaced_by_the_stated_limit(tmp_pat
     assert Image.MAX_IMAGE_PIXELS == 100
 
 
-def test_an_unexpected_error_is_one_line_and_a_log(tmp_path, monkeypatch, capsys) -> None:
+def cli_with_broken_motion_reading(tmp_path, monkeypatch, capsys, failure: Exception) -> tuple[int, str]:
+    """``mtransfer motion`` with its flow reading raising ``failure``: the exit code and the one line it prints."""
     import mtransfer.cli.motion as motion
 
     def broken(*args, **kwargs):
-        raise ZeroDivisionError("a bug")
+        raise failure
 
     monkeypatch.setattr(motion, "load_flow", broken)
     code, err = cli(monkeypatch, capsys, "motion", "translate(2, 0)", "--size", "16x16", "--out", tmp_path / "m.flo")
-    line = one_plain_line(err)
+    return code, one_plain_line(err)
+
+
+def test_an_unexpected_error_is_one_line_and_a_log(tmp_path, monkeypatch, capsys) -> None:
+    code, line = cli_with_broken_motion_reading(tmp_path, monkeypatch, capsys, ZeroDivisionError("a bug"))
     assert code == 1 and "ZeroDivisionError" in line
     log = Path(line.split("the traceback is in ")[1].rstrip(")"))
     assert "Traceback" in log.read_text() and "a bug" in log.read_text()
@@ -606,14 +611,8 @@ def test_absurd_sizes_are_refused_before_any_allocation(tmp_path, monkeypatch, c
 
 
 def test_an_allocator_failure_is_an_out_of_memory_line(tmp_path, monkeypatch, capsys) -> None:
-    import mtransfer.cli.motion as motion
-
-    def no_memory(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 1e11 bytes")
-
-    monkeypatch.setattr(motion, "load_flow", no_memory)
-    code, err = cli(monkeypatch, capsys, "motion", "translate(2, 0)", "--size", "16x16", "--out", tmp_path / "m.flo")
-    line = one_plain_line(err)
+    failure = RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 1e11 bytes")
+    code, line = cli_with_broken_motion_reading(tmp_path, monkeypatch, capsys, failure)
     assert code == 2 and line.startswith("error: out of memory") and "--size" in line
 
 
