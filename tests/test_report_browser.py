@@ -73,6 +73,17 @@ def shown(page, panel: str) -> str:
     return page.get_attribute(f'.panel[data-panel="{panel}"] img.main', "src")
 
 
+def open_viewer(browser_page, report, viewport: str, name: str):
+    """Open a report at ``viewport``, save its screenshots, and check the layout every report shares: four
+    viewer panels at least ``MIN_WIDTH`` wide, and nothing sticking out sideways."""
+    page = open_page(browser_page, report, viewport)
+    screenshots(page, name, viewport)
+    widths = viewer_widths(page)
+    assert len(widths) == 4 and min(widths) >= MIN_WIDTH, widths
+    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[viewport][0]
+    return page
+
+
 def test_the_browser_fixture_blocks_and_records_external_requests(browser_page, tmp_path):
     page = tmp_path / "page.html"
     page.write_text('<img src="https://example.com/pixel.png"><img src="pixel.png">')
@@ -83,12 +94,7 @@ def test_the_browser_fixture_blocks_and_records_external_requests(browser_page, 
 
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 def test_run_report_viewer_is_large_local_and_fits_the_screen(browser_page, run_report, viewport):
-    page = open_page(browser_page, run_report, viewport)
-    screenshots(page, "run", viewport)
-    widths = viewer_widths(page)
-    assert len(widths) == 4 and min(widths) >= MIN_WIDTH, widths  # driving | target | result | achieved
-    width = VIEWPORTS[viewport][0]
-    assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing sticks out sideways
+    page = open_viewer(browser_page, run_report, viewport, "run")  # driving | target | result | achieved
     # 48x32 pictures shown at 256 px and more are scaled with crisp pixels, not blurred
     rendering = page.eval_on_selector('.panel[data-panel="result"] img.main', "img => getComputedStyle(img).imageRendering")
     assert rendering == "pixelated"
@@ -175,14 +181,10 @@ def test_run_report_plots_the_evaluation_with_reference_lines_and_tabulates_it(b
 
 @pytest.mark.parametrize("viewport", VIEWPORTS)
 def test_edit_report_shows_one_frame_in_the_same_layout(browser_page, edit_report, viewport):
-    page = open_page(browser_page, edit_report, viewport)
-    screenshots(page, "edit", viewport)
-    widths = viewer_widths(page)
-    assert len(widths) == 4 and min(widths) >= MIN_WIDTH, widths  # source | target | edit | achieved
+    page = open_viewer(browser_page, edit_report, viewport, "edit")  # source | target | edit | achieved
     assert page.locator("#slider").count() == 0  # one frame: nothing to scrub
     assert [shown(page, p) for p in ("first", "target", "result", "achieved")] == [
         "source.png", "target_flow.png", "edited.png", "achieved_flow.png"]
     page.check("#errmap")
     assert shown(page, "achieved") == "flow_error.png"
-    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORTS[viewport][0]
     assert_stayed_local(browser_page)
