@@ -255,8 +255,7 @@ def with_infinities(value: Any) -> Any:
 
 def json_number(value: Any) -> float | None:
     """A number of a JSON record as a float (the strings "inf" / "-inf" as infinities), else None."""
-    if isinstance(value, str) and value in ("inf", "-inf"):
-        return float(value)
+    value = with_infinities(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
