@@ -145,16 +145,15 @@ class Editor:
 
 
 def loading_key(settings: RunSettings, source: torch.Tensor | None, device: torch.device) -> Hashable:
-    """What ``Editor.load`` gives depends on: the model, its dtype and speed switches, the device, the
-    estimator settings, and for the exact model its family and the image it is built from (Stable
-    Diffusion ignores the image). The prompt, size and guidance settings only shape the edits."""
-    model = settings.model
-    key: tuple = (model.model, model.dtype, model.speed, str(device), dataclasses.astuple(settings.estimator))
+    """What ``Editor.load`` gives depends on: every ``[model]`` setting but those that only shape the edits
+    (the prompt and the working size) or are resolved into ``device``, the estimator settings, and for the
+    exact model the image it is built from (Stable Diffusion ignores the image). Derived rather than listed,
+    so a model setting added later is part of the key."""
+    model = dataclasses.replace(settings.model, prompt="", size=[], device="auto")
+    key: tuple = (model, str(device), settings.estimator)
     if model.model == "exact":
         image = b"" if source is None else source.detach().float().cpu().contiguous().numpy().tobytes()
-        digest = hashlib.sha256(image).hexdigest()
-        key += (model.family_step, model.family_radius, model.family_rotations, model.family_scales,
-                None if source is None else tuple(source.shape), digest)
+        key += (None if source is None else tuple(source.shape), hashlib.sha256(image).hexdigest())
     return key
 
 
