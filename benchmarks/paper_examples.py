@@ -34,7 +34,7 @@ from mtransfer.errors import MtransferError, input_error
 from mtransfer.evaluation import evaluate_run, fidelity, judge_motion, load_judge, preservation
 from mtransfer.files import load_image, write_json
 from mtransfer.flows import read_flow, resize_flow, write_flow
-from mtransfer.pipeline.align import motion_mask
+from mtransfer.flows.align import motion_mask
 
 EXAMPLES_ENV = "MTRANSFER_PAPER_EXAMPLES"
 REPOSITORY = Path(__file__).resolve().parent.parent

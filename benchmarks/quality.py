@@ -38,7 +38,7 @@ from mtransfer.errors import MtransferError
 from mtransfer.evaluation import fidelity, judge_motion, load_judge, preservation, temporal_consistency
 from mtransfer.files import load_image, write_json
 from mtransfer.flows import rotation, scaling, translation
-from mtransfer.pipeline.align import motion_mask
+from mtransfer.flows.align import motion_mask
 from mtransfer.pipeline.stages import FrameInput, edit_frames
 
 ROOT = Path(__file__).resolve().parent.parent

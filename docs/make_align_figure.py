@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 
 from mtransfer.files import load_image, save_image, to_uint8
 from mtransfer.flows.viz import flow_to_color
-from mtransfer.pipeline.align import AlignConfig, align_flow, motion_mask
+from mtransfer.app.settings import AlignConfig
+from mtransfer.flows.align import motion_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (128, 192)  # (height, width) of the target
@@ -58,7 +59,7 @@ def main() -> None:
             still = torch.full((3, *driving.shape[-2:]), 0.85)
             images.append(panel(still, driving, scale, title))
         else:
-            images.append(panel(frame, align_flow(driving, SIZE, config), scale, title))
+            images.append(panel(frame, config.align_flow(driving, SIZE), scale, title))
     width = max(im.width for im in images)
     sheet = Image.new("RGB", (3 * (width + 6), 2 * (images[1].height + 6)), "white")
     for i, im in enumerate(images):

@@ -7,10 +7,8 @@ import torch
 
 from mtransfer.errors import MtransferError
 from mtransfer.flows import pixel_grid
-from mtransfer.pipeline.align import (
-    AlignConfig,
-    align_flow,
-    align_flows,
+from mtransfer.app.settings import AlignConfig
+from mtransfer.flows.align import (
     feather_mask,
     fit_flow,
     motion_mask,
@@ -63,7 +61,7 @@ def test_pixel_box_reads_fractions_and_pixels_and_rejects_bad_boxes():
 
 def test_region_places_the_motion_in_the_box_and_zero_elsewhere():
     config = AlignConfig(fit="stretch", region=(10, 4, 30, 14))
-    aligned = align_flow(constant_flow(20, 40, 4.0, 2.0), (30, 50), config)
+    aligned = config.align_flow(constant_flow(20, 40, 4.0, 2.0), (30, 50))
     assert aligned.shape == (2, 30, 50)
     inside = aligned[:, 4:14, 10:30]
     assert torch.allclose(inside[0], torch.full((10, 20), 4.0 * 20 / 40))
@@ -77,14 +75,14 @@ def test_source_region_takes_the_motion_from_that_part_of_the_driving_frame():
     flow = torch.zeros(2, 20, 40)
     flow[0, :, 20:] = 3.0  # only the right half moves
     config = AlignConfig(fit="stretch", source_region=(0.5, 0.0, 1.0, 1.0))
-    aligned = align_flow(flow, (20, 20), config)
+    aligned = config.align_flow(flow, (20, 20))
     assert torch.allclose(aligned[0], torch.full((20, 20), 3.0))
 
 
 def test_mask_region_keeps_motion_only_where_the_mask_is_white():
     mask = torch.zeros(1, 30, 30)
     mask[0, 5:15, 10:25] = 1.0
-    aligned = align_flow(constant_flow(30, 30, 2.0, 0.0), (30, 30), AlignConfig(fit="stretch"), region_mask=mask)
+    aligned = AlignConfig(fit="stretch").align_flow(constant_flow(30, 30, 2.0, 0.0), (30, 30), mask)
     assert torch.equal(aligned[0] != 0, mask[0] > 0)
     # The driving frame is mapped onto the mask's 15x10 bounding box: u shrinks by 15/30.
     assert torch.allclose(aligned[0, 5:15, 10:25], torch.full((10, 15), 1.0))
@@ -92,8 +90,8 @@ def test_mask_region_keeps_motion_only_where_the_mask_is_white():
 
 def test_strength_scales_every_vector():
     flow = torch.randn(2, 16, 16)
-    full = align_flow(flow, (16, 16), AlignConfig())
-    half = align_flow(flow, (16, 16), AlignConfig(strength=0.5))
+    full = AlignConfig().align_flow(flow, (16, 16))
+    half = AlignConfig(strength=0.5).align_flow(flow, (16, 16))
     assert torch.allclose(half, 0.5 * full)
 
 
@@ -132,7 +130,7 @@ def test_align_flows_handles_a_whole_clip():
     flows = torch.randn(5, 2, 12, 16)
     flows[0] = 0
     config = AlignConfig(fit="contain", temporal="gaussian", temporal_amount=1.0)
-    aligned = align_flows(flows, (24, 24), config)
+    aligned = config.align_flows(flows, (24, 24))
     assert aligned.shape == (5, 2, 24, 24)
     assert aligned[0].abs().max() == 0
 

@@ -18,7 +18,7 @@ from mtransfer.evaluation import (
 )
 from mtransfer.files import save_image, write_json
 from mtransfer.flows import splat_image, translation, write_flow
-from mtransfer.pipeline.align import motion_mask
+from mtransfer.flows.align import motion_mask
 
 
 def textured(height: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -696,7 +696,7 @@ def test_feather_and_margin_wider_than_the_image_cost_no_more_than_the_image() -
     """A margin or feather beyond the image's size changes nothing more (the rule: dilating by the image's
     larger side already reaches every pixel, and eroding that far leaves nothing to add), so a huge value
     gives the same mask as one equal to the image size, at once."""
-    from mtransfer.pipeline.align import feather_mask, motion_mask
+    from mtransfer.flows.align import feather_mask, motion_mask
 
     flow = torch.zeros(2, 12, 20)
     flow[0, 5:7, 8:10] = 3.0

@@ -28,7 +28,7 @@ from mtransfer.devices import parse_device
 from mtransfer.errors import UsageError, input_error
 from mtransfer.estimators import ESTIMATORS
 from mtransfer.guidance.config import GuidanceConfig
-from mtransfer.pipeline.align import AlignConfig
+from mtransfer.flows.align import FITS, MAX_BLUR_SIGMA, TEMPORAL, align_flow, smooth_over_time
 from mtransfer.presets import load_pipeline, section
 from mtransfer.speed import parse_fast_path
 from mtransfer.validation import STAGE, check_types, declared_stage, finite_numbers, from_mapping, rule_checker
@@ -50,6 +50,85 @@ MIN_FPS, MAX_FPS = 0.01, 1000.0
 """Frame rates an encoded result may have (``output.fps``): a frame per 100 s up to high-speed footage."""
 DEFAULT_MAX_SIDE = 1024
 """Longest side video frames are measured at unless ``video.size`` says otherwise (``VideoSettings.max_side``)."""
+
+_align_require = rule_checker("align")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """How the driving motion is laid onto the target image (the ``[align]`` section of a pipeline).
+
+    - ``fit``: ``stretch`` (ignore aspect), ``cover`` (fill the region, crop the overflow, centred) or
+      ``contain`` (fit inside the region, pad with zero motion, centred).
+    - ``region``: where the motion goes on the target: ``[x0, y0, x1, y1]`` in pixels, or in fractions of
+      the width/height when all four values lie in [0, 1]; or the path of a mask image (white = motion).
+      Empty = the whole image.
+    - ``source_region``: the box of the driving frame to take the motion from (same units); empty = all.
+    - ``feather``: width in target pixels of a linear ramp that fades the motion in at the region's edge.
+    - ``strength``: multiplies every displacement (1 = the video's motion, 0.5 = half as far).
+    - ``spatial_sigma``: Gaussian blur of the fitted flow, in target pixels (0 = off).
+    - ``temporal`` / ``temporal_amount``: ``ema`` keeps ``amount`` of the previous smoothed flow per frame
+      (in [0, 1)); ``gaussian`` blurs over time with sigma ``amount`` frames. Frame 0 stays the reference.
+    - ``mask_threshold`` / ``mask_margin``: a pixel is edited when it, or a pixel moving onto it, moves
+      more than ``mask_threshold`` px; the edit region is then grown by ``mask_margin`` px.
+    - ``edit_mask``: false lets guidance change the whole image (the paper's setting for single edits).
+    """
+
+    fit: str = "cover"
+    region: tuple[float, float, float, float] | str | None = None
+    source_region: tuple[float, float, float, float] | None = None
+    feather: int = 0
+    strength: float = 1.0
+    spatial_sigma: float = 0.0
+    temporal: str = "none"
+    temporal_amount: float = 0.0
+    mask_threshold: float = 0.5
+    mask_margin: int = 8
+    edit_mask: bool = True
+
+    def __post_init__(self) -> None:
+        check_types(self, "align")
+        _align_require(self.fit in FITS, "fit", f"must be one of {', '.join(FITS)}", self.fit)
+        _align_require(self.temporal in TEMPORAL, "temporal", f"must be one of {', '.join(TEMPORAL)}", self.temporal)
+        if self.temporal == "ema":
+            _align_require(0 <= self.temporal_amount < 1, "temporal_amount", "must be in [0, 1) for ema", self.temporal_amount)
+        _align_require(self.temporal_amount >= 0, "temporal_amount", "must be >= 0", self.temporal_amount)
+        _align_require(self.temporal_amount <= MAX_BLUR_SIGMA, "temporal_amount",
+                 f"must be at most {MAX_BLUR_SIGMA:g} (frames)", self.temporal_amount)
+        for name in ("feather", "mask_margin"):
+            _align_require(getattr(self, name) >= 0, name, "must be a whole number of pixels >= 0", getattr(self, name))
+        _align_require(0 <= self.spatial_sigma <= MAX_BLUR_SIGMA, "spatial_sigma",
+                 f"must be >= 0 and at most {MAX_BLUR_SIGMA:g} (pixels)", self.spatial_sigma)
+        _align_require(self.mask_threshold >= 0, "mask_threshold", "must be >= 0", self.mask_threshold)
+        for name in ("region", "source_region"):
+            value = getattr(self, name)
+            if value is None or (name == "region" and isinstance(value, str)):
+                continue
+            ok = (isinstance(value, (list, tuple)) and len(value) == 4
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+            _align_require(ok, name, "must be [x0, y0, x1, y1] (pixels or fractions)"
+                     + (" or a mask image path" if name == "region" else ""), value)
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> AlignConfig:
+        """Build from a pipeline's ``[align]`` table; ``""`` and ``[]`` mean "not set" (TOML has no null)."""
+        return from_mapping(cls, "align", {k: (None if v in ("", []) else v) for k, v in values.items()})
+
+    def align_flow(self, flow: torch.Tensor, size: tuple[int, int], region_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One driving flow laid onto an image of ``size`` (``mtransfer.flows.align.align_flow``);
+        ``region_mask`` is the loaded mask image when ``region`` names one."""
+        return align_flow(
+            flow, size, fit=self.fit, region=self.region if isinstance(self.region, tuple) else None,
+            region_mask=region_mask, source_region=self.source_region, spatial_sigma=self.spatial_sigma,
+            feather=self.feather, strength=self.strength,
+        )
+
+    def align_flows(self, flows: torch.Tensor, size: tuple[int, int], region_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """A clip's driving flows ``(T, 2, h, w)`` (frame 0 first) → target flows ``(T, 2, H, W)``."""
+        return smooth_over_time(self.align_flow(flows, size, region_mask), self.temporal, self.temporal_amount)
+
+
 
 NO_STAGE: dict[str, Any] = {STAGE: None}
 """Metadata of a setting that shapes no stage's results (a device, a batch size, a preview interval)."""

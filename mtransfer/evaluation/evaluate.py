@@ -25,7 +25,7 @@ from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consis
 from mtransfer.estimators import load_estimator
 from mtransfer.files import json_ready, load_image, read_json, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
-from mtransfer.pipeline.align import motion_mask
+from mtransfer.flows.align import motion_mask
 
 EVALUATION = "evaluation.json"
 MOTIONLESS_PX = 0.5

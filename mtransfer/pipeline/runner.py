@@ -30,6 +30,7 @@ from mtransfer.app.executors import import_ray
 from mtransfer.app.models import check_models
 from mtransfer.app.settings import (
     REDONE_ON_CHANGE,
+    AlignConfig,
     STAGES,
     EstimatorSettings,
     ModelSettings,
@@ -44,7 +45,7 @@ from mtransfer.evaluation import evaluation_table
 from mtransfer.files import ensure_writable, load_image, read_json, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
-from mtransfer.pipeline.align import AlignConfig, mask_box, pixel_box
+from mtransfer.flows.align import mask_box, pixel_box
 from mtransfer.pipeline.manifest import Manifest, RunLock, content_id, fingerprint
 from mtransfer.pipeline.stages import (
     STAGE_OUTPUTS,

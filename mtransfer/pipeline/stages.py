@@ -61,7 +61,7 @@ from mtransfer.flows.io import motion_problem, read_flow, read_mask, write_flow
 from mtransfer.flows.ops import compose
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import SourceState, warm_start_latent, warm_start_step
-from mtransfer.pipeline.align import align_flows, motion_mask
+from mtransfer.flows.align import motion_mask
 from mtransfer.pipeline.manifest import Manifest
 from mtransfer.pipeline.report import ACHIEVED_COLOR, FLOW_ERROR, Plot, Report, ReportFrame, figure_values, write_report
 from mtransfer.video import iter_frames, write_video
@@ -280,7 +280,7 @@ def align_stage(ctx: RunContext, driving: DrivingFlows) -> Motion:
     align = ctx.settings.align
     source = load_image(ctx.image, ctx.size)
     region = read_mask(ctx.region_mask, ctx.size) if ctx.region_mask is not None else None
-    flows = align_flows(driving.from_first(), ctx.size, align, region)
+    flows = align.align_flows(driving.from_first(), ctx.size, region)
     problem = motion_problem(flows.transpose(0, 1))
     if problem:  # e.g. align.strength 1e12: refused before any file of this stage is written
         raise UsageError(f"{ctx.video}: the target motion after [align] (strength {align.strength:g}) {problem}")

@@ -19,9 +19,8 @@ Boxes are ``(x0, y0, x1, y1)`` with exclusive ends, in pixels; sizes are ``(heig
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,6 @@ import torch.nn.functional as F
 from mtransfer.errors import InputError, UsageError
 from mtransfer.flows.ops import gaussian_blur, resize_flow, restrict, scale_motion
 from mtransfer.flows.warp import as_flow_batch, pixel_grid
-from mtransfer.validation import check_types, from_mapping, rule_checker
 
 FITS = ("stretch", "cover", "contain")
 TEMPORAL = ("none", "ema", "gaussian")
@@ -37,69 +35,6 @@ TEMPORAL = ("none", "ema", "gaussian")
 PixelBox = tuple[int, int, int, int]
 
 
-@dataclass(frozen=True)
-class AlignConfig:
-    """How the driving motion is laid onto the target image (the ``[align]`` section of a pipeline).
-
-    - ``fit``: ``stretch`` (ignore aspect), ``cover`` (fill the region, crop the overflow, centred) or
-      ``contain`` (fit inside the region, pad with zero motion, centred).
-    - ``region``: where the motion goes on the target: ``[x0, y0, x1, y1]`` in pixels, or in fractions of
-      the width/height when all four values lie in [0, 1]; or the path of a mask image (white = motion).
-      Empty = the whole image.
-    - ``source_region``: the box of the driving frame to take the motion from (same units); empty = all.
-    - ``feather``: width in target pixels of a linear ramp that fades the motion in at the region's edge.
-    - ``strength``: multiplies every displacement (1 = the video's motion, 0.5 = half as far).
-    - ``spatial_sigma``: Gaussian blur of the fitted flow, in target pixels (0 = off).
-    - ``temporal`` / ``temporal_amount``: ``ema`` keeps ``amount`` of the previous smoothed flow per frame
-      (in [0, 1)); ``gaussian`` blurs over time with sigma ``amount`` frames. Frame 0 stays the reference.
-    - ``mask_threshold`` / ``mask_margin``: a pixel is edited when it, or a pixel moving onto it, moves
-      more than ``mask_threshold`` px; the edit region is then grown by ``mask_margin`` px.
-    - ``edit_mask``: false lets guidance change the whole image (the paper's setting for single edits).
-    """
-
-    fit: str = "cover"
-    region: tuple[float, float, float, float] | str | None = None
-    source_region: tuple[float, float, float, float] | None = None
-    feather: int = 0
-    strength: float = 1.0
-    spatial_sigma: float = 0.0
-    temporal: str = "none"
-    temporal_amount: float = 0.0
-    mask_threshold: float = 0.5
-    mask_margin: int = 8
-    edit_mask: bool = True
-
-    def __post_init__(self) -> None:
-        check_types(self, "align")
-        _require(self.fit in FITS, "fit", f"must be one of {', '.join(FITS)}", self.fit)
-        _require(self.temporal in TEMPORAL, "temporal", f"must be one of {', '.join(TEMPORAL)}", self.temporal)
-        if self.temporal == "ema":
-            _require(0 <= self.temporal_amount < 1, "temporal_amount", "must be in [0, 1) for ema", self.temporal_amount)
-        _require(self.temporal_amount >= 0, "temporal_amount", "must be >= 0", self.temporal_amount)
-        _require(self.temporal_amount <= MAX_BLUR_SIGMA, "temporal_amount",
-                 f"must be at most {MAX_BLUR_SIGMA:g} (frames)", self.temporal_amount)
-        for name in ("feather", "mask_margin"):
-            _require(getattr(self, name) >= 0, name, "must be a whole number of pixels >= 0", getattr(self, name))
-        _require(0 <= self.spatial_sigma <= MAX_BLUR_SIGMA, "spatial_sigma",
-                 f"must be >= 0 and at most {MAX_BLUR_SIGMA:g} (pixels)", self.spatial_sigma)
-        _require(self.mask_threshold >= 0, "mask_threshold", "must be >= 0", self.mask_threshold)
-        for name in ("region", "source_region"):
-            value = getattr(self, name)
-            if value is None or (name == "region" and isinstance(value, str)):
-                continue
-            ok = (isinstance(value, (list, tuple)) and len(value) == 4
-                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
-            _require(ok, name, "must be [x0, y0, x1, y1] (pixels or fractions)"
-                     + (" or a mask image path" if name == "region" else ""), value)
-            object.__setattr__(self, name, tuple(float(v) for v in value))
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> AlignConfig:
-        """Build from a pipeline's ``[align]`` table; ``""`` and ``[]`` mean "not set" (TOML has no null)."""
-        return from_mapping(cls, "align", {k: (None if v in ("", []) else v) for k, v in values.items()})
-
-
-_require = rule_checker("align")
 MAX_BLUR_SIGMA = 1000.0
 """Widest blur of a flow over space (pixels) or time (frames): beyond it the blur is flat over any image or
 clip, and its kernel (6 sigma long) would only cost memory."""
@@ -212,27 +147,35 @@ def region_weight(size: tuple[int, int], box: PixelBox, mask: torch.Tensor | Non
 def align_flow(
     flow: torch.Tensor,
     size: tuple[int, int],
-    config: AlignConfig,
+    *,
+    fit: str = "cover",
+    region: Sequence[float] | None = None,
     region_mask: torch.Tensor | None = None,
+    source_region: Sequence[float] | None = None,
+    spatial_sigma: float = 0.0,
+    feather: int = 0,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """One driving flow ``(..., 2, h, w)`` → the target flow ``(..., 2, H, W)`` for an image of ``size``.
 
-    ``region_mask`` ``(1, H, W)`` is the loaded mask image when ``config.region`` names one.
+    The motion goes into ``region_mask`` ``(1, H, W)`` (a mask image) when given, else into the box
+    ``region`` (pixels or fractions), else onto the whole image; it is taken from the box ``source_region``
+    of the driving frame (default: all of it). The ``[align]`` settings name the other parameters.
     """
     height, width = size
     source_box = (0, 0, flow.shape[-1], flow.shape[-2])
-    if config.source_region is not None:
-        source_box = pixel_box(config.source_region, *flow.shape[-2:], what="source_region")
+    if source_region is not None:
+        source_box = pixel_box(source_region, *flow.shape[-2:], what="source_region")
     if region_mask is not None:
         box = mask_box(region_mask)
-    elif isinstance(config.region, tuple):
-        box = pixel_box(config.region, height, width)
+    elif region is not None:
+        box = pixel_box(region, height, width)
     else:
         box = (0, 0, width, height)
-    fitted = fit_flow(crop_flow(flow, source_box), (box[3] - box[1], box[2] - box[0]), config.fit)
-    placed = place_flow(smooth_flow(fitted, config.spatial_sigma), box, size)
-    weight = region_weight(size, box, region_mask, config.feather).to(placed)
-    return scale_motion(restrict(placed, weight), config.strength)
+    fitted = fit_flow(crop_flow(flow, source_box), (box[3] - box[1], box[2] - box[0]), fit)
+    placed = place_flow(smooth_flow(fitted, spatial_sigma), box, size)
+    weight = region_weight(size, box, region_mask, feather).to(placed)
+    return scale_motion(restrict(placed, weight), strength)
 
 
 def smooth_over_time(flows: torch.Tensor, method: str, amount: float) -> torch.Tensor:
@@ -254,17 +197,6 @@ def smooth_over_time(flows: torch.Tensor, method: str, amount: float) -> torch.T
     else:
         raise ValueError(f"temporal smoothing must be one of {TEMPORAL}, got {method!r}")
     return torch.cat((flows[:1], moving))
-
-
-def align_flows(
-    flows: torch.Tensor,
-    size: tuple[int, int],
-    config: AlignConfig,
-    region_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """A clip's driving flows ``(T, 2, h, w)`` (frame 0 first) → target flows ``(T, 2, H, W)``."""
-    aligned = align_flow(flows, size, config, region_mask)
-    return smooth_over_time(aligned, config.temporal, config.temporal_amount)
 
 
 def motion_mask(flow: torch.Tensor, threshold: float = 0.5, margin: int = 8) -> torch.Tensor:
