@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from mtransfer.choices import DIFFERENTIABLE, ESTIMATORS
 from mtransfer.errors import UsageError
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.estimators.classical import ILKEstimator, TVL1Estimator
@@ -24,9 +25,7 @@ _CLASSES = {
     "ilk": ILKEstimator,
     "pyramid": PyramidEstimator,
 }
-ESTIMATORS = tuple(_CLASSES)
-DIFFERENTIABLE = tuple(name for name, cls in _CLASSES.items() if cls.differentiable)
-"""The estimators the guidance energy can differentiate through."""
+"""``ESTIMATORS`` and ``DIFFERENTIABLE`` (from ``mtransfer.choices``) name these, checked in tests/test_cli_start.py."""
 
 
 def load_estimator(
