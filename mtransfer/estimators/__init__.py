@@ -49,7 +49,7 @@ def load_estimator(
     if name.startswith("raft-"):
         return load_raft(name, device=device, weights=weights, iterations=iterations, autocast=autocast)
     if weights is not None:
-        raise UsageError(f"{name} needs no weights; --weights only applies to raft-large and raft-small")
+        raise UsageError(f"{name} needs no weights; weights (flow --weights, edit --raft-weights) only apply to raft-large and raft-small")
     if autocast:
         raise UsageError(f"{name} has no mixed-precision mode; estimator.autocast only applies to RAFT")
     if name == "tvl1":
