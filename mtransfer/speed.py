@@ -175,7 +175,7 @@ def _fast_estimator(estimator: FlowEstimator, switches: FastPath) -> FlowEstimat
         return estimator
     if switches.compile:  # RAFT's network only: its padding's backward trips inductor (torch 2.14)
         estimator = (
-            RaftEstimator(torch.compile(estimator.model), estimator.name, estimator.iterations)
+            estimator.with_model(torch.compile(estimator.model))
             if isinstance(estimator, RaftEstimator)
             else torch.compile(estimator)
         )

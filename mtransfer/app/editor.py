@@ -127,7 +127,7 @@ class Editor:
         progress: Progress | None = None,
     ) -> list[EditResult]:
         """Several edits of the prepared source, ``target_flows`` ``(B, 2, H, W)``, computed as one batch
-        (see ``edit_images``): each result is what ``edit`` gives for its flow alone, up to float order."""
+        (see ``edit_images``): each result is what ``edit`` gives for its flow alone."""
         return edit_images(
             self.backend, self.estimator, state, target_flows.to(self.device), self.guidance,
             edit_masks=edit_masks, progress=progress,

@@ -24,6 +24,8 @@ class DiffusionBackend(Protocol):
       (``GuidanceConfig.clamp``, ``straight_through_clamp``); pictures are clamped where they are made.
     - ``condition(prompts)``: one conditioning tensor per prompt, batched along dim 0.
     - ``eps(z, t, cond)``: one denoiser call at training timestep ``t``; no classifier-free guidance here.
+    - ``batch_invariant`` (optional, False when absent): True when an item's result is bit for bit the same
+      whatever else is in its batch. Only then are several edits run through the model as one batch.
     """
 
     alphas_cumprod: torch.Tensor

@@ -28,6 +28,8 @@ class FiniteSetBackend:
     (``family_schedule``) so that the first step cannot yet tell the images apart.
     """
 
+    batch_invariant = True  # an item's arithmetic does not depend on the batch (tests/test_batches.py)
+
     def __init__(self, images: torch.Tensor, alphas_cumprod: torch.Tensor | None = None) -> None:
         if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
             raise ValueError(f"images must be (N, 3, H, W) with N >= 1, got {tuple(images.shape)}")

@@ -86,6 +86,8 @@ def sd_alphas_cumprod() -> torch.Tensor:
 class StableDiffusionBackend:
     """SD v1.x components behind the ``DiffusionBackend`` interface (weights frozen, eval mode)."""
 
+    batch_invariant = False  # convolution kernels sum in another order at another batch size
+
     def __init__(
         self,
         unet: UNet2DConditionModel,

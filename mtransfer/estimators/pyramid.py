@@ -58,6 +58,7 @@ class PyramidEstimator:
 
     name: ClassVar[str] = "pyramid"
     differentiable: ClassVar[bool] = True
+    batch_invariant: ClassVar[bool] = True  # an item's flow does not depend on its batch (tests/test_batches.py)
 
     def __post_init__(self) -> None:
         for key in ("levels", "iterations", "window", "smoothness", "ridge", "min_size"):

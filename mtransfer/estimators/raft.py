@@ -40,14 +40,25 @@ _VARIANTS: dict[str, tuple[Callable[..., RAFT], type[WeightsEnum]]] = {
 class RaftEstimator(torch.nn.Module):
     """RAFT as a ``FlowEstimator``: images in [0, 1], any size, flow from ``source`` to ``target``.
 
-    ``autocast`` runs it with the original RAFT's mixed precision on CUDA (as the Motion Guidance authors
-    do): the encoders and the update step under fp16 autocast, the correlation pyramid in fp32; the flow
-    comes back fp32. It changes nothing on other devices.
+    ``autocast`` runs it with the original RAFT's mixed precision (as the Motion Guidance authors do): the
+    encoders and the update step under autocast, the correlation pyramid in fp32; the flow comes back fp32.
+    The mixed precision applies on devices of type ``autocast_device`` in ``autocast_dtype`` — CUDA fp16,
+    RAFT's own, unless a test runs the very same code under CPU bf16 — and changes nothing elsewhere.
+    Wrappers that rebuild the estimator around another network use ``with_model``, which keeps all of this.
     """
 
     differentiable = True
+    batch_invariant = False  # convolutions sum in another order at another batch size
 
-    def __init__(self, model: RAFT, name: str, iterations: int = DEFAULT_ITERATIONS, autocast: bool = False) -> None:
+    def __init__(
+        self,
+        model: RAFT,
+        name: str,
+        iterations: int = DEFAULT_ITERATIONS,
+        autocast: bool = False,
+        autocast_device: str = "cuda",
+        autocast_dtype: torch.dtype = torch.float16,
+    ) -> None:
         super().__init__()
         if iterations < 1:
             raise UsageError(f"{name}: iterations must be at least 1, got {iterations}")
@@ -55,8 +66,17 @@ class RaftEstimator(torch.nn.Module):
         self.name = name
         self.iterations = iterations
         self.autocast = autocast
+        self.autocast_device = autocast_device
+        self.autocast_dtype = autocast_dtype
         if autocast:
-            _fp32_correlation(self.model)
+            _fp32_correlation(self.model, autocast_device)
+
+    def with_model(self, model: torch.nn.Module) -> RaftEstimator:
+        """This estimator (name, iterations, mixed precision) around another network, e.g. a cached or
+        compiled one: the one way wrappers rebuild it, so no setting is dropped on the way."""
+        return RaftEstimator(
+            model, self.name, self.iterations, self.autocast, self.autocast_device, self.autocast_dtype
+        )
 
     def forward(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         height, width = source.shape[-2:]
@@ -69,18 +89,23 @@ class RaftEstimator(torch.nn.Module):
             mode="replicate",
         )
         first, second = images.chunk(2)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast and images.is_cuda):
+        mixed = self.autocast and images.device.type == self.autocast_device
+        with torch.autocast(self.autocast_device, dtype=self.autocast_dtype, enabled=mixed):
             flow = self.model(first, second, num_flow_updates=self.iterations)[-1]
         return flow[..., :height, :width].float()
 
 
-def _fp32_correlation(model: RAFT) -> None:
-    """Build and look up the correlation pyramid in fp32 even under autocast, as the original RAFT does."""
+def _fp32_correlation(model: RAFT, device_type: str) -> None:
+    """Build and look up the correlation pyramid in fp32 even under autocast, as the original RAFT does
+    (once per correlation block: a rebuilt estimator shares its network's block)."""
     block = model.corr_block
+    if getattr(block, "_mtransfer_fp32", None) == device_type:
+        return
+    block._mtransfer_fp32 = device_type
     for name in ("build_pyramid", "index_pyramid"):
 
         def fp32(*args: torch.Tensor, _method=getattr(block, name), **kwargs: torch.Tensor) -> torch.Tensor | None:
-            with torch.autocast("cuda", enabled=False):
+            with torch.autocast(device_type, enabled=False):
                 return _method(*(t.float() for t in args), **{k: t.float() for k, t in kwargs.items()})
 
         setattr(block, name, fp32)
@@ -234,4 +259,4 @@ def source_cached(estimator: RaftEstimator) -> RaftEstimator:
         update_block=raft.update_block,
         mask_predictor=raft.mask_predictor,
     )
-    return RaftEstimator(cached, estimator.name, estimator.iterations)
+    return estimator.with_model(cached)

@@ -194,15 +194,32 @@ def edit_images(
     progress: Progress | None = None,
     preview: Preview | None = None,
 ) -> list[EditResult]:
-    """``edit_image`` for a batch of target flows ``(B, 2, H, W)`` (one edit mask each, if any), computed
-    together: one UNet, decoder and estimator call per pass serves all B edits. Each edit has its own
-    energy, clipping and recursion noise (a generator per item seeded with ``config.seed``), so each
-    result is its edit alone up to floating-point order; if any item diverges, the batch is redone one
-    edit at a time so that only the diverging edit is labelled. ``init_latent`` is ``(B, C, h, w)``.
-    ``progress`` is called once per edit and pass; ``preview`` with each step's previews ``(B, 3, H, W)``.
+    """``edit_image`` for a batch of target flows ``(B, 2, H, W)`` (one edit mask each, if any); each result
+    is exactly what its edit gives alone.
+
+    When the model and the estimator are batch-invariant (``batch_invariant``: the exact world, the
+    pyramid estimator), the B edits are computed together: one model, decoder and estimator call per pass
+    serves all of them, and each edit has its own energy, clipping and recursion noise (a generator per
+    item seeded with ``config.seed``). Otherwise (Stable Diffusion, RAFT) they run one after another: a
+    convolution sums in another order at another batch size, and the guided sampler amplifies a
+    difference of 1e-7 into a visibly different picture, so a frame would depend on its batch. If any
+    batched item diverges, the batch is redone one edit at a time so that only the diverging edit is
+    labelled. ``init_latent`` is ``(B, C, h, w)``. ``progress`` is called once per edit and pass;
+    ``preview`` with each step's previews ``(B, 3, H, W)`` (one edit after another: ``(1, 3, H, W)``).
     """
     height, width = state.image.shape[-2:]
     batch = target_flows.shape[0]
+    if batch > 1 and not batch_invariant(backend, estimator):
+        return [
+            edit_images(
+                backend, estimator, state, target_flows[b : b + 1], config,
+                edit_masks=None if edit_masks is None else [edit_masks[b]],
+                init_latent=None if init_latent is None else init_latent[b : b + 1],
+                first_step=first_step, progress=progress,
+                preview=preview,
+            )[0]
+            for b in range(batch)
+        ]
     if state.timesteps != _schedule(backend, config.steps):
         raise UsageError(
             f"the source was prepared for {len(state.timesteps)} steps but guidance.steps is {config.steps}"
@@ -289,6 +306,11 @@ def edit_images(
             divergence=None if diverged is None else str(diverged),
         ))
     return results
+
+
+def batch_invariant(backend: DiffusionBackend, estimator: FlowEstimator) -> bool:
+    """Whether edits can share model calls without changing any of them (see ``edit_images``)."""
+    return bool(getattr(backend, "batch_invariant", False) and getattr(estimator, "batch_invariant", False))
 
 
 def _batched(embedding: torch.Tensor, batch: int) -> torch.Tensor:
