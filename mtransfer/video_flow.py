@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Literal
+from typing import Iterator
 
 import torch
 
+from mtransfer.choices import Reference
 from mtransfer.estimators.base import FlowEstimator
 
-Reference = Literal["first", "previous"]
 REFERENCES: tuple[Reference, ...] = ("first", "previous")
 
 

@@ -14,20 +14,25 @@
 
 from __future__ import annotations
 
-from mtransfer.app.editor import Editor, EditorCache
-from mtransfer.app.models import check_models, cpu_warning, load_backend, load_estimator
-from mtransfer.app.settings import (
-    STAGES,
-    EstimatorSettings,
-    EvaluationSettings,
-    ExecutionSettings,
-    ModelSettings,
-    OutputSettings,
-    RunSettings,
-    VideoSettings,
-    load_settings,
-)
-from mtransfer.app.versions import versions
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Editor": "editor", "EditorCache": "editor",
+    "check_models": "models", "cpu_warning": "models", "load_backend": "models", "load_estimator": "models",
+    "STAGES": "settings", "EstimatorSettings": "settings", "EvaluationSettings": "settings",
+    "ExecutionSettings": "settings", "ModelSettings": "settings", "OutputSettings": "settings",
+    "RunSettings": "settings", "VideoSettings": "settings", "load_settings": "settings",
+    "versions": "versions",
+}
+"""Where each name lives: imported on first use, so that ``mtransfer --help`` does not load torch."""
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'mtransfer.app' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"mtransfer.app.{_HOMES[name]}"), name)
+
 
 __all__ = [
     "STAGES",

@@ -23,6 +23,7 @@ from typing import Any, Collection, Mapping
 
 import torch
 
+from mtransfer.choices import DEFAULT_MAX_SIDE, EXECUTORS, FLOW_MODES, INIT_MODES
 from mtransfer.diffusion.backends import sd_size_fix
 from mtransfer.devices import parse_device
 from mtransfer.errors import UsageError, input_error
@@ -41,15 +42,10 @@ REDONE_ON_CHANGE = ("evaluate", "encode")
 """Stages whose results are figures and files derived from the frames: when their settings change, a run
 moves their earlier results to ``superseded/`` and redoes them instead of refusing to go on."""
 
-FLOW_MODES = ("direct", "chained")
-INIT_MODES = ("shared", "previous")
-EXECUTORS = ("local", "ray")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OFFLINE_MODELS = ("tiny", "exact")
 MIN_FPS, MAX_FPS = 0.01, 1000.0
 """Frame rates an encoded result may have (``output.fps``): a frame per 100 s up to high-speed footage."""
-DEFAULT_MAX_SIDE = 1024
-"""Longest side video frames are measured at unless ``video.size`` says otherwise (``VideoSettings.max_side``)."""
 
 _align_require = rule_checker("align")
 

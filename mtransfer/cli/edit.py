@@ -5,25 +5,19 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.markup import escape
 
-from mtransfer.app import Editor, load_settings, versions
-from mtransfer.app.trajectory import load_trajectory
+from mtransfer.choices import DIFFERENTIABLE
 from mtransfer.cli import app, console
-from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import UsageError, input_error
-from mtransfer.estimators import DIFFERENTIABLE
-from mtransfer.files import ensure_writable, load_image, read_json, rescue_on_failure
-from mtransfer.flows.io import read_mask
-from mtransfer.flows.spec import load_flow
-from mtransfer.guidance.outputs import write_edit
-from mtransfer.pipeline.manifest import content_id, fingerprint
 from mtransfer.presets import available_pipelines
-from mtransfer.progress import progress_bar
+
+if TYPE_CHECKING:
+    import torch
 
 EXAMPLES = """\
 [bold]Examples[/]
@@ -47,6 +41,8 @@ previews/step_XXXX.png and run.json into outputs/<image>-edit/ (or --out). Sizes
 
 def _edit_mask(path: Path, original: tuple[int, int], working: tuple[int, int]) -> torch.Tensor:
     """A mask drawn on the input image or on the working grid, brought to the working grid."""
+    from mtransfer.flows.io import read_mask
+
     mask = read_mask(path)
     size = tuple(mask.shape[-2:])
     if size not in (original, working):
@@ -109,6 +105,16 @@ def edit(
     ),
 ) -> None:
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
+    # The heavy stack (torch, diffusers) is imported when an edit runs, never for --help.
+    from mtransfer.app import Editor, load_settings, versions
+    from mtransfer.app.trajectory import load_trajectory
+    from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
+    from mtransfer.files import ensure_writable, load_image, read_json, rescue_on_failure
+    from mtransfer.flows.spec import load_flow
+    from mtransfer.guidance.outputs import write_edit
+    from mtransfer.pipeline.manifest import content_id, fingerprint
+    from mtransfer.progress import progress_bar
+
     overrides = preset_overrides(settings, {
         "model.model": model, "model.prompt": prompt, "model.device": device, "model.dtype": dtype,
         "estimator.name": estimator, "estimator.weights": raft_weights,

@@ -8,8 +8,6 @@ import typer
 from rich.console import Console
 
 from mtransfer.cli import app, console
-from mtransfer.evaluation import EVALUATION, evaluate_run, evaluation_table
-from mtransfer.progress import progress_bar
 
 EXAMPLES = """\
 [bold]Examples[/]
@@ -36,6 +34,9 @@ def eval_command(
     device: str = typer.Option("cpu", help="Device for the judge: cpu, cuda, ..."),
 ) -> None:
     """Judge the edits in FOLDER independently of the estimator that guided them."""
+    from mtransfer.evaluation import EVALUATION, evaluate_run, evaluation_table  # torch: not for --help
+    from mtransfer.progress import progress_bar
+
     with progress_bar(console) as progress:
         tasks = []  # the bar appears once the folder has been read and its frames counted
 

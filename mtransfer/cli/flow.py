@@ -9,14 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from mtransfer.app.settings import DEFAULT_MAX_SIDE, VideoSettings
+from mtransfer.choices import DEFAULT_MAX_SIDE, ESTIMATORS, Reference
 from mtransfer.cli import app, console
-from mtransfer.devices import parse_device
 from mtransfer.errors import UsageError
-from mtransfer.estimators import ESTIMATORS
-from mtransfer.pipeline.runner import FlowRequest, extract_flow
-from mtransfer.video import parse_size
-from mtransfer.video_flow import Reference
 
 EstimatorName = Literal[ESTIMATORS]  # the names load_estimator accepts, as command-line choices
 REFERENCE_TO_FLOW = {"first": "direct", "previous": "chained"}
@@ -93,6 +88,12 @@ def flow(
     ] = False,
 ) -> None:
     """Estimate the optical flow of VIDEO and write it as .flo files, colour images and a preview video."""
+    # torch and the estimators are imported when the command runs, never for --help.
+    from mtransfer.app.settings import VideoSettings
+    from mtransfer.devices import parse_device
+    from mtransfer.pipeline.runner import FlowRequest, extract_flow
+    from mtransfer.video import parse_size
+
     parse_device(device)  # named as --device in the error, before any work
     if weights and not estimator.startswith("raft-"):
         raise UsageError(f"--weights {weights}: only raft-large and raft-small take weights, not {estimator}")

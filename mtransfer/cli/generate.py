@@ -7,20 +7,13 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import typer
 from rich.markup import escape
 
-from mtransfer.app import load_backend, load_settings, versions
-from mtransfer.app.trajectory import save_trajectory
 from mtransfer.cli import app, console
-from mtransfer.cli.in_memory import reuse_rescued, stopped_note
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import UsageError
-from mtransfer.files import ensure_writable, rescue_on_failure, save_image, staged_folder, write_json
-from mtransfer.guidance.edit import generate as generate_image
 from mtransfer.presets import available_pipelines
-from mtransfer.progress import progress_bar
 
 @app.command()
 def generate(
@@ -50,6 +43,15 @@ def generate(
     mtransfer edit outputs/generated/a-photo-of-a-cat-on-a-sofa/image.png --trajectory
     outputs/generated/a-photo-of-a-cat-on-a-sofa/trajectory.pt --flow "translate(30, 0)"
     """
+    import torch  # the heavy stack is imported when a command runs, never for --help
+
+    from mtransfer.app import load_backend, load_settings, versions
+    from mtransfer.app.trajectory import save_trajectory
+    from mtransfer.cli.in_memory import reuse_rescued, stopped_note
+    from mtransfer.files import ensure_writable, rescue_on_failure, save_image, staged_folder, write_json
+    from mtransfer.guidance.edit import generate as generate_image
+    from mtransfer.progress import progress_bar
+
     overrides = preset_overrides(
         settings, {"model.model": model, "model.device": device, "guidance.steps": steps, "guidance.seed": seed}, size
     )

@@ -5,29 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import torch
 import typer
+from typer.core import TyperCommand
 from rich.markup import escape
 from rich.table import Table
 
 from mtransfer.cli import app, console
 from mtransfer.errors import OutputError, UsageError, input_error
-from mtransfer.files import ensure_writable, load_image, save_image
-from mtransfer.flows import flow_to_color, load_flow, motion_usage, move_image, quiver_overlay, write_flow
-from mtransfer.video import MIN_SIDE, parse_size, write_video
 
 MAX_PREVIEW_FRAMES = 240
 """The preview loops the motion there and back at 12 fps: 240 frames is 40 s, more than any check needs."""
 
-EPILOG = (
+EXAMPLES = (
     "Examples:\n\n"
     "  [cyan]mtransfer motion 'rotate(20) | translate(10, 0)' --onto sample_videos/cat.png[/]\n\n"
     "  [cyan]mtransfer motion 'twirl(90, radius=30%)' --size 256x256 --out twirl.flo[/]\n\n"
-    "Motions:\n\n" + motion_usage().replace("\n", "\n\n")
 )
 
 
-@app.command(epilog=EPILOG)
+class _MotionsInEpilog(TyperCommand):
+    """Lists the motions under the examples when ``motion --help`` is printed; the list comes from the motion
+    registry, which imports torch, so it is read then and not when the command is registered."""
+
+    def format_help(self, ctx, formatter) -> None:  # noqa: ANN001  (click's types)
+        from mtransfer.flows import motion_usage
+
+        self.epilog = EXAMPLES + "Motions:\n\n" + motion_usage().replace("\n", "\n\n")
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=_MotionsInEpilog, epilog=EXAMPLES)
 def motion(
     spec: Annotated[str, typer.Argument(help="Inline motion spec (see below) or a flow file to preview.")],
     onto: Annotated[Optional[Path], typer.Option(help="Image to size the flow on and to preview the motion with.")] = None,
@@ -43,6 +50,12 @@ def motion(
     the flow (a cheap forward warp, not a diffusion edit) as a PNG and a short looping preview video, so a
     motion can be checked before spending GPU time on `mtransfer edit`.
     """
+    import torch  # the heavy stack is imported when the command runs
+
+    from mtransfer.files import ensure_writable, load_image, save_image
+    from mtransfer.flows import flow_to_color, load_flow, move_image, quiver_overlay, write_flow
+    from mtransfer.video import MIN_SIDE, parse_size, write_video
+
     if (onto is None) == (size is None):
         raise UsageError("give exactly one of --onto IMAGE or --size HEIGHTxWIDTH")
     if onto is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from mtransfer.errors import UsageError
-from mtransfer.video import parse_size
 
 
 def preset_overrides(settings: list[str], flags: dict[str, object], size: str | None = None) -> list[str]:
@@ -13,6 +12,8 @@ def preset_overrides(settings: list[str], flags: dict[str, object], size: str | 
 
     ``flags`` maps ``section.key`` to a flag's value; flags left unset (None) change nothing.
     """
+    from mtransfer.video import parse_size  # torch: imported when a command runs, not for --help
+
     overrides = list(settings)
     if size is not None:
         parsed = parse_size(size)

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import typer
 
-from mtransfer.app.settings import EXECUTORS, FLOW_MODES, INIT_MODES
+from mtransfer.choices import EXECUTORS, FLOW_MODES, INIT_MODES
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
 from mtransfer.errors import UsageError
-from mtransfer.pipeline.runner import RunRequest, run_pipeline
 from mtransfer.presets import available_pipelines
 
 EXAMPLES = """\
@@ -107,6 +106,8 @@ def run(
     Writes frames/, flow/, flow_color/, result.mp4, result.gif, side_by_side.mp4, flow.mp4, report.html and
     manifest.json into the run folder.
     """
+    from mtransfer.pipeline.runner import RunRequest, run_pipeline  # the heavy stack, only when a run starts
+
     if flow_only and init is not None:
         raise UsageError("--init only affects the guide stage, which --flow-only skips; drop one of them")
     flags = {

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from mtransfer.choices import DIFFERENTIABLE, ESTIMATORS
 from mtransfer.errors import UsageError
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.estimators.classical import ILKEstimator, TVL1Estimator
@@ -24,9 +25,7 @@ _CLASSES = {
     "ilk": ILKEstimator,
     "pyramid": PyramidEstimator,
 }
-ESTIMATORS = tuple(_CLASSES)
-DIFFERENTIABLE = tuple(name for name, cls in _CLASSES.items() if cls.differentiable)
-"""The estimators the guidance energy can differentiate through."""
+"""``ESTIMATORS`` and ``DIFFERENTIABLE`` (from ``mtransfer.choices``) name these, checked in tests/test_cli_start.py."""
 
 
 def load_estimator(
@@ -50,7 +49,7 @@ def load_estimator(
     if name.startswith("raft-"):
         return load_raft(name, device=device, weights=weights, iterations=iterations, autocast=autocast)
     if weights is not None:
-        raise UsageError(f"{name} needs no weights; --weights only applies to raft-large and raft-small")
+        raise UsageError(f"{name} needs no weights; weights (flow --weights, edit --raft-weights) only apply to raft-large and raft-small")
     if autocast:
         raise UsageError(f"{name} has no mixed-precision mode; estimator.autocast only applies to RAFT")
     if name == "tvl1":

@@ -176,7 +176,7 @@ def _hub_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[str,
         raise input_error(
             cached,
             f"{name} weights {weights} missing and download failed ({reason}); on a connected machine fetch "
-            f"{weights.url} into that path, or give a local .pth with --weights PATH or ${WEIGHTS_ENV}, "
+            f"{weights.url} into that path, or give a local .pth (`flow --weights PATH`, `edit --raft-weights PATH`, estimator.weights in presets) or ${WEIGHTS_ENV}, "
             "or use a weight-free estimator: --estimator tvl1 to extract flow, pyramid inside guidance "
             "(in presets: video.estimator / estimator.name)",
         ) from None
