@@ -30,7 +30,7 @@ from mtransfer.guidance import (
     warm_start_latent,
     warm_start_step,
 )
-from mtransfer.guidance.outputs import loss_curves
+from mtransfer.app.edit_folder import loss_curves
 
 ALPHAS = torch.linspace(0.9999, 0.98, 1000).cumprod(0)  # a DDPM-like schedule without importing diffusers
 

@@ -118,7 +118,7 @@ def test_ctrl_c_during_an_edit_exits_130_and_leaves_the_folder_as_it_was(tmp_pat
 
 
 def test_ctrl_c_while_an_edit_writes_leaves_no_half_set(tmp_path, monkeypatch, capsys) -> None:
-    import mtransfer.guidance.outputs as outputs
+    import mtransfer.app.edit_folder as outputs
 
     save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
     monkeypatch.setattr(outputs, "write_json", _ctrl_c)  # after the pictures, before run.json
@@ -228,7 +228,7 @@ def test_disk_full_after_an_edit_keeps_the_result_elsewhere(tmp_path, monkeypatc
 def test_a_failed_edit_write_leaves_no_edited_png_without_run_json(tmp_path, monkeypatch, capsys) -> None:
     """The last file of an edit (run.json) fails to write: the output folder must not hold the new edited.png
     without its run.json (the rescue folder gets the whole set)."""
-    import mtransfer.guidance.outputs as outputs
+    import mtransfer.app.edit_folder as outputs
 
     save_image(tmp_path / "p.png", torch.rand(3, 32, 32))
     out = tmp_path / "e"

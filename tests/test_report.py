@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mtransfer.flows.viz import HEAT_STOPS, error_scale, error_to_color
-from mtransfer.pipeline.report import Plot, Report, ReportFrame, figure_label, figure_values, render_report
+from mtransfer.app.report import Plot, Report, ReportFrame, figure_label, figure_values, render_report
 
 
 def test_error_heat_map_interpolates_its_stops_and_clips_at_the_top():

@@ -23,9 +23,10 @@ _HOMES = {
     "STAGES": "settings", "EstimatorSettings": "settings", "EvaluationSettings": "settings",
     "ExecutionSettings": "settings", "ModelSettings": "settings", "OutputSettings": "settings",
     "RunSettings": "settings", "VideoSettings": "settings", "load_settings": "settings",
-    "versions": "versions",
 }
-"""Where each name lives: imported on first use, so that ``mtransfer --help`` does not load torch."""
+"""Where each name lives: imported on first use, so that ``mtransfer --help`` does not load torch. A name
+that is also a submodule's (``versions``) is not listed: once the submodule is imported, the package
+attribute is the module, so import it from its module."""
 
 
 def __getattr__(name: str) -> Any:
@@ -50,5 +51,4 @@ __all__ = [
     "load_backend",
     "load_estimator",
     "load_settings",
-    "versions",
 ]

@@ -106,12 +106,13 @@ def edit(
 ) -> None:
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
     # The heavy stack (torch, diffusers) is imported when an edit runs, never for --help.
-    from mtransfer.app import Editor, load_settings, versions
+    from mtransfer.app import Editor, load_settings
+    from mtransfer.app.versions import versions
     from mtransfer.app.trajectory import load_trajectory
     from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
     from mtransfer.files import ensure_writable, load_image, read_json, rescue_on_failure
     from mtransfer.flows.spec import load_flow
-    from mtransfer.guidance.outputs import write_edit
+    from mtransfer.app.edit_folder import write_edit
     from mtransfer.pipeline.manifest import content_id, fingerprint
     from mtransfer.progress import progress_bar
 

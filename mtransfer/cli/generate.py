@@ -45,7 +45,8 @@ def generate(
     """
     import torch  # the heavy stack is imported when a command runs, never for --help
 
-    from mtransfer.app import load_backend, load_settings, versions
+    from mtransfer.app import load_backend, load_settings
+    from mtransfer.app.versions import versions
     from mtransfer.app.trajectory import save_trajectory
     from mtransfer.cli.in_memory import reuse_rescued, stopped_note
     from mtransfer.files import ensure_writable, rescue_on_failure, save_image, staged_folder, write_json

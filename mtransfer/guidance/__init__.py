@@ -5,7 +5,6 @@
 - ``sampler``: ``cfg_eps``, ``guided_eps``, ``motion_guided_step``, ``sample_motion_guided`` (pure functions).
 - ``edit``: ``prepare_source``, ``edit_image`` (``edit_images`` for a batch), ``generate``: the image-level entry points; ``colour_mask``;
   ``warm_start_step`` / ``warm_start_latent``: a frame started from the previous one's result.
-- ``outputs``: ``write_edit``, the files of one edit (images, loss curves, previews, ``run.json``).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import SourceState, warm_start_latent, warm_start_step
 from mtransfer.flows.align import motion_mask
 from mtransfer.pipeline.manifest import Manifest
-from mtransfer.pipeline.report import ACHIEVED_COLOR, FLOW_ERROR, Plot, Report, ReportFrame, figure_values, write_report
+from mtransfer.app.report import ACHIEVED_COLOR, FLOW_ERROR, Plot, Report, ReportFrame, figure_values, write_report
 from mtransfer.video import iter_frames, write_video
 from mtransfer.video_flow import video_flows
 

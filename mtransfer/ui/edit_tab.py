@@ -13,11 +13,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings, versions
+from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings
+from mtransfer.app.versions import versions
 from mtransfer.errors import DeviceError, MtransferError
 from mtransfer.files import load_image
 from mtransfer.flows import read_flow, read_mask, resize_flow
-from mtransfer.guidance.outputs import write_edit
+from mtransfer.app.edit_folder import write_edit
 from mtransfer.ui.jobs import Job
 from mtransfer.ui.session import (
     POLL_S, Session, Shared, file_link, job_html, page_error, picture, session_of, shows_problems,

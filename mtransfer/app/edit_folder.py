@@ -20,7 +20,7 @@ from mtransfer.files import save_image, staged_folder, to_uint8, write_json
 from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import EditResult
-from mtransfer.pipeline.report import Report, ReportFrame, figure_values, write_report
+from mtransfer.app.report import Report, ReportFrame, figure_values, write_report
 
 CURVES = (("total", "energy (total)"), ("flow", "flow loss (mean |px|)"), ("color", "colour loss"),
           ("grad_norm", "guidance norm |sqrt(1-a) g| before clipping (log scale)"))
