@@ -273,6 +273,15 @@ def read_json(path: str | Path) -> Any:
         raise input_error(path, f"not valid JSON ({exc})") from None
 
 
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """``read_json`` for files that must hold a JSON object (manifests, ``run.json``): anything else
+    (``[]``, ``null``, a number) is a one-line error naming the file."""
+    record = read_json(path)
+    if not isinstance(record, dict):
+        raise input_error(Path(path), f"{what} must be a JSON object, found {type(record).__name__ if record is not None else 'null'}")
+    return record
+
+
 @contextmanager
 def open_image(path: str | Path, what: str = "image") -> Iterator[Image.Image]:
     """Open an image file, refusing unreadable files and images over ``MAX_IMAGE_PIXELS`` with one line."""

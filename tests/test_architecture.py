@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mtransfer"
 LAYERS = [
-    {"__init__", "errors", "files", "devices", "progress", "validation", "choices"},  # base
+    {"__init__", "errors", "files", "devices", "progress", "validation", "choices", "layouts"},  # base
     {"flows", "video", "video_flow", "diffusion", "estimators", "speed", "presets"},  # core
     {"guidance", "evaluation"},  # method
     {"app"},  # application

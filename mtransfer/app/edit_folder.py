@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from mtransfer.layouts import EDIT_RECORD, RUN_MANIFEST
+from mtransfer.errors import OutputError
 from mtransfer.files import save_image, staged_folder, to_uint8, write_json
 from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
@@ -88,6 +90,15 @@ def loss_curves(
     return np.asarray(canvas)
 
 
+def check_edit_folder(folder: str | Path, option: str = "--out") -> Path:
+    """Refuse, before any work, to write an edit into a ``mtransfer run`` folder: the edit's files would
+    sit among the run's and its report would replace the run's."""
+    folder = Path(folder)
+    if (folder / RUN_MANIFEST).exists():
+        raise OutputError(f"{folder}: is a `mtransfer run` folder ({RUN_MANIFEST}); choose another {option} for the edit")
+    return folder
+
+
 def write_edit(
     folder: str | Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any]
 ) -> Path:
@@ -97,6 +108,7 @@ def write_edit(
     timings, so a folder with a ``run.json`` is a finished one. The files are written beside ``folder``
     first (``staged_folder``): a write that fails leaves ``folder`` as it was.
     """
+    check_edit_folder(folder)
     with staged_folder(folder) as stage:
         _write_edit_files(stage, source, target_flow, result, record)
     return Path(folder)
@@ -130,7 +142,7 @@ def _write_edit_files(
     final = _finite(result.losses[-1]) if result.losses else {}
     _write_edit_report(folder, record, result, scale or 0.0, error, top_error, final)
     write_json(
-        folder / "run.json",
+        folder / EDIT_RECORD,
         {
             **record,
             "status": "diverged" if result.diverged else "ok",
@@ -168,7 +180,7 @@ def _write_edit_report(
         f"{len(result.losses)} guided passes; status {'DIVERGED: ' + str(result.divergence) if result.diverged else 'ok'}.",
     ]
     files = ["edited.png", "comparison.png", "source.png", "target_flow.png", "achieved_flow.png", "flow_error.png",
-             "loss.png", "losses.json", "run.json"]
+             "loss.png", "losses.json", EDIT_RECORD]
     return write_report(folder / "report.html", Report(
         title=f"mtransfer edit: {Path(str(record.get('image', 'image'))).name}", summary=summary, source="source.png",
         frames=[frame], flow_scale_px=scale, error_scale_px=top_error, settings=record, files=files,

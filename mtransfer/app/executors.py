@@ -160,19 +160,23 @@ class RayExecutor:
         self.use_gpus = use_gpus
         self.ray = import_ray()
         self.slots: list[_Slot] = []
+        self.started_ray = False  # True when this executor started Ray (and must shut it down)
 
-    def _connect(self) -> bool:
-        """Join or start Ray; True when this executor started it (and must shut it down)."""
+    def connect(self) -> None:
+        """Join or start Ray now, so that an unreachable cluster is a one-line error before any work (the
+        guide stage calls this before it prepares the source); ``run`` connects itself otherwise."""
         ray = self.ray
         if ray.is_initialized():
-            return False
+            return
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                    "logging_level": logging.ERROR}
         try:
             ray.init(address=self.settings.address or None, **options)
-        except ConnectionError as exc:
-            raise DeviceError(f"execution.address {self.settings.address!r}: cannot reach a Ray cluster ({exc})") from None
-        return True
+        except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+            raise DeviceError(
+                f"execution.address {self.settings.address!r}: cannot reach a Ray cluster ({_first_line(exc)})"
+            ) from None
+        self.started_ray = True
 
     def _start_actors(self, factory: WorkerFactory) -> None:
         ray = self.ray
@@ -199,7 +203,7 @@ class RayExecutor:
         queue = deque(jobs)
         if not queue:
             return
-        started_ray = self._connect()
+        self.connect()
         try:
             self._start_actors(factory)
             shared_ref = [ray.put(shared)]
@@ -241,8 +245,9 @@ class RayExecutor:
             for slot in self.slots:
                 ray.kill(slot.actor, no_restart=True)
             self.slots = []
-            if started_ray:
+            if self.started_ray:
                 ray.shutdown()
+                self.started_ray = False
 
 
 def _worker_faults(ray: Any) -> tuple[type[BaseException], ...]:

@@ -401,6 +401,17 @@ class ExecutionSettings:
         require(self.gpus_per_worker > 0, "gpus_per_worker", "must be > 0 (e.g. 1, or 0.5 for two per GPU)",
                 self.gpus_per_worker)
         require(self.max_retries >= 0, "max_retries", "must be >= 0", self.max_retries)
+        require(ray_address_ok(self.address), "address",
+                'must be "" (start Ray here), "auto", "local", "ray://HOST:PORT" or "HOST:PORT"', self.address)
+
+
+def ray_address_ok(address: str) -> bool:
+    """Whether ``address`` has a form ``ray.init`` accepts; whether a cluster answers there is found out by
+    connecting, which the guide stage does before any work."""
+    if address in ("", "auto", "local"):
+        return True
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    return bool(colon and host and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() for c in host))
 
 
 @dataclass(frozen=True)

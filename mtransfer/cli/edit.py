@@ -110,9 +110,10 @@ def edit(
     from mtransfer.app.versions import versions
     from mtransfer.app.trajectory import load_trajectory
     from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
-    from mtransfer.files import ensure_writable, load_image, read_json, rescue_on_failure
+    from mtransfer.files import ensure_writable, load_image, read_json_object, rescue_on_failure
     from mtransfer.flows.spec import load_flow
-    from mtransfer.app.edit_folder import write_edit
+    from mtransfer.app.edit_folder import check_edit_folder, write_edit
+    from mtransfer.layouts import EDIT_RECORD
     from mtransfer.pipeline.manifest import content_id, fingerprint
     from mtransfer.progress import progress_bar
 
@@ -142,6 +143,7 @@ def edit(
     prompt_text = generation["prompt"] if generation is not None and prompt is None else run.model.prompt
     folder = out if out is not None else Path("outputs") / f"{image.stem}-edit"
     ensure_writable(folder)
+    check_edit_folder(folder)
     guidance = run.guidance
     key = {
         "command": "edit", **run.by_stage()["guide"], "size": list(working), "prompt": prompt_text,
@@ -149,7 +151,7 @@ def edit(
                    "trajectory": None if trajectory is None else content_id(fingerprint(trajectory))},
     }
     if reuse_rescued(folder, key, "edit", console):
-        _check_status(folder, read_json(folder / "run.json"))
+        _check_status(folder, read_json_object(folder / EDIT_RECORD, "an edit record"))
         return
 
     timing: dict[str, float] = {}

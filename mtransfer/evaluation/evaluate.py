@@ -23,9 +23,11 @@ from mtransfer.errors import UsageError, input_error
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
 from mtransfer.estimators import load_estimator
-from mtransfer.files import json_ready, load_image, read_json, with_infinities, write_json
+from mtransfer.devices import parse_device
+from mtransfer.files import json_ready, load_image, read_json, read_json_object, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
 from mtransfer.flows.align import motion_mask
+from mtransfer.layouts import EDIT_RECORD, RUN_MANIFEST
 
 EVALUATION = "evaluation.json"
 MOTIONLESS_PX = 0.5
@@ -51,21 +53,41 @@ def _same_size(path: Path, tensor: torch.Tensor, size: tuple[int, int], what: st
 
 def _load_run(folder: Path) -> tuple[str, dict, list[tuple[int, Path, Path, Path | None]]]:
     """The folder's kind, the record naming the guidance estimator, and (index, result, flow, mask) per frame."""
-    if (folder / "manifest.json").is_file() and (folder / "frames").is_dir():
-        manifest = read_json(folder / "manifest.json")
+    if (folder / RUN_MANIFEST).is_file() and (folder / "frames").is_dir():
+        manifest = read_json_object(folder / RUN_MANIFEST, "a run manifest")
         frames = sorted(p for p in (folder / "frames").glob("*.png") if p.stem.isdigit())
         if not frames:
             raise input_error(folder / "frames", "no result frames yet; run the guide stage first")
+        _check_frames_complete(folder, manifest, frames)
         return "run", manifest.get("config", {}), [
             (int(p.stem), p, folder / "flow" / f"{p.stem}.flo", folder / "edit_mask" / f"{p.stem}.png") for p in frames
         ]
-    if (folder / "run.json").is_file() and (folder / "edited.png").is_file():
+    if (folder / EDIT_RECORD).is_file() and (folder / "edited.png").is_file():
         if not (folder / "target_flow.flo").is_file():
             raise input_error(folder / "target_flow.flo", "missing; edits written by older versions lack it, rerun the edit")
-        return "edit", read_json(folder / "run.json"), [(0, folder / "edited.png", folder / "target_flow.flo", None)]
+        return "edit", read_json_object(folder / EDIT_RECORD, "an edit record"), [(0, folder / "edited.png", folder / "target_flow.flo", None)]
     raise input_error(
         folder, "not a run folder (manifest.json and frames/) nor an edit folder (run.json and edited.png)"
     )
+
+
+def _check_frames_complete(folder: Path, manifest: dict, frames: list[Path]) -> None:
+    """Refuse a run whose result frames have a hole: a frame the manifest says is done but whose PNG is
+    gone, or a gap in the numbering. Judging the rest would fold the hole silently into the means and
+    measure temporal consistency across it."""
+    stages = manifest.get("stages")
+    guide = stages.get("guide") if isinstance(stages, dict) else None
+    done = guide.get("frames") if isinstance(guide, dict) else None
+    present = {int(p.stem) for p in frames}
+    expected = set(range(max(present) + 1))
+    if isinstance(done, dict):
+        expected |= {int(key) for key in done if str(key).isdigit()}
+    missing = sorted(expected - present)
+    if missing:
+        name = f"{missing[0]:0{len(frames[0].stem)}d}.png"
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise input_error(folder / "frames" / name, f"missing{more}; run the same `mtransfer run` command again "
+                          "to remake it, then evaluate")
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -101,6 +123,8 @@ def evaluate_run(
     folder = Path(folder)
     if not folder.is_dir():
         raise input_error(folder, "no such run folder")
+    if not isinstance(device, torch.device):
+        device = parse_device(device, "--device")
     kind, record, frames = _load_run(folder)
     guidance = (record.get("estimator") or {}).get("name")
     name = estimator or judge_estimator_name(guidance)

@@ -18,11 +18,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
+from mtransfer.layouts import RUN_MANIFEST
 from mtransfer.errors import OutputError
 from mtransfer.files import read_json, write_json
 
 FORMAT = 1
-MANIFEST = "manifest.json"
+MANIFEST = RUN_MANIFEST
 LOCK = "run.lock"
 SUPERSEDED = "superseded"
 FINGERPRINT_BYTES = 1 << 20

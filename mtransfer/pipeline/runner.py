@@ -39,14 +39,14 @@ from mtransfer.app.settings import (
     VideoSettings,
 )
 from mtransfer.app.versions import versions
-from mtransfer.errors import Interrupted, UsageError, input_error, require_file
+from mtransfer.errors import Interrupted, MtransferError, UsageError, input_error, require_file
 from mtransfer.estimators import load_estimator
 from mtransfer.evaluation import evaluation_table
-from mtransfer.files import ensure_writable, load_image, read_json, remove_stale_temporaries, write_json
+from mtransfer.files import ensure_writable, load_image, read_json_object, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.flows.align import mask_box, pixel_box
-from mtransfer.pipeline.manifest import Manifest, RunLock, content_id, fingerprint
+from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint
 from mtransfer.pipeline.stages import (
     STAGE_OUTPUTS,
     SUMMARY,
@@ -204,9 +204,10 @@ def interrupt_note(folder: Path) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         kept = "nothing finished yet"
-        manifest_path = folder / "manifest.json"
-        if manifest_path.exists():
-            stages = read_json(manifest_path).get("stages", {})
+        manifest_path = folder / MANIFEST
+        record = _readable_manifest(manifest_path)
+        if record is not None:
+            stages = record.get("stages") if isinstance(record.get("stages"), dict) else {}
             parts = [f"{name} {len(record.get('frames', {}))} of {record.get('total', '?')} frames"
                      if record.get("status") != "done" else f"{name} done"
                      for name, record in stages.items() if isinstance(record, dict)]

@@ -444,6 +444,8 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
     if moving:
         executor = make_executor(settings.execution, use_gpus=settings.model.device != "cpu")
         local = settings.execution.executor == "local"
+        if not local:
+            executor.connect()  # an unreachable cluster is refused before the source is prepared
         passes = _planned_passes(settings, moving, motion.still)
         factory, state, progress = _frame_workers(ctx, motion.source, len(moving), passes, local=local)
 
