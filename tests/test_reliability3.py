@@ -101,3 +101,30 @@ def test_an_unreachable_ray_cluster_is_refused_before_the_source_is_inverted(tmp
                                                     "--set", 'execution.address="ray://127.0.0.1:1"'))
     assert code == 2 and "cannot reach a Ray cluster" in one_plain_line(err)
     assert "inversion" not in err and not list((out / "frames").glob("0001.png"))
+
+
+@pytest.mark.parametrize("size", ["[1024, 8]", "[8, 1024]"])
+def test_the_evaluate_stage_judges_very_thin_frames(tmp_path, monkeypatch, capsys, size) -> None:
+    """``model.size=[4104, 8]`` once crashed the evaluate stage after the guide stage (the judge's 256 px cap
+    made the frame 1 px wide), and every rerun crashed again."""
+    out = tmp_path / "run"
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--set", f"model.size={size}"))
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["evaluate"]["status"] == "done"
+    frames = json.loads((out / "evaluation.json").read_text())["frames"]
+    # judged where something stays in view (a 15-40 px motion carries an 8 px wide frame out of it)
+    assert len(frames) == 4 and all("epe_all" in row and "psnr" in row for row in frames)
+
+
+def test_judge_and_preservation_take_frames_thinner_than_their_windows() -> None:
+    from mtransfer.estimators import load_estimator
+    from mtransfer.evaluation.judge import judge_motion
+    from mtransfer.evaluation.metrics import preservation
+
+    for height, width in ((4104, 8), (3, 5), (2, 2)):
+        source, result = torch.rand(1, 3, height, width), torch.rand(1, 3, height, width)
+        flow = judge_motion(load_estimator("tvl1"), source, result, torch.zeros(2, height, width)).flow
+        assert flow.shape == (1, 2, height, width) and torch.isfinite(flow).all()
+        figures = preservation(source[0], result[0], torch.zeros(1, height, width))
+        assert (figures["ssim"] is None) == (min(height, width) < 3)

@@ -73,6 +73,10 @@ def _matching_cost(source: torch.Tensor, result: torch.Tensor, flow: torch.Tenso
     return gaussian_blur(difference, [2 * radius + 1] * 2, [sigma, sigma])
 
 
+MIN_JUDGE_SIDE = 16
+"""Shortest side the judge measures at: ``max_side`` never shrinks an image's short side below it."""
+
+
 @torch.no_grad()
 def judge_motion(
     estimator: FlowEstimator,
@@ -91,14 +95,16 @@ def judge_motion(
     """
     height, width = source.shape[-2:]
     target = as_flow_batch(target).to(source).expand(source.shape[0], -1, -1, -1)
-    scale = min(1.0, max_side / max(height, width))
+    # the cap shrinks the long side, but never the short one below MIN_JUDGE_SIDE (a 4104x8 frame at
+    # 256 px would be half a pixel wide, where no estimator can measure anything)
+    scale = min(1.0, max(max_side / max(height, width), MIN_JUDGE_SIDE / min(height, width)))
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     if size != (height, width):
         shrink = lambda images: F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
         source, result, target = shrink(source), shrink(result), resize_flow(target, size)
     direct = estimator(source, result)
     residual = compose(estimator(source, warp(result, target, padding_mode="border")), target)
-    sigma = window * max(size)
+    sigma = min(window * max(size), min(size) / 6)  # the window fits in the short side (very thin frames)
     residual_cost = _matching_cost(source, result, residual, sigma)
     unmoved_cost = _matching_cost(source, source, target, sigma)  # the target's cost if nothing had moved
     wins = (residual_cost < _matching_cost(source, result, direct, sigma)) & (residual_cost < DISTINCT * unmoved_cost)

@@ -62,10 +62,15 @@ def preservation(source: torch.Tensor, result: torch.Tensor, edit_mask: torch.Te
     if not outside.any():
         return {"psnr": None, "ssim": None}
     mse = float(((src - res) ** 2)[outside].mean())
-    _, ssim_map = structural_similarity(src, res, data_range=1.0, channel_axis=2, full=True)
+    # SSIM's usual 7x7 window, narrowed on images thinner than that; none below 3 px (no structure to compare)
+    window = min(7, min(src.shape[:2]) - (1 - min(src.shape[:2]) % 2))
+    ssim = None
+    if window >= 3:
+        _, ssim_map = structural_similarity(src, res, data_range=1.0, channel_axis=2, full=True, win_size=window)
+        ssim = float(ssim_map.mean(axis=2)[outside].mean())
     return {
         "psnr": math.inf if mse == 0 else 10 * math.log10(1.0 / mse),
-        "ssim": float(ssim_map.mean(axis=2)[outside].mean()),
+        "ssim": ssim,
     }
 
 
