@@ -128,3 +128,48 @@ def test_judge_and_preservation_take_frames_thinner_than_their_windows() -> None
         assert flow.shape == (1, 2, height, width) and torch.isfinite(flow).all()
         figures = preservation(source[0], result[0], torch.zeros(1, height, width))
         assert (figures["ssim"] is None) == (min(height, width) < 3)
+
+
+def _picture(tmp_path: Path, size: tuple[int, int] = (32, 32)) -> Path:
+    save_image(tmp_path / "p.png", torch.rand(3, *size))
+    return tmp_path / "p.png"
+
+
+def _mask(path: Path, size: tuple[int, int], value: int = 255) -> Path:
+    from PIL import Image
+
+    Image.new("L", (size[1], size[0]), value).save(path)
+    return path
+
+
+@pytest.mark.parametrize("where", ["--mask", "spec"])
+def test_every_mask_follows_one_rule_size_and_not_all_black(tmp_path, monkeypatch, capsys, where) -> None:
+    """A spec's ``mask=`` once stretched a mask of another size silently, and an all-black one gave zero
+    motion with exit 0; ``edit --mask`` refused the same files. Now both refuse both."""
+    image = _picture(tmp_path)
+    for mask, problem in ((_mask(tmp_path / "big.png", (48, 40)), "is 48x40, expected 32x32"),
+                          (_mask(tmp_path / "black.png", (32, 32), 0), "all black")):
+        if where == "--mask":
+            arguments = ["--flow", "translate(2, 0)", "--mask", mask]
+        else:
+            arguments = ["--flow", f"translate(2, 0, mask={mask})"]
+        code, err = cli(monkeypatch, capsys, "edit", image, *arguments, *TINY_EDIT, "--out", tmp_path / "e")
+        assert code == 2 and problem in one_plain_line(err) and mask.name in one_plain_line(err)
+        assert not (tmp_path / "e").exists()
+
+
+def test_a_spec_mask_drawn_on_the_image_is_taken_at_the_working_size(tmp_path, monkeypatch, capsys) -> None:
+    image = _picture(tmp_path, (64, 64))  # edited at 32x32 (TINY_EDIT)
+    mask = _mask(tmp_path / "m.png", (64, 64))
+    code, err = cli(monkeypatch, capsys, "edit", image, "--flow", f"translate(2, 0, mask={mask})", *TINY_EDIT,
+                    "--out", tmp_path / "e")
+    assert code == 0, err
+
+
+def test_edit_with_a_motionless_flow_is_refused_not_returned_changed(tmp_path, monkeypatch, capsys) -> None:
+    """``run`` keeps motionless frames as the source; ``edit`` once guided anyway and returned a changed
+    picture with status ok."""
+    code, err = cli(monkeypatch, capsys, "edit", _picture(tmp_path), "--flow", "translate(0, 0)", *TINY_EDIT,
+                    "--out", tmp_path / "e")
+    assert code == 2 and "moves no pixel" in one_plain_line(err)
+    assert not (tmp_path / "e").exists()

@@ -41,17 +41,9 @@ previews/step_XXXX.png and run.json into outputs/<image>-edit/ (or --out). Sizes
 
 def _edit_mask(path: Path, original: tuple[int, int], working: tuple[int, int]) -> torch.Tensor:
     """A mask drawn on the input image or on the working grid, brought to the working grid."""
-    from mtransfer.flows.io import read_mask
+    from mtransfer.flows.io import read_mask_on
 
-    mask = read_mask(path)
-    size = tuple(mask.shape[-2:])
-    if size not in (original, working):
-        raise input_error(
-            path,
-            f"mask is {size[0]}x{size[1]} but the image is {original[0]}x{original[1]} "
-            f"(working size {working[0]}x{working[1]}); draw it on the image",
-        )
-    return read_mask(path, size=working)
+    return read_mask_on(path, working, [original], "mask")
 
 
 @app.command(epilog=EXAMPLES)
@@ -112,6 +104,7 @@ def edit(
     from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
     from mtransfer.files import ensure_writable, load_image, read_json_object, rescue_on_failure
     from mtransfer.flows.spec import load_flow
+    from mtransfer.guidance.edit import motionless
     from mtransfer.app.edit_folder import check_edit_folder, write_edit
     from mtransfer.layouts import EDIT_RECORD
     from mtransfer.pipeline.manifest import content_id, fingerprint
@@ -135,7 +128,9 @@ def edit(
     original = load_image(image)
     working = run.model.working_size(tuple(original.shape[-2:]), image)
     source = load_image(image, size=working)
-    target_flow = load_flow(flow, *working)
+    target_flow = load_flow(flow, *working, mask_sizes=[tuple(original.shape[-2:])])
+    if motionless(target_flow):
+        raise UsageError(f"--flow {flow}: moves no pixel, so there is nothing to edit (the result would be the source)")
     edit_mask = None if mask is None else _edit_mask(mask, tuple(original.shape[-2:]), working)
     generation = None if trajectory is None else load_trajectory(
         trajectory, model=run.model.model, steps=run.guidance.steps, size=working

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Collection
 from pathlib import Path
 
 import av
@@ -129,6 +130,23 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> torch.Te
     except (UnidentifiedImageError, OSError) as exc:
         raise input_error(path, f"not a readable mask image ({exc.__class__.__name__})") from None
     return torch.from_numpy(array.clip(0.0, 1.0))[None]
+
+
+def read_mask_on(
+    path: str | Path, size: tuple[int, int], accepted: Collection[tuple[int, int]] = (), what: str = "mask"
+) -> torch.Tensor:
+    """The one rule for every mask a user gives (``edit --mask``, ``mask=`` in a motion): read at its own
+    size, which must be ``size`` or one of ``accepted`` (e.g. the input image's, when ``size`` is the
+    working size) — a mask of another size would be stretched onto other pixels — and not all black (it
+    would allow nothing); then brought to ``size``."""
+    mask = read_mask(path)
+    own = tuple(mask.shape[-2:])
+    if own != tuple(size) and own not in {tuple(s) for s in accepted}:
+        others = "".join(f" or {h}x{w}" for h, w in dict.fromkeys(tuple(s) for s in accepted) if (h, w) != tuple(size))
+        raise input_error(path, f"{what} is {own[0]}x{own[1]}, expected {size[0]}x{size[1]}{others}; draw it on the image")
+    if float(mask.max()) == 0:
+        raise input_error(path, f"{what} is all black: it marks no pixel (white = where motion or change is allowed)")
+    return mask if own == tuple(size) else read_mask(path, size=size)
 
 
 def _unknown_suffix(path: Path) -> MtransferError:

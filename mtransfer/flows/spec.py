@@ -43,13 +43,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Collection
 from typing import Callable
 
 import torch
 
 from mtransfer.errors import UsageError, input_error
 from mtransfer.flows import elementary
-from mtransfer.flows.io import FLOW_SUFFIXES, motion_problem, read_flow, read_mask
+from mtransfer.flows.io import FLOW_SUFFIXES, motion_problem, read_flow, read_mask_on
 from mtransfer.flows.ops import compose, restrict, scale_motion
 
 # How a percentage is resolved for each kind of argument (see the module docstring).
@@ -122,11 +123,16 @@ def motion_usage() -> str:
     return ", ".join([*signatures, _HOMOGRAPHY_USAGE])
 
 
-def parse_flow_spec(spec: str, height: int, width: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-    """The ``(2, H, W)`` float32 flow that ``spec`` describes for an image of ``height`` x ``width`` pixels."""
+def parse_flow_spec(
+    spec: str, height: int, width: int, *, device: torch.device | str | None = None,
+    mask_sizes: Collection[tuple[int, int]] = (),
+) -> torch.Tensor:
+    """The ``(2, H, W)`` float32 flow that ``spec`` describes for an image of ``height`` x ``width`` pixels.
+
+    A term's ``mask=`` image must be ``height`` x ``width`` or one of ``mask_sizes`` (``read_mask_on``)."""
     flow = None
     for term in spec_terms(spec, height, width):
-        term_flow = build_term(term, height, width, device=device, spec=spec)
+        term_flow = build_term(term, height, width, device=device, spec=spec, mask_sizes=mask_sizes)
         flow = term_flow if flow is None else compose(flow, term_flow)
     problem = motion_problem(flow)
     if problem:
@@ -200,9 +206,10 @@ def image_corners(height: int, width: int) -> list[tuple[float, float]]:
 
 
 def build_term(
-    term: MotionTerm, height: int, width: int, *, device: torch.device | str | None = None, spec: str | None = None
+    term: MotionTerm, height: int, width: int, *, device: torch.device | str | None = None, spec: str | None = None,
+    mask_sizes: Collection[tuple[int, int]] = (),
 ) -> torch.Tensor:
-    """The ``(2, H, W)`` flow of one term (its mask and strength applied)."""
+    """The ``(2, H, W)`` flow of one term (its mask, checked by ``read_mask_on``, and strength applied)."""
     spec = format_spec([term]) if spec is None else spec
     values = term.values
     try:
@@ -224,14 +231,15 @@ def build_term(
     except ValueError as exc:
         raise _spec_error(spec, f"{term.name}: {exc}") from None
     if term.mask is not None:
-        flow = restrict(flow, read_mask(term.mask, size=(height, width)).to(flow.device))
+        flow = restrict(flow, read_mask_on(term.mask, (height, width), mask_sizes, "motion mask").to(flow.device))
     if term.strength is not None:
         flow = scale_motion(flow, term.strength)
     return flow
 
 
 def load_flow(
-    file_or_spec: str | Path, height: int, width: int, *, device: torch.device | str | None = None
+    file_or_spec: str | Path, height: int, width: int, *, device: torch.device | str | None = None,
+    mask_sizes: Collection[tuple[int, int]] = (),
 ) -> torch.Tensor:
     """A target flow from a ``.flo``/``.npy``/KITTI ``.png`` file or from a spec, checked to be ``height`` x ``width``.
 
@@ -240,7 +248,7 @@ def load_flow(
     """
     text = str(file_or_spec).strip()
     if "(" in text:
-        return parse_flow_spec(text, height, width, device=device)
+        return parse_flow_spec(text, height, width, device=device, mask_sizes=mask_sizes)
     path = Path(text)
     if path.suffix.lower() not in FLOW_SUFFIXES:
         if path.is_file():

@@ -308,6 +308,12 @@ def edit_images(
     return results
 
 
+def motionless(flow: torch.Tensor) -> bool:
+    """Whether ``flow`` moves no pixel at all: then there is nothing to guide (``run`` keeps such frames as
+    the source; ``edit`` refuses them rather than return a changed picture for no motion)."""
+    return not bool(flow.abs().max() > 0)
+
+
 def batch_invariant(backend: DiffusionBackend, estimator: FlowEstimator) -> bool:
     """Whether edits can share model calls without changing any of them (see ``edit_images``)."""
     return bool(getattr(backend, "batch_invariant", False) and getattr(estimator, "batch_invariant", False))

@@ -19,6 +19,7 @@ from mtransfer.errors import DeviceError, MtransferError
 from mtransfer.files import load_image
 from mtransfer.flows import read_flow, read_mask, resize_flow
 from mtransfer.app.edit_folder import write_edit
+from mtransfer.guidance.edit import motionless
 from mtransfer.ui.jobs import Job
 from mtransfer.ui.session import (
     POLL_S, Session, Shared, file_link, job_html, page_error, picture, session_of, shows_problems,
@@ -89,7 +90,8 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
             gr.Warning(str(exc), duration=None)
             yield {edit_status: f'<strong style="color: #b91c1c">cannot start:</strong> {html.escape(str(exc))}'}
             return
-        session.flow(spec)  # a bad spec fails here, before the job starts
+        if motionless(session.flow(spec)):  # a bad spec fails here, before the job starts
+            raise gr.Error("this motion moves no pixel, so there is nothing to edit", duration=None)
         session.edits += 1
         folder = session.folder / f"edit-{session.edits:02d}"
         job = shared.queue.submit("edit", lambda job: edit_work(
