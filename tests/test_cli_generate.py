@@ -29,7 +29,7 @@ def test_unguided_edit_along_the_trajectory_retraces_the_generated_image(tmp_pat
 
     edit = tmp_path / "edit"
     code = cli(monkeypatch, "edit", str(out / "image.png"), "--pipeline", "tiny", "--trajectory",
-               str(out / "trajectory.pt"), "--flow", "translate(0)", "--guidance-weight", "0", "--out", str(edit))
+               str(out / "trajectory.pt"), "--flow", "translate(3)", "--guidance-weight", "0", "--out", str(edit))
     assert code == 0, capsys.readouterr().err
     run = json.loads((edit / "run.json").read_text())
     assert run["prompt"] == "a red cat" and run["trajectory"].endswith("trajectory.pt")

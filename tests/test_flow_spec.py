@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import InputError, MtransferError
 from mtransfer.flows import (
     bulge,
     compose,
@@ -90,8 +90,9 @@ def test_mask_restricts_only_its_term(tmp_path) -> None:
     assert torch.allclose(flow[:, :, 0], torch.tensor([4.0, 2.0])[:, None].expand(2, H))
     assert torch.allclose(flow[:, :, -1], torch.tensor([0.0, 2.0])[:, None].expand(2, H))
     small = tmp_path / "small.png"
-    Image.fromarray(mask[::2, ::2]).save(small)  # resized to the image
-    assert parse_flow_spec(f"scale(1.2, mask={small})", H, W).shape == (2, H, W)
+    Image.fromarray(mask[::2, ::2]).save(small)  # another size: refused like edit --mask, never stretched
+    with pytest.raises(InputError, match=r"small\.png: motion mask is 15x21, expected 30x41"):
+        parse_flow_spec(f"scale(1.2, mask={small})", H, W)
 
 
 @pytest.mark.parametrize(

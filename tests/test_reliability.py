@@ -319,7 +319,7 @@ def test_rescued_results_of_other_settings_are_named_but_not_used(tmp_path, monk
 
 
 def test_a_rerun_after_disk_full_writes_the_rescued_generation(tmp_path, monkeypatch, capsys) -> None:
-    import mtransfer.cli.generate as generate
+    import mtransfer.guidance.edit as generation
 
     out = tmp_path / "g"
     command = ["generate", "a cat", "--model", "tiny", "--size", "32x32", "--steps", "2", "--device", "cpu",
@@ -329,7 +329,7 @@ def test_a_rerun_after_disk_full_writes_the_rescued_generation(tmp_path, monkeyp
         rescued = rescued_folder(one_plain_line(cli(monkeypatch, capsys, *command)[1]))
     trajectory = (rescued / "trajectory.pt").read_bytes()
     with monkeypatch.context() as no_work:
-        no_work.setattr(generate, "generate_image", _fail_if_called("generation"))
+        no_work.setattr(generation, "generate", _fail_if_called("generation"))  # imported when the command runs
         code, err = cli(monkeypatch, capsys, *command)
     assert code == 0 and "nothing was recomputed" in err
     assert (out / "trajectory.pt").read_bytes() == trajectory and (out / "image.png").is_file()
@@ -498,12 +498,12 @@ def test_pillows_bomb_warning_and_error_are_replaced_by_the_stated_limit(tmp_pat
 
 def cli_with_broken_motion_reading(tmp_path, monkeypatch, capsys, failure: Exception) -> tuple[int, str]:
     """``mtransfer motion`` with its flow reading raising ``failure``: the exit code and the one line it prints."""
-    import mtransfer.cli.motion as motion
+    import mtransfer.flows as flows
 
     def broken(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(motion, "load_flow", broken)
+    monkeypatch.setattr(flows, "load_flow", broken)  # the command imports it from the package when it runs
     code, err = cli(monkeypatch, capsys, "motion", "translate(2, 0)", "--size", "16x16", "--out", tmp_path / "m.flo")
     return code, one_plain_line(err)
 

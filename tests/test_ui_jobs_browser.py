@@ -130,8 +130,9 @@ def test_video_region_flow_only_and_resume_an_interrupted_run(browser_page, jobs
     assert wait_for_new_src(page, "#region-image", marked) != marked
     region = [float(v) for v in page.input_value("#align-region textarea").split(",")]
     assert 0.1 < region[0] < region[2] < 0.8 and 0.15 < region[1] < region[3] < 0.9
-    page.locator("#align-temporal input").fill("ema")
-    page.keyboard.press("Enter")
+    page.locator("#align-temporal input").click()
+    page.get_by_role("option", name="ema", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#align-temporal input').value == 'ema'")
     page.fill("#align-temporal-amount input", "0.5")
 
     # Flow-only with those settings: per-frame previews, and the run records them as [align].

@@ -197,6 +197,15 @@ def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], rest
                       highlight=False)
 
 
+def _readable_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest's record if it can be read, else ``None``: an interrupt note must not fail on a manifest
+    cut short or damaged by the very interruption it reports."""
+    try:
+        return read_json_object(path, "run manifest") if path.is_file() else None
+    except (MtransferError, OSError):
+        return None
+
+
 @contextmanager
 def interrupt_note(folder: Path) -> Iterator[None]:
     """Ctrl-C during a run becomes ``Interrupted``: which frames of which stage are kept, and how to resume."""
