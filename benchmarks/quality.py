@@ -39,7 +39,7 @@ from mtransfer.evaluation import fidelity, judge_motion, load_judge, preservatio
 from mtransfer.files import load_image, write_json
 from mtransfer.flows import rotation, scaling, translation
 from mtransfer.flows.align import motion_mask
-from mtransfer.pipeline.stages import FrameInput, edit_frames
+from mtransfer.app.frames import FrameInput, edit_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "## Quality: warm starts and frame batches (`benchmarks/quality.py`)"

@@ -19,6 +19,9 @@ from typing import Any, Callable, Mapping, TypeVar
 from mtransfer.errors import UsageError
 
 STAGE = "stage"
+RECORDED_UNLESS = "recorded_unless"
+"""Metadata of a setting added after run folders were made: at this value (the behaviour before it existed)
+it is left out of the stage's recorded settings, so those folders still resume."""
 """The ``dataclasses.field`` metadata key naming the stage a setting shapes."""
 
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}

@@ -51,10 +51,13 @@ class ToyFactory:
         Path(self.log, f"load-{os.getpid()}").touch()
         return self.edit
 
-    def edit(self, data, shared, progress):
+    def edit(self, data, shared, progress, parents):
         Path(self.log, f"frame-{data}-{os.getpid()}-{time.monotonic_ns()}").touch()
         time.sleep(self.delay)
         result = [value * data + position for position, value in enumerate(shared)]
+        for parent in parents:  # a job that waits for others builds on their results
+            result = [mine + theirs for mine, theirs in zip(result, parent)]
+        Path(self.log, f"end-{data}-{time.monotonic_ns()}").touch()
         if data == self.fail_frame:
             raise MtransferError(f"frame {data}: bad target flow")
         first_attempt = len(list(Path(self.log).glob(f"frame-{data}-*"))) == 1
@@ -122,6 +125,51 @@ def test_stopping_early_releases_the_actors(tmp_path):
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2  # both actors' CPUs are free again
+
+
+GRAPH = [Job(1, 1), Job(5, 5), Job(2, 2, after=(1,)), Job(3, 3, after=(2,)), Job(6, 6, after=(5,))]
+"""Two keys (1, 5) and warm chains hanging from them: 1 → 2 → 3 and 5 → 6."""
+
+
+def _times(log: Path, kind: str) -> dict[int, int]:
+    """When each job's ``kind`` (``frame``: start, ``end``) was logged, by job (first attempt)."""
+    times: dict[int, int] = {}
+    for path in log.glob(f"{kind}-*"):
+        parts = path.name.split("-")
+        times.setdefault(int(parts[1]), int(parts[-1]))
+    return times
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_job_starts_only_after_the_jobs_it_waits_for_are_written_and_builds_on_their_results(tmp_path, executor):
+    """The rule: a job is handed out after each job in its ``after`` was yielded and taken back by the
+    driver (written), and it receives their results; keys (no ``after``) start at once on Ray."""
+    shared = [1.0, 2.0]
+    written: dict[int, int] = {}
+    results = {}
+    runner = LocalExecutor() if executor == "local" else _ray(workers=2)
+    for done in runner.run(ToyFactory(str(tmp_path), delay=0.5 if executor == "ray" else 0.0), shared, GRAPH):
+        results[done.index] = done.result
+        written[done.index] = time.monotonic_ns()  # the driver has written the job's frames by now
+    own = {index: [value * index + position for position, value in enumerate(shared)] for index in (1, 2, 3, 5, 6)}
+    expected = {1: own[1], 5: own[5]}
+    for job in GRAPH[2:]:
+        expected[job.index] = [a + b for a, b in zip(own[job.index], expected[job.after[0]])]
+    assert results == expected
+    started = _times(tmp_path, "frame")
+    for job in GRAPH:
+        for parent in job.after:
+            assert started[job.index] > written[parent], f"job {job.index} started before job {parent} was written"
+    if executor == "ray":
+        ended = _times(tmp_path, "end")
+        assert started[5] < ended[1] and started[1] < ended[5], "the two keys did not run at the same time"
+
+
+def test_a_job_waiting_for_a_job_that_never_comes_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="job 2 waits for job 9"):
+        list(LocalExecutor().run(ToyFactory(str(tmp_path)), [1.0], [Job(2, 2, after=(9,))]))
+    with pytest.raises(ValueError, match=r"job 2 waits for jobs that never ran: \[9\]"):
+        list(_ray(workers=1).run(ToyFactory(str(tmp_path)), [1.0], [Job(1, 1), Job(2, 2, after=(9,))]))
 
 
 def test_execution_settings_are_checked():

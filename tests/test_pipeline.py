@@ -16,7 +16,7 @@ from rich.console import Console
 
 import mtransfer.app.settings as app_settings
 import mtransfer.evaluation.evaluate as evaluate
-import mtransfer.pipeline.stages as stages
+import mtransfer.pipeline.stages.flow as stages
 from mtransfer.app import Editor, load_settings
 from mtransfer.errors import MtransferError
 from mtransfer.evaluation import evaluate_run, read_evaluation
@@ -25,7 +25,8 @@ from mtransfer.flows.io import read_flow
 from mtransfer.guidance import GuidanceConfig
 from mtransfer.pipeline.manifest import LOCK, Manifest
 from mtransfer.pipeline.runner import RunRequest, check_inputs, run_pipeline, stage_settings
-from mtransfer.pipeline.stages import KILL_AFTER_ENV, previous_frame_start
+from mtransfer.guidance.edit import previous_frame_start
+from mtransfer.pipeline.stages import KILL_AFTER_ENV
 from mtransfer.presets import PIPELINES_DIR, available_pipelines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,7 @@ def test_manifest_records_config_inputs_versions_and_every_frame(reference):
     for stage, count in (("decode", 4), ("flow", 3), ("align", 4), ("guide", 4)):
         assert manifest["stages"][stage]["status"] == "done"
         assert len(manifest["stages"][stage]["frames"]) == count
-    assert manifest["stages"]["guide"]["frames"]["0000"] == {"still": True}
+    assert manifest["stages"]["guide"]["frames"]["0000"] == {"still": True, "role": "still"}
     assert manifest["stages"]["guide"]["settings"]["guidance"]["steps"] == 3
     assert not (reference / LOCK).exists()
     # Frame 0 is the source image itself; the others were edited, and say how well.
@@ -181,18 +182,19 @@ def test_chained_flow_resumes_mid_stage_and_matches_an_uninterrupted_run(tmp_pat
 
 def test_init_previous_resumes_identically(tmp_path, monkeypatch):
     counting(monkeypatch, "edit", stop_after=2)
+    chain = ("video.init=\"previous\"", "video.plan=\"chain\"")
     with pytest.raises(Interrupt):
-        run(tmp_path / "a", "video.init=\"previous\"")
+        run(tmp_path / "a", *chain)
     monkeypatch.undo()
-    run(tmp_path / "a", "video.init=\"previous\"")
-    run(tmp_path / "b", "video.init=\"previous\"")
+    run(tmp_path / "a", *chain)
+    run(tmp_path / "b", *chain)
     assert torch.equal(frames_of(tmp_path / "a"), frames_of(tmp_path / "b"))
 
 
 def test_warm_start_runs_fewer_passes_by_the_stated_amount_and_resumes_identically(tmp_path, monkeypatch):
     """run-test: 4 steps x 2 recursions. Frame 1 follows the still frame 0, so it runs in full; frames 2
     and 3 start from the frame before at the step where the last round(0.5 * 4) = 2 steps begin."""
-    warm = ("guidance.steps=4", "video.warm_start=0.5")
+    warm = ("guidance.steps=4", "video.warm_start=0.5", 'video.plan="chain"')
     counting(monkeypatch, "edit", stop_after=2)
     with pytest.raises(Interrupt):
         run(tmp_path / "a", *warm)
@@ -237,16 +239,24 @@ def test_evaluation_settings_are_checked():
 
 def test_warm_start_settings_are_checked():
     with pytest.raises(MtransferError, match="video.warm_start"):
-        load_settings(PRESET, ["video.warm_start=1.0"])
+        load_settings(PRESET, ["video.warm_start=1.0", 'video.plan="chain"'])
     with pytest.raises(MtransferError, match="init"):
-        load_settings(PRESET, ["video.warm_start=0.5", "video.init=\"previous\""])
-    with pytest.raises(MtransferError, match="Ray cannot spread"):
-        load_settings(PRESET, ["video.warm_start=0.5", "execution.executor=\"ray\""])
+        load_settings(PRESET, ["video.warm_start=0.5", "video.init=\"previous\"", 'video.plan="chain"'])
+    with pytest.raises(MtransferError, match=r'^video.plan: "independent" starts every frame from the shared start'):
+        load_settings(PRESET, ["video.warm_start=0.5"])
+    with pytest.raises(MtransferError, match=r"^video.plan: needs video.warm_start"):
+        load_settings(PRESET, ['video.plan="keys"', "video.key_every=2"])
+    with pytest.raises(MtransferError, match=r"^video.key_every: is how many moving frames a key serves"):
+        load_settings(PRESET, ['video.plan="keys"', "video.warm_start=0.5"])
+    with pytest.raises(MtransferError, match=r"^video.warm_warp: moves a warm start"):
+        load_settings(PRESET, ['video.warm_warp="image"'])
+    # settings added with the frame plan are recorded only away from the behaviour before them, so run
+    # folders made before still resume
     assert load_settings(PRESET).by_stage()["guide"]["video"] == {"init": "shared", "warm_start": 0.0}
-    with pytest.raises(MtransferError, match="video.batch: must be 1 with"):
-        load_settings(PRESET, ["video.warm_start=0.5", "video.batch=2"])
-    with pytest.raises(MtransferError, match="local executor only"):
-        load_settings(PRESET, ["video.batch=2", "execution.executor=\"ray\""])
+    keyed = load_settings(PRESET, ['video.plan="keys"', "video.key_every=2", "video.warm_start=0.5"])
+    assert keyed.by_stage()["guide"]["video"] == {"init": "shared", "warm_start": 0.5, "plan": "keys", "key_every": 2}
+    # Ray takes every plan and batches now
+    load_settings(PRESET, ["video.warm_start=0.5", 'video.plan="chain"', "video.batch=2", 'execution.executor="ray"'])
 
 
 def test_a_killed_process_resumes_without_corrupt_or_repeated_frames(reference, tmp_path, monkeypatch):

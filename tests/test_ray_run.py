@@ -21,7 +21,8 @@ import pytest
 from rich.console import Console
 
 import mtransfer.evaluation.evaluate as evaluate
-import mtransfer.pipeline.stages as stages
+import mtransfer.pipeline.stages.guide as guide
+from mtransfer.app.frames import FrameEditor
 from mtransfer.app import Editor, load_settings
 from mtransfer.app.executors import RAY_INSTALL_HINT
 from mtransfer.errors import Interrupted, UsageError
@@ -94,16 +95,16 @@ def local_frames(aligned, tmp_path_factory) -> dict[str, bytes]:
 
 
 @dataclass(frozen=True)
-class KillingFrameEditor(stages.FrameEditor):
+class KillingFrameEditor(FrameEditor):
     """The real worker, whose process kills itself the first time it has edited frame 1, before returning."""
 
     marker: str = ""
 
     def __call__(self):
-        edit = stages.FrameEditor.__call__(self)
+        edit = FrameEditor.__call__(self)
 
-        def edit_then_die(frames, state, progress):  # a job is a tuple of frames (video.batch of them)
-            output = edit(frames, state, progress)
+        def edit_then_die(frames, state, progress, parents):  # a job is a tuple of frames (video.batch of them)
+            output = edit(frames, state, progress, parents)
             if frames[0].index == 1 and not Path(self.marker).exists():
                 Path(self.marker).touch()
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -116,7 +117,7 @@ def test_ray_frames_are_the_local_frames_byte_for_byte_even_when_a_worker_dies_m
     fresh, local_frames, monkeypatch, tmp_path
 ):
     marker = tmp_path / "worker-died"
-    monkeypatch.setattr(stages, "FrameEditor", functools.partial(KillingFrameEditor, marker=str(marker)))
+    monkeypatch.setattr(guide, "FrameEditor", functools.partial(KillingFrameEditor, marker=str(marker)))
     judged: list[int] = []
     judge = evaluate.judge_motion
     monkeypatch.setattr(evaluate, "judge_motion", lambda *args, **kwargs: judged.append(1) or judge(*args, **kwargs))
@@ -124,7 +125,7 @@ def test_ray_frames_are_the_local_frames_byte_for_byte_even_when_a_worker_dies_m
     assert marker.exists()  # a worker did die in the middle of frame 1
     assert frame_bytes(folder) == local_frames  # every frame, whole, and no temporary file left behind
     records = guide_records(folder)
-    assert records["0000"] == {"still": True}
+    assert records["0000"] == {"still": True, "role": "still"}
     assert records["0001"]["attempts"] == 2 and records["0002"]["attempts"] == 1
     for name in ("0001", "0002"):
         assert records[name]["worker"] in ("ray-0", "ray-1")
@@ -158,7 +159,7 @@ def test_a_run_killed_on_the_local_executor_finishes_on_ray_without_recomputing(
 def test_a_run_interrupted_on_ray_finishes_locally_without_recomputing(fresh, local_frames, monkeypatch):
     folder = fresh("ray-then-local")
     written: list[int] = []
-    original = stages._save_tensor
+    original = guide._save_tensor
 
     def stop_at_second(*args, **kwargs):  # the driver stops (Ctrl-C) while writing its second edit
         if written:
@@ -166,7 +167,7 @@ def test_a_run_interrupted_on_ray_finishes_locally_without_recomputing(fresh, lo
         written.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "_save_tensor", stop_at_second)
+    monkeypatch.setattr(guide, "_save_tensor", stop_at_second)
     with pytest.raises(Interrupted, match="guide 2 of 3 frames"):
         run(folder, *RAY)
     monkeypatch.undo()
@@ -191,11 +192,6 @@ def test_a_missing_ray_is_one_line_before_any_stage(tmp_path):
     missing = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and missing.stderr.strip() == f"error: {RAY_INSTALL_HINT}"
     assert not (tmp_path / "run").exists()  # refused before any stage ran
-
-
-def test_ray_refuses_previous_frame_starts():
-    with pytest.raises(UsageError, match=r'^video.init = "previous" edits the frames strictly one after'):
-        load_settings("tiny", ['video.init="previous"', 'execution.executor="ray"'])
 
 
 def test_the_executor_shapes_no_stage():

@@ -125,12 +125,15 @@ class Editor:
         target_flows: torch.Tensor,
         edit_masks: list[torch.Tensor] | None = None,
         progress: Progress | None = None,
+        init_latent: torch.Tensor | None = None,
+        first_step: int = 0,
     ) -> list[EditResult]:
         """Several edits of the prepared source, ``target_flows`` ``(B, 2, H, W)``, computed as one batch
-        (see ``edit_images``): each result is what ``edit`` gives for its flow alone."""
+        (see ``edit_images``): each result is what ``edit`` gives for its flow alone. ``init_latent``
+        ``(B, C, h, w)`` and ``first_step`` as in ``edit``, shared by the batch's starting level."""
         return edit_images(
             self.backend, self.estimator, state, target_flows.to(self.device), self.guidance,
-            edit_masks=edit_masks, progress=progress,
+            edit_masks=edit_masks, init_latent=init_latent, first_step=first_step, progress=progress,
         )
 
     def close(self) -> None:

@@ -1,19 +1,24 @@
 """Where a clip's frame edits run: in this process (``local``) or on a pool of Ray actors (``ray``).
 
-Once the target flows are aligned, the frames of a clip are independent edits of one source that share
-only its prepared state (the DDIM inversion). An executor takes
+Once the target flows are aligned, the frames of a clip are edits of one source that share its prepared
+state (the DDIM inversion); a frame plan (``mtransfer.app.plan``) may start some from others' results. An
+executor takes
 
 - a *worker factory*: a picklable callable that loads the models once and returns a *worker*, a
-  callable ``worker(data, shared, progress) -> result`` that edits one frame;
+  callable ``worker(data, shared, progress, parents) -> result`` that edits one job's frames, ``parents``
+  being the results of the jobs it waits for;
 - the *shared* state every frame needs (computed once by the driver);
-- the frame *jobs* ``(index, data)``;
+- the *jobs* ``(index, data, after)``, ``after`` naming the jobs whose results this one starts from, each
+  listed before the jobs that wait for it;
 
-and yields a :class:`Finished` per frame as frames finish (in any order). Executors never write files:
-the driver alone writes each frame (atomically) and the manifest, so workers need no shared storage and a
-worker that dies cannot leave a half-written frame behind.
+and yields a :class:`Finished` per job as jobs finish (in any order). A job is handed out only once every
+job it waits for has been yielded and the driver has taken it back (written it), so every job that is
+ready runs at once. Executors never write files: the driver alone writes each frame (atomically) and the
+manifest, so workers need no shared storage and a worker that dies cannot leave a half-written frame behind.
 
 The Ray executor ships the shared state through the object store once (``ray.put``) and each actor
-fetches it once; per-frame data travels as task arguments (through the object store too when large).
+fetches it once; per-job data travels as task arguments (through the object store too when large), and a
+parent's result goes from the object store straight to the jobs that wait for it.
 A worker that dies (killed process, out of memory, node lost) loses at most the frame it was on: that
 frame goes back to the queue for another worker, at most ``max_retries`` times, then the run stops with
 a one-line error naming the frame. Ray restarts the dead actor, which reloads its models. Errors raised
@@ -40,9 +45,10 @@ Progress = Callable[[], None]
 
 
 class FrameWorker(Protocol):
-    """Edits one frame: ``data`` is the frame's own input, ``shared`` what every frame shares."""
+    """Edits one job: ``data`` is the job's own input, ``shared`` what every job shares, ``parents`` the
+    results of the jobs it waits for (``Job.after``, in that order)."""
 
-    def __call__(self, data: Any, shared: Any, progress: Progress | None) -> Any: ...
+    def __call__(self, data: Any, shared: Any, progress: Progress | None, parents: tuple[Any, ...]) -> Any: ...
 
 
 WorkerFactory = Callable[[], FrameWorker]
@@ -54,8 +60,11 @@ BusyCallback = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class Job:
+    """One unit of work: ``index`` names it (unique), ``after`` the jobs whose results it needs."""
+
     index: int
     data: Any
+    after: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,8 @@ def import_ray() -> Any:
 
 
 class LocalExecutor:
-    """Every frame in this process, in order, with one worker (models loaded once, on the first frame)."""
+    """Every job in this process, in the order given, with one worker (models loaded once, on the first
+    job); a result is kept only while a job still waits for it."""
 
     def run(
         self, factory: WorkerFactory, shared: Any, jobs: Iterable[Job], *,
@@ -103,16 +113,28 @@ class LocalExecutor:
     ) -> Iterator[Finished]:
         worker = None
         host, pid = socket.gethostname(), os.getpid()
+        jobs = list(jobs)
+        waiting_for = _children_count(jobs)
+        results: dict[int, Any] = {}
         for job in jobs:
+            missing = [parent for parent in job.after if parent not in results]
+            if missing:
+                raise ValueError(f"job {job.index} waits for job {missing[0]}, which does not come before it")
             if on_busy:
                 on_busy(1, 1)
             started = time.perf_counter()
             if worker is None:
                 worker = factory()
-            result = worker(job.data, shared, progress)
+            result = worker(job.data, shared, progress, tuple(results[parent] for parent in job.after))
+            for parent in job.after:
+                waiting_for[parent] -= 1
+                if not waiting_for[parent]:
+                    del results[parent]
             if on_busy:
                 on_busy(0, 1)
             seconds = time.perf_counter() - started
+            if waiting_for.get(job.index):
+                results[job.index] = result
             yield Finished(job.index, result, "local", host, pid, seconds, seconds)
 
 
@@ -124,8 +146,9 @@ class _RayActor:
         self.worker: FrameWorker | None = None
         self.shared: dict[str, Any] = {}
 
-    def edit(self, data: Any, shared_ref: list[Any]) -> tuple[Any, str, int, float]:
-        """Edit one frame; ``shared_ref`` is ``[ObjectRef]`` (wrapped so Ray does not fetch it per call)."""
+    def edit(self, data: Any, shared_ref: list[Any], *parents: tuple[Any, str, int, float]) -> tuple[Any, str, int, float]:
+        """Edit one job; ``shared_ref`` is ``[ObjectRef]`` (wrapped so Ray does not fetch it per call);
+        ``parents`` are the waited-for jobs' returns, which Ray resolves from their object references."""
         import ray
 
         started = time.perf_counter()
@@ -134,7 +157,7 @@ class _RayActor:
         key = shared_ref[0].hex()
         if key not in self.shared:
             self.shared = {key: ray.get(shared_ref[0])}  # one run's state at a time
-        result = self.worker(data, self.shared[key], None)
+        result = self.worker(data, self.shared[key], None, tuple(parent[0] for parent in parents))
         return result, socket.gethostname(), os.getpid(), time.perf_counter() - started
 
 
@@ -145,6 +168,7 @@ class _Slot:
     number: int
     actor: Any
     job: Job | None = None
+    restarting: bool = False  # its actor died and Ray is restarting it: no work until it answers again
 
 
 class RayExecutor:
@@ -198,12 +222,21 @@ class RayExecutor:
         self, factory: WorkerFactory, shared: Any, jobs: Iterable[Job], *,
         progress: Progress | None = None, on_busy: BusyCallback | None = None,
     ) -> Iterator[Finished]:
-        """Yield each frame as some actor finishes it. ``progress`` (per pass) is not reported from actors."""
+        """Yield each job as some actor finishes it; a job waiting for others is handed out once they are
+        all yielded (and written). ``progress`` (per pass) is not reported from actors."""
         ray = self.ray
-        queue = deque(jobs)
-        if not queue:
+        jobs = list(jobs)
+        if not jobs:
             return
         self.connect()
+        queue = deque(job for job in jobs if not job.after)
+        blocked = {job.index: set(job.after) for job in jobs if job.after}
+        children: dict[int, list[Job]] = {}
+        for job in jobs:
+            for parent in job.after:
+                children.setdefault(parent, []).append(job)
+        waiting_for = _children_count(jobs)
+        results: dict[int, Any] = {}  # object references of finished jobs that others still wait for
         try:
             self._start_actors(factory)
             shared_ref = [ray.put(shared)]
@@ -213,16 +246,25 @@ class RayExecutor:
             handed_out: dict[int, float] = {}
             while queue or running:
                 for slot in self.slots:
-                    job = _next_job(queue, slot.number, failed_on, len(self.slots)) if slot.job is None else None
+                    free = slot.job is None and not slot.restarting
+                    job = _next_job(queue, slot.number, failed_on, len(self.slots)) if free else None
                     if job is not None:
                         slot.job = job
                         attempts[job.index] = attempts.get(job.index, 0) + 1
-                        running[slot.actor.edit.remote(job.data, shared_ref)] = slot
+                        parents = [results[parent] for parent in job.after]
+                        running[slot.actor.edit.remote(job.data, shared_ref, *parents)] = slot
                         handed_out[job.index] = time.perf_counter()
                 if on_busy:
                     on_busy(len(running), len(self.slots))
                 [ref], _ = ray.wait(list(running), num_returns=1)
                 slot = running.pop(ref)
+                if slot.restarting:  # the answer of a restarted actor (or its death again: ask once more)
+                    try:
+                        ray.get(ref)
+                        slot.restarting = False
+                    except _worker_faults(ray):
+                        running[slot.actor.__ray_ready__.remote()] = slot
+                    continue
                 job, slot.job = slot.job, None
                 try:
                     result, host, pid, seconds = ray.get(ref)
@@ -238,9 +280,26 @@ class RayExecutor:
                         ) from None
                     failed_on.setdefault(job.index, set()).add(slot.number)
                     queue.appendleft(job)
+                    # a job handed to the actor while Ray restarts it would fail too: wait for it to answer
+                    slot.restarting = True
+                    running[slot.actor.__ray_ready__.remote()] = slot
                     continue
                 waited = time.perf_counter() - handed_out[job.index]
                 yield Finished(job.index, result, f"ray-{slot.number}", host, pid, seconds, waited, attempts[job.index])
+                # the driver has written this job: release what waits for it, forget what nothing waits for
+                if waiting_for.get(job.index):
+                    results[job.index] = ref
+                for child in children.get(job.index, ()):
+                    blocked[child.index].discard(job.index)
+                    if not blocked[child.index]:
+                        queue.append(child)
+                for parent in job.after:
+                    waiting_for[parent] -= 1
+                    if not waiting_for[parent]:
+                        del results[parent]
+            if any(blocked.values()):
+                stuck = next(index for index, parents in blocked.items() if parents)
+                raise ValueError(f"job {stuck} waits for jobs that never ran: {sorted(blocked[stuck])}")
         finally:
             for slot in self.slots:
                 ray.kill(slot.actor, no_restart=True)
@@ -248,6 +307,15 @@ class RayExecutor:
             if self.started_ray:
                 ray.shutdown()
                 self.started_ray = False
+
+
+def _children_count(jobs: list[Job]) -> dict[int, int]:
+    """How many jobs wait for each job's result (so it is dropped once the last of them has finished)."""
+    count: dict[int, int] = {}
+    for job in jobs:
+        for parent in job.after:
+            count[parent] = count.get(parent, 0) + 1
+    return count
 
 
 def _worker_faults(ray: Any) -> tuple[type[BaseException], ...]:

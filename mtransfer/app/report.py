@@ -30,8 +30,6 @@ from mtransfer.files import json_number, to_uint8, write_bytes
 from mtransfer.flows.viz import HEAT_STOPS, color_wheel
 
 
-ACHIEVED_COLOR = "achieved_color"  # folders of the report's pictures of achieved flows and their errors
-FLOW_ERROR = "flow_error"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any, Collection, Mapping
 
 import torch
 
-from mtransfer.choices import DEFAULT_MAX_SIDE, EXECUTORS, FLOW_MODES, INIT_MODES
+from mtransfer.choices import DEFAULT_MAX_SIDE, EXECUTORS, FLOW_MODES, INIT_MODES, PLANS, WARM_FROM, WARM_WARPS
 from mtransfer.diffusion.backends import sd_size_fix
 from mtransfer.devices import parse_device
 from mtransfer.errors import UsageError, input_error
@@ -32,7 +32,7 @@ from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.flows.align import FITS, MAX_BLUR_SIGMA, TEMPORAL, align_flow, smooth_over_time
 from mtransfer.presets import load_pipeline, section
 from mtransfer.speed import parse_fast_path
-from mtransfer.validation import STAGE, check_types, declared_stage, finite_numbers, from_mapping, rule_checker
+from mtransfer.validation import RECORDED_UNLESS, STAGE, check_types, declared_stage, finite_numbers, from_mapping, rule_checker
 from mtransfer.video import MIN_SIDE, output_size
 
 STAGES = ("decode", "flow", "align", "guide", "evaluate", "encode")
@@ -262,13 +262,23 @@ class VideoSettings:
       ``chained`` estimates t-1 → t and composes them (small steps, but errors accumulate).
     - ``estimator`` / ``iterations`` / ``weights``: the (not necessarily differentiable) video estimator.
     - ``batch_size``: frame pairs per estimator call (memory only).
-    - ``init``: ``shared`` starts every frame from the source's inverted noise; ``previous`` shifts that
-      start towards the previous frame's result (``previous_frame_start``), for smoother sequences.
-    - ``warm_start``: 0 (off) or a fraction ``s`` in (0, 1): a frame whose previous frame was edited starts
-      from that result re-noised to the step at which the last ``s`` of the schedule begins and runs only
-      those steps (``warm_start_step``), so it pays about ``s`` of the passes. Frames run in order.
-    - ``batch``: frames edited together, one UNet/decoder/estimator call per pass for all of them; each
-      frame's energy, clipping and noise stay its own, so results equal ``batch = 1`` up to float order
+    - ``plan``: which moving frames are edited from the shared start (*keys*) and which start from another
+      frame's result (*warm*, see ``mtransfer.app.plan``): ``independent`` (every frame a key), ``chain``
+      (a key where the motion starts, then each frame from the one before) or ``keys`` (also a key every
+      ``key_every`` moving frames). A warm frame starts from its parent (``warm_from``: the frame before it,
+      or its segment's key) as ``warm_start`` or ``init`` say; ``key_change`` > 0 makes a warm frame a key
+      when its target flow differs from its parent's by more than that many px somewhere (a cut, a jolt).
+      Keys run in parallel on every executor; a warm frame starts as soon as its parent is written.
+    - ``warm_start``: a fraction ``s`` in (0, 1): a warm frame starts from its parent's result re-noised to
+      the step at which the last ``s`` of the schedule begins and runs only those steps (``warm_start_step``),
+      so it pays about ``s`` of the passes. ``warm_warp``: before re-noising, move the parent's result by the
+      target motion from the parent to the frame (``image``: the decoded picture, re-encoded; ``latent``: the
+      latent itself; ``none``).
+    - ``init``: ``shared`` (the shared start, or ``warm_start``) or ``previous``: a warm frame runs the whole
+      schedule from the shared start shifted towards its parent's result (``previous_frame_start``).
+    - ``batch``: frames edited together when they are ready at the same time and start at the same level,
+      one UNet/decoder/estimator call per pass for all of them where that leaves every item's arithmetic as
+      it is (``batch_invariant``); otherwise one after another. Results equal ``batch = 1`` either way
       (declared as shaping no stage, like ``batch_size``). Memory grows with it.
     """
 
@@ -282,6 +292,11 @@ class VideoSettings:
     batch_size: int = field(default=4, metadata=NO_STAGE)
     init: str = field(default="shared", metadata={STAGE: "guide"})
     warm_start: float = field(default=0.0, metadata={STAGE: "guide"})
+    plan: str = field(default="independent", metadata={STAGE: "guide", RECORDED_UNLESS: "independent"})
+    key_every: int = field(default=0, metadata={STAGE: "guide", RECORDED_UNLESS: 0})
+    warm_from: str = field(default="previous", metadata={STAGE: "guide", RECORDED_UNLESS: "previous"})
+    key_change: float = field(default=0.0, metadata={STAGE: "guide", RECORDED_UNLESS: 0.0})
+    warm_warp: str = field(default="none", metadata={STAGE: "guide", RECORDED_UNLESS: "none"})
     batch: int = field(default=1, metadata=NO_STAGE)
     max_side: int = field(default=DEFAULT_MAX_SIDE, metadata=NO_STAGE)
 
@@ -303,11 +318,30 @@ class VideoSettings:
         require(0 <= self.warm_start < 1, "warm_start", "must be 0 (off) or a fraction in (0, 1)", self.warm_start)
         require(not (self.warm_start and self.init == "previous"), "warm_start",
                 'and init = "previous" both choose where a frame starts; use one of them', self.warm_start)
+        require(self.plan in PLANS, "plan", f"must be one of {', '.join(PLANS)}", self.plan)
+        chained = self.init == "previous" or self.warm_start > 0
+        if self.plan == "independent":
+            require(not chained, "plan",
+                    f'"independent" starts every frame from the shared start, but video.'
+                    f'{"warm_start" if self.warm_start else "init"} starts a frame from another one\'s result; '
+                    'set video.plan = "chain" (each frame from the one before) or "keys"', self.plan)
+        else:
+            require(chained, "plan", "needs video.warm_start = s (the share of the schedule a warm frame runs, "
+                    'e.g. 0.5) or video.init = "previous" (how a frame starts from its parent)', self.plan)
+        require(self.key_every >= 0, "key_every", "must be 0 or at least 1", self.key_every)
+        require((self.plan == "keys") == (self.key_every > 0), "key_every",
+                'is how many moving frames a key serves: set it (at least 1) with plan = "keys" and only then',
+                self.key_every)
+        require(self.warm_from in WARM_FROM, "warm_from", f"must be one of {', '.join(WARM_FROM)}", self.warm_from)
+        require(self.key_change >= 0, "key_change", "must be >= 0 px (0 = off)", self.key_change)
+        require(self.warm_warp in WARM_WARPS, "warm_warp", f"must be one of {', '.join(WARM_WARPS)}",
+                self.warm_warp)
+        require(self.warm_warp == "none" or self.warm_start > 0, "warm_warp",
+                "moves a warm start (video.warm_start > 0) before it is re-noised; set warm_start too",
+                self.warm_warp)
         require(self.batch >= 1, "batch", "must be at least 1", self.batch)
         require(self.max_side == 0 or self.max_side >= MIN_SIDE, "max_side",
                 f"must be 0 (no cap) or at least {MIN_SIDE} px", self.max_side)
-        require(self.batch == 1 or (self.init == "shared" and not self.warm_start), "batch",
-                'must be 1 with init = "previous" or warm_start (each frame starts from the one before)', self.batch)
 
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
         """The ``(height, width)`` a ``height`` x ``width`` clip is decoded and measured at: ``size``, else
@@ -435,22 +469,6 @@ class RunSettings:
                 f"evaluation.estimator: {self.estimator.name} guides the edit, so it cannot judge it too; "
                 'pick another estimator, or "" for the automatic choice'
             )
-        if self.execution.executor == "ray" and self.video.init == "previous":
-            raise UsageError(
-                'video.init = "previous" edits the frames strictly one after another, so Ray cannot spread them '
-                'over workers; use video.init = "shared" with --executor ray, or --executor local'
-            )
-        if self.execution.executor == "ray" and self.video.warm_start:
-            raise UsageError(
-                "video.warm_start edits the frames strictly one after another (each starts from the one before), "
-                "so Ray cannot spread them over workers; use video.warm_start = 0 with --executor ray, or "
-                "--executor local"
-            )
-        if self.execution.executor == "ray" and self.video.batch > 1:
-            raise UsageError(
-                "video.batch > 1 is implemented for the local executor only; use video.batch = 1 with "
-                "--executor ray, or --executor local"
-            )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RunSettings:
@@ -480,7 +498,10 @@ class RunSettings:
                     continue
                 if stage not in STAGES:
                     raise ValueError(f"{section_field.name}.{setting.name} declares unknown stage {stage!r}")
-                own[stage].setdefault(section_field.name, {})[setting.name] = _plain(getattr(values, setting.name))
+                value = getattr(values, setting.name)
+                if RECORDED_UNLESS in setting.metadata and value == setting.metadata[RECORDED_UNLESS]:
+                    continue
+                own[stage].setdefault(section_field.name, {})[setting.name] = _plain(value)
         return own
 
     def stage_settings(

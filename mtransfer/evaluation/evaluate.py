@@ -1,7 +1,7 @@
 """Evaluating a folder written by ``mtransfer run`` or ``mtransfer edit``: ``evaluate_run(folder)``.
 
 A run folder has ``manifest.json``, ``source.png``, ``frames/NNNN.png``, ``flow/NNNN.flo`` and
-``edit_mask/NNNN.png`` (see ``mtransfer.pipeline.stages``). An edit folder has ``run.json``,
+``edit_mask/NNNN.png`` (see ``mtransfer.layouts``). An edit folder has ``run.json``,
 ``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving region of the
 target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The figures are
 written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
@@ -27,9 +27,8 @@ from mtransfer.devices import parse_device
 from mtransfer.files import json_ready, load_image, read_json, read_json_object, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
 from mtransfer.flows.align import motion_mask
-from mtransfer.layouts import EDIT_RECORD, RUN_MANIFEST
+from mtransfer.layouts import EDIT_MASK, EDIT_RECORD, EVALUATION, FLOW, FRAMES, RUN_MANIFEST, frame_file
 
-EVALUATION = "evaluation.json"
 MOTIONLESS_PX = 0.5
 """Frames whose target moves no pixel further than this are left out of the summary (they are the source)."""
 FIGURES = {
@@ -53,14 +52,15 @@ def _same_size(path: Path, tensor: torch.Tensor, size: tuple[int, int], what: st
 
 def _load_run(folder: Path) -> tuple[str, dict, list[tuple[int, Path, Path, Path | None]]]:
     """The folder's kind, the record naming the guidance estimator, and (index, result, flow, mask) per frame."""
-    if (folder / RUN_MANIFEST).is_file() and (folder / "frames").is_dir():
+    if (folder / RUN_MANIFEST).is_file() and (folder / FRAMES).is_dir():
         manifest = read_json_object(folder / RUN_MANIFEST, "a run manifest")
-        frames = sorted(p for p in (folder / "frames").glob("*.png") if p.stem.isdigit())
+        frames = sorted(p for p in (folder / FRAMES).glob("*.png") if p.stem.isdigit())
         if not frames:
-            raise input_error(folder / "frames", "no result frames yet; run the guide stage first")
+            raise input_error(folder / FRAMES, "no result frames yet; run the guide stage first")
         _check_frames_complete(folder, manifest, frames)
         return "run", manifest.get("config", {}), [
-            (int(p.stem), p, folder / "flow" / f"{p.stem}.flo", folder / "edit_mask" / f"{p.stem}.png") for p in frames
+            (int(p.stem), p, folder / frame_file(FLOW, int(p.stem)), folder / frame_file(EDIT_MASK, int(p.stem)))
+            for p in frames
         ]
     if (folder / EDIT_RECORD).is_file() and (folder / "edited.png").is_file():
         if not (folder / "target_flow.flo").is_file():
@@ -86,7 +86,7 @@ def _check_frames_complete(folder: Path, manifest: dict, frames: list[Path]) -> 
     if missing:
         name = f"{missing[0]:0{len(frames[0].stem)}d}.png"
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise input_error(folder / "frames" / name, f"missing{more}; run the same `mtransfer run` command again "
+        raise input_error(folder / FRAMES / name, f"missing{more}; run the same `mtransfer run` command again "
                           "to remake it, then evaluate")
 
 

@@ -4,7 +4,9 @@
 - ``energy``: ``motion_energy``, flow L1 + occlusion-masked colour L1 (+ optional reconstruction term).
 - ``sampler``: ``cfg_eps``, ``guided_eps``, ``motion_guided_step``, ``sample_motion_guided`` (pure functions).
 - ``edit``: ``prepare_source``, ``edit_image`` (``edit_images`` for a batch), ``generate``: the image-level entry points; ``colour_mask``;
-  ``warm_start_step`` / ``warm_start_latent``: a frame started from the previous one's result.
+  where a frame of a clip starts from another frame's result: ``warm_start_step`` / ``warm_start_latent`` /
+  ``warm_start_seed`` (re-noised), ``warped_start`` (moved by the motion between them first),
+  ``previous_frame_start`` (the shared start shifted towards it).
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from mtransfer.guidance.edit import (
     edit_images,
     generate,
     prepare_source,
+    previous_frame_start,
     warm_start_latent,
+    warm_start_seed,
     warm_start_step,
+    warped_start,
 )
 from mtransfer.guidance.energy import EnergyWeights, motion_energy
 from mtransfer.guidance.sampler import (
@@ -49,7 +54,10 @@ __all__ = [
     "motion_energy",
     "motion_guided_step",
     "prepare_source",
+    "previous_frame_start",
     "warm_start_latent",
+    "warm_start_seed",
     "warm_start_step",
+    "warped_start",
     "sample_motion_guided",
 ]

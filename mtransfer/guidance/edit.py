@@ -20,6 +20,8 @@ from mtransfer.diffusion import DiffusionBackend, alpha_bars, ddim_invert, ddim_
 from mtransfer.errors import InputError, UsageError
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.flows import occlusion_mask, reference_occlusion_mask
+from mtransfer.flows.ops import compose, invert, resize_flow
+from mtransfer.flows.warp import warp
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.guidance.energy import EnergyWeights
 from mtransfer.guidance.sampler import GuidanceDiverged, GuidedEps, MotionTarget, cfg_eps, sample_motion_guided
@@ -340,6 +342,56 @@ def warm_start_latent(
     latent = previous_latent.to(state.start)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(seed)).to(latent)
     return forward_noise(latent, a_t, noise)
+
+
+def warm_start_seed(seed: int, index: int) -> int:
+    """The seed of frame ``index``'s warm-start noise: fixed by the run's seed and the frame, so a frame's
+    start does not depend on the worker, the order or the batch it was made in."""
+    return seed * 1_000_003 + index
+
+
+def previous_frame_start(state: SourceState, previous_latent: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The shared start moved towards another frame's result: ``z_T + sqrt(a_T) (z_prev - z_source)``.
+
+    That is the other result forward-noised to the first level with the very noise the source's start
+    implies, so the frame begins where that one ended up rather than where the source is.
+    """
+    a_first = float(alphas_cumprod[state.timesteps[0]])
+    return state.start + math.sqrt(a_first) * (previous_latent.to(state.start) - state.latent)
+
+
+def parent_to_child(parent_flow: torch.Tensor, child_flow: torch.Tensor) -> torch.Tensor:
+    """The backward flow on the child's grid that fetches each child pixel from the parent's result.
+
+    Both flows move the source (``(2, H, W)``, source → frame). A child pixel ``y`` shows the source point
+    ``x = y + g(y)`` (``g`` the inverse of the child's flow), which the parent shows at ``x + f_parent(x)``;
+    so the child fetches from ``y + b(y)`` with ``b = compose(g, f_parent)``.
+    """
+    return compose(invert(child_flow), parent_flow)
+
+
+def warped_start(
+    backend: DiffusionBackend, parent_latent: torch.Tensor, parent_flow: torch.Tensor, child_flow: torch.Tensor,
+    how: str,
+) -> torch.Tensor:
+    """The parent's clean latent moved by the target motion from the parent to the child, before a warm
+    start re-noises it, so the start already shows most of the child's motion: ``image`` warps the decoded
+    picture and encodes it again (exact, one decoder and encoder call); ``latent`` warps the latent on its
+    own grid (the flow scaled to it: cheap, approximate where a latent cell mixes motions); ``none`` returns
+    the latent as it is. Pixels fetched from outside the picture repeat its border."""
+    if how == "none":
+        return parent_latent
+    fetch = parent_to_child(parent_flow.float(), child_flow.float())
+    latent = parent_latent.to(backend.device)
+    if how == "image":
+        with torch.no_grad():
+            image = backend.decode(latent).float()
+            moved = warp(image, fetch.to(image.device), padding_mode="border").clamp(0, 1)
+            return backend.encode(moved.to(backend.dtype)).to(latent.dtype)
+    if how == "latent":
+        on_grid = resize_flow(fetch, tuple(latent.shape[-2:])).to(latent.device)
+        return warp(latent.float(), on_grid, padding_mode="border").to(latent.dtype)
+    raise ValueError(f"unknown warm-start warp {how!r}")
 
 
 def colour_mask(flow: torch.Tensor, occlusion: str) -> torch.Tensor | None:

@@ -47,9 +47,8 @@ from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
 from mtransfer.flows.align import mask_box, pixel_box
 from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint
+from mtransfer.layouts import STAGE_OUTPUTS, SUMMARY
 from mtransfer.pipeline.stages import (
-    STAGE_OUTPUTS,
-    SUMMARY,
     RunContext,
     align_stage,
     decode_stage,

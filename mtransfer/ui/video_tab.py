@@ -21,7 +21,7 @@ from mtransfer.errors import Interrupted, MtransferError, UsageError
 from mtransfer.files import load_image, to_uint8
 from mtransfer.flows import read_mask
 from mtransfer.pipeline.runner import RunRequest, run_pipeline
-from mtransfer.pipeline.stages import REPORT, RESULT_MP4, SIDE_BY_SIDE
+from mtransfer.layouts import REPORT, RESULT_MP4, SIDE_BY_SIDE
 from mtransfer.ui.jobs import Job, JobProgress
 from mtransfer.ui.runs import resume_request, unfinished_runs
 from mtransfer.ui.session import POLL_S, Session, Shared, file_link, job_html, page_error, session_of, shows_problems
