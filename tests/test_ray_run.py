@@ -201,3 +201,16 @@ def test_the_executor_shapes_no_stage():
     assert local.execution != other.execution
     assert local.stage_settings() == other.stage_settings()
     assert all("execution" not in sections for sections in local.stage_settings().values())
+
+
+def test_a_keyed_plan_on_ray_gives_the_local_frames_byte_for_byte_with_fewer_passes(fresh):
+    """The issue's check: keys every 2 frames with warm starts at 0.5, on Ray (2 workers) and locally."""
+    plan = ('video.plan="keys"', "video.key_every=2", "video.warm_start=0.5")
+    local, on_ray = fresh("plan-local"), fresh("plan-ray")
+    run(local, *plan)
+    run(on_ray, *plan, 'execution.executor="ray"', "execution.workers=2")
+    assert frame_bytes(on_ray) == frame_bytes(local)
+    records = guide_records(on_ray)
+    assert records["0002"]["role"] == "warm" and records["0002"]["worker"].startswith("ray-")
+    summary = Manifest.open(on_ray).stage("guide")["plan"]
+    assert summary["passes"] < summary["independent_passes"]

@@ -52,6 +52,7 @@ class ReportFrame:
     edit_mask: str | None = None
     status: str = ""
     figures: dict[str, float] = field(default_factory=dict)
+    plan: str = ""  # the frame's place in a clip's frame plan: "key", "warm from 3", or "" (no plan, still)
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,14 @@ STATUS_TEXT = {
 }
 
 
+def _key_marks(frames: list[ReportFrame]) -> str:
+    """Tick marks under the frame slider at the plan's keys (the frames edited from the shared start)."""
+    keys = [position for position, frame in enumerate(frames) if frame.plan == "key"]
+    if not keys:
+        return ""
+    return '<datalist id="keys">' + "".join(f'<option value="{p}"></option>' for p in keys) + "</datalist>"
+
+
 def figure_label(key: str, labels: dict[str, str] | None = None) -> str:
     """A readable column name for a figure key: its entry in ``labels``, else ``final_energy.flow`` →
     "final energy flow", ``flow_error_px`` → "flow error (px)", ``seconds`` → "seconds"."""
@@ -338,7 +347,8 @@ def _frame_panels(report: Report, frame: ReportFrame) -> dict[str, dict[str, str
         "mask": {"src": frame.edit_mask, "detail": "white: guidance may change these pixels"},
     }
     if frame.result is not None:
-        panels["result"] = {"src": frame.result, "detail": STATUS_TEXT.get(frame.status, frame.status)}
+        detail = "; ".join(text for text in (frame.plan, STATUS_TEXT.get(frame.status, frame.status)) if text)
+        panels["result"] = {"src": frame.result, "detail": detail}
         no_edit = "" if frame.achieved_flow else "no edit was made for this frame"
         panels["achieved"] = {
             "src": frame.achieved_flow, "error": frame.flow_error, "note": no_edit,
@@ -386,7 +396,9 @@ def _viewer(report: Report, start: int) -> str:
             '<button id="prev" type="button" aria-label="previous frame">&#9664;</button>',
             '<button id="play" type="button">&#9654; play</button>',
             '<button id="next" type="button" aria-label="next frame">&#9654;</button>',
-            f'<input id="slider" type="range" min="0" max="{len(frames) - 1}" value="{start}" aria-label="frame">',
+            f'<input id="slider" type="range" min="0" max="{len(frames) - 1}" value="{start}" aria-label="frame"'
+            + (' list="keys">' if any(frame.plan == "key" for frame in frames) else ">")
+            + _key_marks(frames),
             f'<output id="frame-label">frame {first.index} / {frames[-1].index}</output>',
         ]
     if has_results:
@@ -473,12 +485,15 @@ def _figures(report: Report, start: int) -> str:
         _plot(frames, plot, start, figure_label(plot.key, report.labels)) for plot in plots
         if len(frames) > 1 and _plottable(frames, plot.key)
     ]
-    heads = ["frame", "status"] + [figure_label(k, report.labels) for k in keys]
+    planned = any(frame.plan for frame in frames)
+    heads = ["frame", "status"] + (["plan"] if planned else []) + [figure_label(k, report.labels) for k in keys]
     head = "".join(f'<th scope="col"><button type="button">{html.escape(h)}</button></th>' for h in heads)
     rows = []
     for position, frame in enumerate(frames):
         cells = [f'<td data-value="{frame.index}">{frame.index}</td>',
                  f'<td data-value="{html.escape(frame.status)}">{html.escape(frame.status)}</td>']
+        if planned:
+            cells.append(f'<td data-value="{html.escape(frame.plan)}">{html.escape(frame.plan)}</td>')
         for key in keys:
             value = frame.figures.get(key)
             cells.append(f'<td data-value="{_sort_value(value)}">{_number(value)}</td>' if value is not None

@@ -31,6 +31,7 @@ from mtransfer.layouts import (
     SOURCE,
 )
 from mtransfer.pipeline.stages.context import Clip, Motion, RunContext, supersede_changed
+from mtransfer.pipeline.stages.guide import plan_line
 from mtransfer.video import write_video
 
 
@@ -113,6 +114,7 @@ def _write_report(
     errors = {i: (flow - motion.flows[i]).norm(dim=0) for i, flow in achieved.items()}
     top_error = error_scale(list(errors.values()), motion.max_magnitude)
     frames = []
+    settings = ctx.settings
     for index in range(len(motion.flows)):
         name = f"{index:04d}"
         records = {stage: record.get("frames", {}).get(name, {}) for stage, record in stages.items()}
@@ -121,7 +123,9 @@ def _write_report(
             achieved_color, error_map = f"{ACHIEVED_COLOR}/{name}.png", f"{FLOW_ERROR}/{name}.png"
             save_image(ctx.folder / achieved_color, flow_to_color(achieved[index], motion.max_magnitude))
             save_image(ctx.folder / error_map, error_to_color(errors[index], top_error))
-        diverged = records.get("guide", {}).get("diverged")
+        guide = records.get("guide", {})
+        diverged = guide.get("diverged")
+        plan = "key" if guide.get("role") == "key" else f"warm from {guide['parent']}" if guide.get("role") == "warm" else ""
         frames.append(ReportFrame(
             index=index,
             target_flow=f"{FLOW_COLOR}/{name}.png",
@@ -134,8 +138,8 @@ def _write_report(
             edit_mask=f"{EDIT_MASK}/{name}.png",
             status="still" if motion.still[index] else "diverged" if diverged else "edited" if has_results else "",
             figures={k: v for record in records.values() for k, v in figure_values(record).items()},
+            plan=plan if settings.video.plan != "independent" else "",
         ))
-    settings = ctx.settings
     height, width = ctx.size
     summary = [
         f"{ctx.video.name}: {len(clip.frames)} frames at {fps:.3g} fps, onto {ctx.image.name} at {width}x{height} "
@@ -144,6 +148,9 @@ def _write_report(
         f"{settings.video.estimator} ({settings.video.flow}) for the video; {settings.guidance.steps} steps x "
         f"{settings.guidance.recursions} recursions; largest target motion {motion.max_magnitude:.2f} px.",
     ]
+    plan = ctx.manifest.record["stages"].get("guide", {}).get("plan")
+    if has_results and isinstance(plan, dict) and plan.get("independent_passes"):
+        summary.append(f"Frame {plan_line(plan)}.")
     if not has_results:
         summary.append("Flow only (--flow-only): no edits were made; the edit masks show where guidance would act.")
     if evaluation is not None:

@@ -110,7 +110,10 @@ def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
                             highlight=False,
                         )
                     write(output.index, output.image, {**output.record, **done.record()})
-    ctx.manifest.finish("guide", plan=plan_summary(settings, planned))
+    summary = plan_summary(settings, planned)
+    ctx.manifest.finish("guide", plan=summary)
+    if moving:
+        ctx.console.print(plan_line(summary), highlight=False)
     return torch.stack([load_image(ctx.file(FRAMES, i)) for i in range(count)])
 
 
