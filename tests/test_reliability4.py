@@ -124,3 +124,30 @@ def test_sigterm_stops_a_command_without_a_run_folder(tmp_path) -> None:
     code, err = _stopped_within(flow, 30)
     assert code == 143 and one_plain_line(err).startswith("interrupted:")
     assert not (out / "run.lock").exists()
+
+
+# --- a --set that a flag replaces is still checked ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, flag", [
+    ("guidance.steps=abc", ["--steps", "2"]),
+    ("model.size=[7]", ["--size", "32x48"]),
+    ("align.strength=[1, 2]", ["--strength", "1"]),
+    ("align.region=[0.5, 0.5]", ["--region", "0,0,1,1"]),
+])
+def test_run_refuses_a_malformed_set_that_a_flag_replaces(tmp_path, monkeypatch, capsys, setting, flag) -> None:
+    out = tmp_path / "run"
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--set", setting, *flag))
+    assert code == 2 and setting.split("=")[0] in one_plain_line(err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["edit", IMAGE, "--flow", "translate(2, 0)", "--model", "tiny", "--size", "32x32", "--device", "cpu"],
+    ["generate", "a cat", "--model", "tiny", "--size", "32x32", "--device", "cpu"],
+])
+def test_edit_and_generate_refuse_a_malformed_set_under_steps(tmp_path, monkeypatch, capsys, command) -> None:
+    code, err = cli(monkeypatch, capsys, *command, "--out", tmp_path / "out", "--set", "guidance.steps=abc",
+                    "--steps", "2")
+    assert code == 2 and "guidance.steps" in one_plain_line(err)
+    assert not (tmp_path / "out").exists()
