@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mtransfer.errors import UsageError, input_error
+from mtransfer.errors import UsageError, input_error, require_file
 
 PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
 
@@ -24,18 +24,18 @@ def available_pipelines() -> list[str]:
 
 
 def pipeline_path(name_or_path: str | Path) -> Path:
-    """Resolve a preset name (``paper``) or a path to a ``.toml`` file."""
+    """Resolve a preset name (``paper``) or a path to a ``.toml`` file; a folder is named as such."""
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.parent != Path("."):
-        if not candidate.is_file():
-            raise input_error(candidate, "no such pipeline file")
-        return candidate
+        return require_file(candidate, "pipeline file")
     named = PIPELINES_DIR / f"{name_or_path}.toml"
-    if not named.is_file():
-        raise UsageError(
-            f"unknown pipeline '{name_or_path}': choose one of {', '.join(available_pipelines())} or give a .toml path"
-        )
-    return named
+    if named.is_file():
+        return named
+    if candidate.is_dir():
+        require_file(candidate, "pipeline file")
+    raise UsageError(
+        f"unknown pipeline '{name_or_path}': choose one of {', '.join(available_pipelines())} or give a .toml path"
+    )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

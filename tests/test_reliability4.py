@@ -151,3 +151,37 @@ def test_edit_and_generate_refuse_a_malformed_set_under_steps(tmp_path, monkeypa
                     "--steps", "2")
     assert code == 2 and "guidance.steps" in one_plain_line(err)
     assert not (tmp_path / "out").exists()
+
+
+# --- a folder where a file goes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", ["folder.toml", "sub/presets", "bare"])
+def test_a_folder_given_as_a_preset_is_named_a_folder(tmp_path, monkeypatch, capsys, given) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / given).mkdir(parents=True)
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run")[:4], "--pipeline", given, "--out", tmp_path / "run")
+    assert code == 2 and f"{given}: is a folder, expected a pipeline file" in one_plain_line(err)
+
+
+@pytest.mark.parametrize("command", [
+    ["flow", VIDEO, "--estimator", "raft-small", "--weights", "{folder}", "--max-frames", "2"],
+    ["edit", IMAGE, "--flow", "translate(2, 0)", "--model", "tiny", "--size", "32x32", "--device", "cpu",
+     "--estimator", "raft-small", "--raft-weights", "{folder}"],
+    [*run_args(Path("{out}")), "--set", 'estimator.name="raft-small"', "--set", 'estimator.weights="{folder}"'],
+])
+def test_a_folder_given_as_weights_is_named_a_folder(tmp_path, monkeypatch, capsys, command) -> None:
+    folder = tmp_path / "weights.pth"
+    folder.mkdir()
+    arguments = [str(part).replace("{folder}", str(folder)).replace("{out}", str(tmp_path / "out")) for part in command]
+    if "--out" not in arguments:
+        arguments += ["--out", str(tmp_path / "out")]
+    code, err = cli(monkeypatch, capsys, *arguments)
+    assert code == 2 and f"{folder}: is a folder, expected a raft-small weights file" in one_plain_line(err)
+
+
+def test_a_folder_in_the_weights_variable_is_named_a_folder(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MTRANSFER_RAFT_WEIGHTS", str(tmp_path))
+    code, err = cli(monkeypatch, capsys, "flow", VIDEO, "--estimator", "raft-small", "--max-frames", "2",
+                    "--out", tmp_path / "out")
+    assert code == 2 and f"{tmp_path}: is a folder, expected a raft-small weights file" in one_plain_line(err)
