@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtransfer.files import is_temporary
 from test_reliability import IMAGE, PRESET, ROOT, VIDEO, one_plain_line, private_cache, run_args  # noqa: F401
@@ -185,3 +186,23 @@ def test_a_folder_in_the_weights_variable_is_named_a_folder(tmp_path, monkeypatc
     code, err = cli(monkeypatch, capsys, "flow", VIDEO, "--estimator", "raft-small", "--max-frames", "2",
                     "--out", tmp_path / "out")
     assert code == 2 and f"{tmp_path}: is a folder, expected a raft-small weights file" in one_plain_line(err)
+
+
+# --- a source region too small to hold motion ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("box", ["[0.5, 0.5, 0.52, 0.52]", "[10, 10, 13, 30]", "[0.1, 0.0, 0.9, 0.05]"])
+def test_a_tiny_source_region_is_refused_before_any_work(tmp_path, monkeypatch, capsys, box) -> None:
+    out = tmp_path / "run"
+    code, err = cli(monkeypatch, capsys, *run_args(out, "--set", f"align.source_region={box}"))
+    assert code == 2 and "align.source_region" in one_plain_line(err) and "at least 8 px" in one_plain_line(err)
+    assert not out.exists()
+
+
+def test_a_source_region_of_eight_pixels_is_taken() -> None:
+    from mtransfer.app.settings import AlignConfig
+
+    flow = torch.zeros(2, 32, 40)
+    flow[0, 8:16, 8:16] = 0.5
+    aligned = AlignConfig(fit="stretch", source_region=(8, 8, 16, 16)).align_flow(flow, (32, 32))
+    assert torch.allclose(aligned[0], torch.full((32, 32), 2.0))  # 8 px onto 32: vectors scaled by 4
