@@ -9,6 +9,7 @@ like a shell does for Ctrl-C (143 when the interrupt was a SIGTERM).
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 USAGE_EXIT = 2
@@ -62,9 +63,26 @@ _WRITE_ADVICE = {
 }
 
 
+NAME_MAX = 255
+"""Bytes in one name (a path's part) that common file systems (ext4, XFS, APFS, NTFS) accept."""
+
+
+def name_too_long(*paths: str | Path) -> str:
+    """What to say when a path is refused as too long (ENAMETOOLONG): the first name among ``paths`` over the
+    limit, or that the whole path is (the kernel's limit on a path, 4096 bytes on Linux)."""
+    over = [part for path in paths for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX]
+    if not over:
+        return f"the path is {len(os.fsencode(str(paths[0])))} bytes long, too long for the system; use a shorter one"
+    name = over[0]
+    return (f"the name '{name[:24]}...{name[-12:]}' is {len(os.fsencode(name))} bytes long, over the file system's "
+            f"limit of {NAME_MAX} per name; use a shorter one (--out, or rename the input it is made from)")
+
+
 def output_error(path: str | Path, exc: BaseException) -> OutputError:
     """A failed write as one line naming the file and what to do, e.g. ``out/a.png: cannot write: the disk is full``."""
     code = getattr(exc, "errno", None)
+    if code == errno.ENAMETOOLONG:
+        return OutputError(f"{path}: cannot write: {name_too_long(path, os.fsdecode(getattr(exc, 'filename', None) or path))}")
     reason = _WRITE_ADVICE.get(code) or getattr(exc, "strerror", None) or str(exc).splitlines()[0] or type(exc).__name__
     return OutputError(f"{path}: cannot write: {reason}")
 

@@ -206,3 +206,32 @@ def test_a_source_region_of_eight_pixels_is_taken() -> None:
     flow[0, 8:16, 8:16] = 0.5
     aligned = AlignConfig(fit="stretch", source_region=(8, 8, 16, 16)).align_flow(flow, (32, 32))
     assert torch.allclose(aligned[0], torch.full((32, 32), 2.0))  # 8 px onto 32: vectors scaled by 4
+
+
+# --- a name over the file system's limit ------------------------------------------------------------------
+
+LONG = "n" * 300
+
+
+@pytest.mark.parametrize("command", [
+    [*run_args(Path(LONG))],
+    ["flow", VIDEO, "--estimator", "tvl1", "--max-frames", "2", "--out", LONG],
+    ["motion", "translate(2, 0)", "--size", "32x32", "--out", f"{LONG}.flo"],
+    ["edit", IMAGE, "--flow", "translate(2, 0)", "--model", "tiny", "--size", "32x32", "--device", "cpu",
+     "--estimator", "pyramid", "--steps", "1", "--recursions", "1", "--out", f"sub/{LONG}"],
+    ["generate", "a cat", "--model", "tiny", "--size", "32x32", "--device", "cpu", "--steps", "1", "--out", LONG],
+])
+def test_a_name_too_long_is_one_line_naming_it(tmp_path, monkeypatch, capsys, command) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(monkeypatch, capsys, *command)
+    line = one_plain_line(err)
+    assert code == 2 and "nnnnnnnnnnnnnnnnnnnnnnnn..." in line and "bytes long" in line and "traceback" not in line
+
+
+def test_a_default_folder_made_too_long_by_the_input_name_is_named(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    video = tmp_path / ("v" * 251 + ".mp4")  # a name the file system takes; "<stem>-flow" is one byte too many
+    video.write_bytes(VIDEO.read_bytes())
+    code, err = cli(monkeypatch, capsys, "flow", video, "--estimator", "tvl1", "--max-frames", "2")
+    line = one_plain_line(err)
+    assert code == 2 and "-flow' is 256 bytes long" in line and "traceback" not in line

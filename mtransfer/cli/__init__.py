@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mtransfer.errors import INTERRUPT_EXIT, TERMINATE_EXIT, MtransferError
+from mtransfer.errors import INTERRUPT_EXIT, TERMINATE_EXIT, MtransferError, name_too_long
 
 app = typer.Typer(
     name="mtransfer",
@@ -66,6 +67,9 @@ def _unexpected(exc: BaseException) -> int:
         say("error", "bold red", f"out of memory ({first[:200]}); try a smaller --size, --set model.dtype=\"float16\" "
             f"or another --device; {where}")
         return 2
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG and exc.filename is not None:
+        say("error", "bold red", f"{os.fsdecode(exc.filename)}: {name_too_long(os.fsdecode(exc.filename))}")
+        return 2  # the user's to fix, and the line says all: no traceback log
     if isinstance(exc, OSError) and exc.filename is not None:
         say("error", "bold red", f"{os.fsdecode(exc.filename)}: {exc.strerror or first}; {where}")
         return 2
