@@ -235,3 +235,63 @@ def test_a_default_folder_made_too_long_by_the_input_name_is_named(tmp_path, mon
     code, err = cli(monkeypatch, capsys, "flow", video, "--estimator", "tvl1", "--max-frames", "2")
     line = one_plain_line(err)
     assert code == 2 and "-flow' is 256 bytes long" in line and "traceback" not in line
+
+
+# --- preset files: a byte-order mark, relative paths ------------------------------------------------------
+
+
+def test_a_preset_with_a_byte_order_mark_reads_like_one_without(tmp_path) -> None:
+    from mtransfer.presets import load_pipeline
+
+    text = Path(PRESET).read_text()
+    (tmp_path / "bom.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "plain.toml").write_text(text)
+    with_mark, without = load_pipeline(tmp_path / "bom.toml"), load_pipeline(tmp_path / "plain.toml")
+    assert with_mark.pop("name") == "bom" and without.pop("name") == "plain"
+    assert with_mark == without and with_mark["guidance"]["steps"] == 3
+
+
+def _preset_beside(folder: Path, section: str, lines: str) -> Path:
+    """The test preset copied into ``folder`` with ``lines`` added to its ``[section]``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    preset = folder / "mine.toml"
+    text = Path(PRESET).read_text()
+    preset.write_text(text.replace(f"[{section}]\n", f"[{section}]\n{lines}") if f"[{section}]" in text
+                      else f"{text}\n[{section}]\n{lines}")
+    return preset
+
+
+def test_a_relative_region_mask_in_a_preset_is_found_beside_the_preset(tmp_path, monkeypatch, capsys) -> None:
+    from mtransfer.files import save_image
+
+    presets = tmp_path / "presets"
+    preset = _preset_beside(presets, "align", 'region = "masks/moving.png"\n')
+    mask = torch.zeros(3, 32, 48)
+    mask[:, 8:24, 10:40] = 1.0
+    save_image(presets / "masks" / "moving.png", mask)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, err = cli(monkeypatch, capsys, "run", VIDEO, "--onto", IMAGE, "--pipeline", preset, "--out", "run",
+                    "--flow-only")
+    assert code == 0, err
+    record = json.loads((elsewhere / "run" / "manifest.json").read_text())
+    assert Path(record["config"]["align"]["region"]).resolve() == (presets / "masks" / "moving.png").resolve()
+    assert "region_mask" in record["inputs"]
+
+
+def test_paths_in_a_preset_resolve_against_its_folder_names_and_ids_do_not(tmp_path) -> None:
+    from mtransfer.presets import load_pipeline
+
+    (tmp_path / "p" / "local-model").mkdir(parents=True)
+    preset = _preset_beside(tmp_path / "p", "estimator", 'weights = "w/raft.pth"\n')
+    preset.write_text(preset.read_text().replace("[video]\n", '[video]\nweights = "C_T_V1"\n')
+                      .replace('model = "exact"', 'model = "local-model"'))
+    config = load_pipeline(preset)
+    assert config["estimator"]["weights"] == str(tmp_path / "p" / "w" / "raft.pth")
+    assert config["video"]["weights"] == "C_T_V1"  # a torchvision name, not a file
+    assert config["model"]["model"] == str(tmp_path / "p" / "local-model")
+    (tmp_path / "p" / "local-model").rmdir()
+    assert load_pipeline(preset)["model"]["model"] == "local-model"  # no such folder there: a Hugging Face id
+    # --set values are the command line's: relative to the working directory, as any flag.
+    assert load_pipeline(preset, ['align.region="m.png"'])["align"]["region"] == "m.png"
