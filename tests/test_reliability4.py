@@ -295,3 +295,89 @@ def test_paths_in_a_preset_resolve_against_its_folder_names_and_ids_do_not(tmp_p
     assert load_pipeline(preset)["model"]["model"] == "local-model"  # no such folder there: a Hugging Face id
     # --set values are the command line's: relative to the working directory, as any flag.
     assert load_pipeline(preset, ['align.region="m.png"'])["align"]["region"] == "m.png"
+
+
+# --- presets that inherit (issue #24) ---------------------------------------------------------------------
+
+
+def _record(name_or_path) -> dict:
+    from mtransfer.app.settings import load_settings
+
+    record = load_settings(name_or_path).as_record()
+    record.pop("name")
+    return record
+
+
+def test_preview_is_paper_with_exactly_its_step_counts_changed() -> None:
+    from mtransfer.presets import PIPELINES_DIR
+
+    paper, preview = _record("paper"), _record("preview")
+    assert (preview["guidance"].pop("steps"), preview["guidance"].pop("recursions")) == (100, 3)
+    del paper["guidance"]["steps"], paper["guidance"]["recursions"]
+    assert preview == paper
+    text = (PIPELINES_DIR / "preview.toml").read_text()
+    assert 'extends = "paper"' in text and "[model]" not in text  # inherits, does not copy
+
+
+def test_a_user_preset_extends_a_shipped_one_and_keeps_its_own_paths(tmp_path) -> None:
+    (tmp_path / "mine.toml").write_text('extends = "preview"\n[guidance]\nsteps = 40\n[align]\nregion = "m.png"\n')
+    mine = _record(tmp_path / "mine.toml")
+    preview = _record("preview")
+    assert mine["guidance"]["steps"] == 40 and mine["guidance"]["recursions"] == 3
+    assert mine["align"]["region"] == str(tmp_path / "m.png")
+    mine["guidance"]["steps"], mine["align"]["region"] = preview["guidance"]["steps"], preview["align"]["region"]
+    assert mine == preview
+
+
+def test_a_base_given_as_a_path_is_relative_to_the_preset_and_may_extend_further(tmp_path) -> None:
+    (tmp_path / "bases").mkdir()
+    (tmp_path / "bases" / "middle.toml").write_text('extends = "paper"\n[guidance]\nrecursions = 2\n')
+    (tmp_path / "top.toml").write_text('extends = "bases/middle.toml"\n[guidance]\nsteps = 20\n')
+    top = _record(tmp_path / "top.toml")
+    assert (top["guidance"]["steps"], top["guidance"]["recursions"]) == (20, 2)
+    assert top["model"] == _record("paper")["model"]
+
+
+@pytest.mark.parametrize("files, loop", [
+    ({"a.toml": 'extends = "a.toml"'}, ["a.toml", "a.toml"]),
+    ({"a.toml": 'extends = "b.toml"', "b.toml": 'extends = "c.toml"', "c.toml": 'extends = "a.toml"'},
+     ["a.toml", "b.toml", "c.toml", "a.toml"]),
+])
+def test_a_cycle_of_bases_is_refused_naming_the_chain(tmp_path, monkeypatch, capsys, files, loop) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run")[:4], "--pipeline", tmp_path / "a.toml",
+                    "--out", tmp_path / "run")
+    line = one_plain_line(err)
+    assert code == 2 and "makes a cycle" in line
+    assert " -> ".join(str((tmp_path / name).resolve()) for name in loop) in line
+
+
+@pytest.mark.parametrize("base, problem", [("3", "must name a preset"), ('"nope"', "unknown pipeline 'nope'"),
+                                           ('"gone.toml"', "gone.toml: no such pipeline file")])
+def test_a_bad_base_is_named(tmp_path, monkeypatch, capsys, base, problem) -> None:
+    (tmp_path / "mine.toml").write_text(f"extends = {base}\n")
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run")[:4], "--pipeline", tmp_path / "mine.toml",
+                    "--out", tmp_path / "run")
+    assert code == 2 and problem in one_plain_line(err)
+
+
+def test_presets_lists_base_changes_and_math(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "mine.toml").write_text('description = "mine"\nextends = "paper"\n[model]\nspeed = "sdpa"\n')
+    from mtransfer.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mtransfer", "presets", str(tmp_path / "mine.toml")])
+    main()  # exits only on failure
+    listing = capsys.readouterr().out
+    blocks = {}
+    for line in listing.splitlines():
+        if not line.startswith(" "):
+            name = line.split()[0]
+        blocks.setdefault(name, []).append(line.strip())
+    assert set(blocks) == {"paper", "preview", "tiny", "offline-demo", "mine"}
+    assert blocks["paper"][1:] == ["base: none (a complete preset)", "math: the paper's"]
+    assert blocks["preview"][1:] == ["base: paper", "guidance.steps = 100 (paper: 500)",
+                                     "guidance.recursions = 3 (paper: 10)",
+                                     "math: CHANGED from paper's: guidance.steps, guidance.recursions"]
+    assert blocks["mine"][2:] == ["base: paper", 'model.speed = "sdpa" (paper: "")', "math: the paper's"]
+    assert "model.model" in blocks["tiny"][-1]
