@@ -93,5 +93,5 @@ def require_file(path: str | Path, what: str = "file") -> Path:
     if not p.exists():
         raise input_error(p, f"no such {what}")
     if p.is_dir():
-        raise input_error(p, f"is a folder, expected a {what}")
+        raise input_error(p, f"is a folder, expected {'an' if what[:1] in 'aeiou' else 'a'} {what}")
     return p

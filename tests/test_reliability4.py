@@ -381,3 +381,26 @@ def test_presets_lists_base_changes_and_math(tmp_path, monkeypatch, capsys) -> N
                                      "math: CHANGED from paper's: guidance.steps, guidance.recursions"]
     assert blocks["mine"][2:] == ["base: paper", 'model.speed = "sdpa" (paper: "")', "math: the paper's"]
     assert "model.model" in blocks["tiny"][-1]
+
+
+# --- the sweep: the other file and folder options ---------------------------------------------------------
+
+
+def test_a_folder_given_as_an_image_reads_as_english(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "photo.png").mkdir()
+    code, err = cli(monkeypatch, capsys, "motion", "translate(2, 0)", "--onto", tmp_path / "photo.png")
+    assert code == 2 and "photo.png: is a folder, expected an image" in one_plain_line(err)
+
+
+def test_eval_given_a_file_says_it_is_a_file(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "run.json").write_text("{}")
+    code, err = cli(monkeypatch, capsys, "eval", tmp_path / "run.json")
+    assert code == 2 and "run.json: is a file, expected a run or edit folder" in one_plain_line(err)
+
+
+def test_a_file_given_as_the_model_folder_says_it_is_a_file(tmp_path, monkeypatch, capsys) -> None:
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)
+    code, err = cli(monkeypatch, capsys, "edit", IMAGE, "--flow", "translate(2, 0)", "--model",
+                    tmp_path / "model.safetensors", "--estimator", "pyramid", "--size", "32x32", "--device", "cpu",
+                    "--out", tmp_path / "out")
+    assert code == 2 and "model.safetensors: is a file, expected a model folder" in one_plain_line(err)
