@@ -67,7 +67,14 @@ def test_ui_on_a_busy_port_names_the_port(monkeypatch, capsys) -> None:
     assert code == 2 and f"--port {port}: already in use" in one_plain_line(err)
 
 
-@pytest.mark.parametrize("host", ["256.1.1.1", "not a host"])
+def test_ui_accepts_the_hosts_a_server_listens_on() -> None:
+    from mtransfer.cli.ui import check_address
+
+    for host in ("127.0.0.1", "localhost", "0.0.0.0"):
+        check_address(host, _free_port())  # no error
+
+
+@pytest.mark.parametrize("host", ["256.1.1.1", "not a host", "10.255.255.1"])
 def test_ui_on_an_invalid_host_names_the_host(monkeypatch, capsys, host) -> None:
     code, err = cli(monkeypatch, capsys, "ui", "--host", host, "--port", _free_port())
     assert code == 2 and f"--host {host}:" in one_plain_line(err) and "port" not in one_plain_line(err)

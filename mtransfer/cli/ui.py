@@ -18,8 +18,10 @@ INSTALL = "pip install 'mtransfer[ui]'"
 def check_address(host: str, port: int) -> None:
     """Bind ``host:port`` once and let it go, so that a bad host or a busy port is one line naming the flag
     (Gradio reports both as "Cannot find empty port"), before the page is built."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # Gradio takes [::1] too
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET  # as the server (uvicorn) chooses
     try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = socket.getaddrinfo(bare, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as exc:
         raise UsageError(f"--host {host}: not an address or host name this machine knows "
                          f"({getattr(exc, 'strerror', None) or exc}); use 127.0.0.1 (this machine only) "
