@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mtransfer.errors import NAME_MAX, OutputError, input_error, name_too_long, output_error, require_file
+from mtransfer.errors import NAME_MAX, OutputError, input_error, name_too_long_to_write, output_error, require_file
 
 MAX_IMAGE_PIXELS = 120_000_000
 """Largest image mtransfer reads (120 megapixels, e.g. 12000x10000, above any phone camera): decoding
@@ -101,7 +101,7 @@ def ensure_writable(folder: str | Path, option: str = "--out") -> Path:
     """
     folder = Path(folder)
     if any(len(os.fsencode(part)) > NAME_MAX for part in folder.parts):  # refused only once a write is tried
-        raise OutputError(f"{folder}: cannot write: {name_too_long(folder)}")
+        raise name_too_long_to_write(folder)
     existing = folder
     try:
         while not existing.exists():  # a name over the file system's limit raises here, not in a write

@@ -411,3 +411,14 @@ def test_a_file_given_as_the_model_folder_says_it_is_a_file(tmp_path, monkeypatc
                     tmp_path / "model.safetensors", "--estimator", "pyramid", "--size", "32x32", "--device", "cpu",
                     "--out", tmp_path / "out")
     assert code == 2 and "model.safetensors: is a file, expected a model folder" in one_plain_line(err)
+
+
+@pytest.mark.parametrize("command", [
+    ["run", f"{LONG}.mp4", "--onto", IMAGE],
+    ["motion", f"scale(1.2, mask={LONG}.png)", "--size", "32x32"],
+])
+def test_an_input_name_too_long_is_no_such_file_naming_it(tmp_path, monkeypatch, capsys, command) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = cli(monkeypatch, capsys, *command)
+    line = one_plain_line(err)
+    assert code == 2 and "no such" in line and "bytes long" in line and "traceback" not in line
