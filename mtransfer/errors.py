@@ -3,16 +3,19 @@
 ``MtransferError`` is a problem the user can fix; its subclasses say what kind, so that callers (and the
 CLI's exit status) can tell them apart. The CLI prints ``error: <message>`` as plain text (user-supplied
 paths are never read as markup) and exits with ``exit_code``: 2 for every problem, 130 for an interrupt,
-like a shell does for Ctrl-C.
+like a shell does for Ctrl-C (143 when the interrupt was a SIGTERM).
 """
 
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 USAGE_EXIT = 2
 INTERRUPT_EXIT = 130
+TERMINATE_EXIT = 143
+"""Stopped by SIGTERM (128 + 15, as a shell reports it); handled like Ctrl-C."""
 
 
 class MtransferError(Exception):
@@ -60,9 +63,32 @@ _WRITE_ADVICE = {
 }
 
 
+NAME_MAX = 255
+"""Bytes in one name (a path's part) that common file systems (ext4, XFS, APFS, NTFS) accept."""
+
+
+def name_too_long(*paths: str | Path) -> str:
+    """What to say when a path is refused as too long (ENAMETOOLONG): the first name among ``paths`` over the
+    limit, or that the whole path is (the kernel's limit on a path, 4096 bytes on Linux)."""
+    over = [part for path in paths for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX]
+    if not over:
+        return f"the path is {len(os.fsencode(str(paths[0])))} bytes long, too long for the system; use a shorter one"
+    name = over[0]
+    return (f"the name '{name[:24]}...{name[-12:]}' is {len(os.fsencode(name))} bytes long, over the file system's "
+            f"limit of {NAME_MAX} per name; use a shorter one")
+
+
+def name_too_long_to_write(path: str | Path, *others: str | Path) -> OutputError:
+    """An output path (or one of ``others`` made from it) refused as too long, with where the name came from."""
+    return OutputError(f"{path}: cannot write: {name_too_long(path, *others)} (--out, or rename the input a default "
+                       "output name is made from)")
+
+
 def output_error(path: str | Path, exc: BaseException) -> OutputError:
     """A failed write as one line naming the file and what to do, e.g. ``out/a.png: cannot write: the disk is full``."""
     code = getattr(exc, "errno", None)
+    if code == errno.ENAMETOOLONG:
+        return name_too_long_to_write(path, os.fsdecode(getattr(exc, "filename", None) or path))
     reason = _WRITE_ADVICE.get(code) or getattr(exc, "strerror", None) or str(exc).splitlines()[0] or type(exc).__name__
     return OutputError(f"{path}: cannot write: {reason}")
 
@@ -70,8 +96,14 @@ def output_error(path: str | Path, exc: BaseException) -> OutputError:
 def require_file(path: str | Path, what: str = "file") -> Path:
     """Return ``path`` as a Path, or raise a one-line error when it does not exist or is a folder."""
     p = Path(path)
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except OSError as exc:  # a name over the file system's limit: no such file can exist
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise input_error(p, f"no such {what}: {name_too_long(p)}") from None
+    if not exists:
         raise input_error(p, f"no such {what}")
     if p.is_dir():
-        raise input_error(p, f"is a folder, expected a {what}")
+        raise input_error(p, f"is a folder, expected {'an' if what[:1] in 'aeiou' else 'a'} {what}")
     return p

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mtransfer.errors import OutputError, input_error, output_error, require_file
+from mtransfer.errors import NAME_MAX, OutputError, input_error, name_too_long_to_write, output_error, require_file
 
 MAX_IMAGE_PIXELS = 120_000_000
 """Largest image mtransfer reads (120 megapixels, e.g. 12000x10000, above any phone camera): decoding
@@ -100,11 +100,16 @@ def ensure_writable(folder: str | Path, option: str = "--out") -> Path:
     with a probe file that is removed again, so read-only mounts and permissions are both caught).
     """
     folder = Path(folder)
+    if any(len(os.fsencode(part)) > NAME_MAX for part in folder.parts):  # refused only once a write is tried
+        raise name_too_long_to_write(folder)
     existing = folder
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
+    try:
+        while not existing.exists():  # a name over the file system's limit raises here, not in a write
+            if existing.parent == existing:
+                break
+            existing = existing.parent
+    except OSError as exc:
+        raise output_error(folder, exc) from None
     if not existing.is_dir():
         where = "is a file" if existing == folder else f"cannot be created: {existing} is a file"
         raise OutputError(f"{folder}: {where}, not a folder; choose another {option}")
@@ -130,7 +135,8 @@ def rescue_folder(folder: str | Path, key: Any) -> Path:
     when writing them there failed: ``<temp>/mtransfer-rescue/<name>-<folder hash>-<key hash>``, so a
     rerun of the same command finds them and a rerun with other settings does not."""
     folder = Path(folder)
-    return Path(tempfile.gettempdir()) / RESCUE_FOLDER / f"{folder.name}-{_short_hash(str(folder.resolve()))}-{_short_hash(key)}"
+    name = folder.name[:100]  # the hashes tell folders apart; a name near the file system's limit must still fit
+    return Path(tempfile.gettempdir()) / RESCUE_FOLDER / f"{name}-{_short_hash(str(folder.resolve()))}-{_short_hash(key)}"
 
 
 @contextmanager

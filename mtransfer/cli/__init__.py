@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mtransfer.errors import INTERRUPT_EXIT, MtransferError
+from mtransfer.errors import INTERRUPT_EXIT, TERMINATE_EXIT, MtransferError, name_too_long
 
 app = typer.Typer(
     name="mtransfer",
@@ -64,6 +67,9 @@ def _unexpected(exc: BaseException) -> int:
         say("error", "bold red", f"out of memory ({first[:200]}); try a smaller --size, --set model.dtype=\"float16\" "
             f"or another --device; {where}")
         return 2
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG and exc.filename is not None:
+        say("error", "bold red", f"{os.fsdecode(exc.filename)}: {name_too_long(os.fsdecode(exc.filename))}")
+        return 2  # the user's to fix, and the line says all: no traceback log
     if isinstance(exc, OSError) and exc.filename is not None:
         say("error", "bold red", f"{os.fsdecode(exc.filename)}: {exc.strerror or first}; {where}")
         return 2
@@ -74,30 +80,52 @@ def _unexpected(exc: BaseException) -> int:
 def main() -> None:
     """Entry point: every problem becomes one plain line and an exit status, never a traceback.
 
-    User-fixable problems (``MtransferError``) exit 2, usage errors from the parser 2, Ctrl-C 130 with
-    what is kept; anything else exits 1 with the path of a log file holding the traceback.
+    User-fixable problems (``MtransferError``) exit 2, usage errors from the parser 2, Ctrl-C 130 and
+    SIGTERM 143 with what is kept; anything else exits 1 with the path of a log file holding the traceback.
     """
     from mtransfer.cli import commands  # noqa: F401  (registers the sub-commands)
 
+    terminated: list[int] = []
+
+    def terminate(signum: int, frame: object) -> None:
+        """SIGTERM raises Ctrl-C's exception in the main thread, so that the same clean-up runs (lock released,
+        temporaries removed, the ``interrupted:`` line) instead of the process dying where it stands."""
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    previous = signal.signal(signal.SIGTERM, terminate) if in_main_thread else None
+    try:
+        code = _main()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    if code == INTERRUPT_EXIT and terminated:
+        code = TERMINATE_EXIT
+    if code:
+        sys.exit(code)
+
+
+def _main() -> int:
+    """The command's exit status, its problem already said."""
     try:
         code = app(standalone_mode=False)
     except MtransferError as exc:
-        say("interrupted" if exc.exit_code == INTERRUPT_EXIT else "error",
-            "yellow" if exc.exit_code == INTERRUPT_EXIT else "bold red", str(exc))
-        sys.exit(exc.exit_code)
+        stopped = exc.exit_code == INTERRUPT_EXIT
+        say("interrupted" if stopped else "error", "yellow" if stopped else "bold red", str(exc))
+        return exc.exit_code
     except KeyboardInterrupt:
         code = INTERRUPT_EXIT
     except typer.Exit as exc:
         code = exc.exit_code
     except typer.Abort:
-        sys.exit(1)
+        return 1
     except typer.TyperException as exc:  # usage errors (bad option values, missing arguments)
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except Exception as exc:  # noqa: BLE001  (the one place that turns a bug into a line and a log)
-        sys.exit(_unexpected(exc))
+        return _unexpected(exc)
     # Without standalone mode typer returns the status of `typer.Exit` (and of Ctrl-C, as 130) instead of exiting.
     if code == INTERRUPT_EXIT:
         say("interrupted", "yellow", INTERRUPTED.removeprefix("interrupted: "))
-    if isinstance(code, int) and code:
-        sys.exit(code)
+    return code if isinstance(code, int) else 0

@@ -110,7 +110,7 @@ def edit(
     from mtransfer.pipeline.manifest import content_id, fingerprint
     from mtransfer.progress import progress_bar
 
-    overrides = preset_overrides(settings, {
+    overrides = preset_overrides(pipeline, settings, {
         "model.model": model, "model.prompt": prompt, "model.device": device, "model.dtype": dtype,
         "estimator.name": estimator, "estimator.weights": raft_weights,
         "guidance.steps": steps, "guidance.recursions": recursions, "guidance.cfg_scale": cfg,

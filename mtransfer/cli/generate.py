@@ -54,7 +54,7 @@ def generate(
     from mtransfer.progress import progress_bar
 
     overrides = preset_overrides(
-        settings, {"model.model": model, "model.device": device, "guidance.steps": steps, "guidance.seed": seed}, size
+        pipeline, settings, {"model.model": model, "model.device": device, "guidance.steps": steps, "guidance.seed": seed}, size
     )
     run = load_settings(pipeline, overrides)
     if run.model.is_offline and run.model.model != "tiny":

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from mtransfer.errors import UsageError
+from mtransfer.presets import parse_override
 
 
-def preset_overrides(settings: list[str], flags: dict[str, object], size: str | None = None) -> list[str]:
-    """``--set`` values first, then ``--size`` and the dedicated flags, so that flags win over ``--set``.
+def preset_overrides(
+    pipeline: str | Path, settings: list[str], flags: dict[str, object], size: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    """``--set`` values first, then ``--size``, the dedicated flags and ``extra`` (ready-made overrides of
+    other flags), so that flags win over ``--set``.
 
-    ``flags`` maps ``section.key`` to a flag's value; flags left unset (None) change nothing.
+    ``flags`` maps ``section.key`` to a flag's value; flags left unset (None) change nothing. A ``--set`` that a
+    flag replaces is still checked (the preset with the ``--set`` values alone is validated): a malformed value
+    is refused, not hidden by the flag.
     """
-    from mtransfer.video import parse_size  # torch: imported when a command runs, not for --help
+    from mtransfer.app.settings import load_settings  # torch: imported when a command runs, not for --help
+    from mtransfer.video import parse_size
 
     overrides = list(settings)
     if size is not None:
@@ -21,4 +30,8 @@ def preset_overrides(settings: list[str], flags: dict[str, object], size: str | 
             raise UsageError(f"--size {size}: give the working size as HEIGHTxWIDTH, e.g. 512x512")
         overrides.append(f"model.size=[{parsed[0]}, {parsed[1]}]")
     overrides += [f"{key}={json.dumps(value)}" for key, value in flags.items() if value is not None]
+    overrides += extra
+    by_flags = {tuple(parse_override(text)[0]) for text in overrides[len(settings):]}
+    if any(tuple(parse_override(text)[0]) in by_flags for text in settings):
+        load_settings(pipeline, settings)
     return overrides

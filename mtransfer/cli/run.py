@@ -115,9 +115,8 @@ def run(
         "model.device": device, "model.prompt": prompt, "align.strength": strength, "video.flow": flow_mode,
         "video.init": init, "execution.executor": executor,
     }
-    overrides = preset_overrides(settings, flags, size)
-    if region is not None:
-        overrides.append(_region_override(region))
+    overrides = preset_overrides(pipeline, settings, flags, size,
+                                 () if region is None else (_region_override(region),))
     request = RunRequest(
         video=video, image=onto, pipeline=pipeline, overrides=tuple(overrides), out=out,
         restart=restart, flow_only=flow_only,

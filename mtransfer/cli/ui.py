@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+import time
+
 import typer
 
 from mtransfer.cli import app, console
-from mtransfer.errors import UsageError
+from mtransfer.errors import Interrupted, UsageError
 from mtransfer.presets import available_pipelines
 
 INSTALL = "pip install 'mtransfer[ui]'"
+
+
+def check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let it go, so that a bad host or a busy port is one line naming the flag
+    (Gradio reports both as "Cannot find empty port"), before the page is built."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # Gradio takes [::1] too
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET  # as the server (uvicorn) chooses
+    try:
+        addresses = socket.getaddrinfo(bare, port, family=family, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UsageError(f"--host {host}: not an address or host name this machine knows "
+                         f"({getattr(exc, 'strerror', None) or exc}); use 127.0.0.1 (this machine only) "
+                         "or 0.0.0.0 (every interface)") from None
+    family, kind, proto, _, address = addresses[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f"--port {port}: already in use on {host} (another server listens there); "
+                                 "choose another --port") from None
+            if exc.errno == errno.EACCES:
+                raise UsageError(f"--port {port}: permission denied (ports below 1024 need privileges); "
+                                 "choose another --port") from None
+            raise UsageError(f"--host {host}: cannot listen there ({exc.strerror}); use 127.0.0.1 (this machine "
+                             "only) or 0.0.0.0 (every interface)") from None
 
 
 @app.command()
@@ -21,12 +52,28 @@ def ui(
     ),
 ) -> None:
     """Start the web app: build a motion on an image, edit the image, transfer a clip's motion (outputs/ui/)."""
+    check_address(host, port)
     try:
         from mtransfer.ui.app import launch
     except ModuleNotFoundError as exc:
         if exc.name != "gradio" and not (exc.name or "").startswith("gradio."):
             raise
         raise UsageError(f"the web app needs Gradio, which is not installed: {INSTALL}") from None
-    console.print(f"mtransfer ui on http://{host}:{port} (Ctrl-C stops it); results go to outputs/ui/",
-                  highlight=False)
-    launch(pipeline, host, port, quiet=True)
+    demo = None
+    try:
+        demo, _ = launch(pipeline, host, port, quiet=True, prevent_thread_lock=True)
+        console.print(f"mtransfer ui on http://{host}:{port} (Ctrl-C stops it); results go to outputs/ui/",
+                      highlight=False)
+        while demo.is_running:
+            time.sleep(0.2)
+    except OSError as exc:
+        if "Cannot find empty port" not in str(exc):  # Gradio's words for a port taken since the check
+            raise
+        raise UsageError(f"--port {port} on {host}: the server could not start ({str(exc).split('.')[0]}); "
+                         "choose another --port") from None
+    except KeyboardInterrupt:
+        # Gradio's own wait swallows Ctrl-C (exit 0); this one stops now, also while starting (its server
+        # thread is a daemon: nothing outlives the process).
+        if demo is not None:
+            demo.close(verbose=False)
+        raise Interrupted("the web app stopped; results already written are kept in outputs/ui/") from None

@@ -187,9 +187,10 @@ def _checked_location(model: str | Path) -> Path | None:
                 "StableDiffusionPipeline.save_pretrained or download a full model snapshot"
             )
         return path
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(model)):
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(model)) or path.is_file():
+        problem = "is a file, expected a model folder" if path.is_file() else "no such model folder"
         raise input_error(
-            path, "no such model folder; pass a diffusers folder (model_index.json, unet/, vae/, ...) or a "
+            path, f"{problem}; pass a diffusers folder (model_index.json, unet/, vae/, ...) or a "
             f"Hugging Face id such as {DEFAULT_MODEL}"
         )
     return None

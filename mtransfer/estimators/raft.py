@@ -142,7 +142,8 @@ def load_raft(
             if not path.is_file():
                 raise input_error(
                     path,
-                    f"no such {name} weights file (given by {origin}); point it at a local .pth state dict "
+                    f"{'is a folder, expected a' if path.is_dir() else 'no such'} {name} weights file (given by "
+                    f"{origin}); point it at a local .pth state dict "
                     f"or name torchvision's weights ({', '.join(weights_enum.__members__)})",
                 )
             state = _read_state_dict(path, name)

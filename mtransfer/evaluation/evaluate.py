@@ -122,7 +122,7 @@ def evaluate_run(
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise input_error(folder, "no such run folder")
+        raise input_error(folder, "is a file, expected a run or edit folder" if folder.exists() else "no such run folder")
     if not isinstance(device, torch.device):
         device = parse_device(device, "--device")
     kind, record, frames = _load_run(folder)

@@ -58,6 +58,26 @@ def pixel_box(box: Sequence[float], height: int, width: int, what: str = "region
     return pixels
 
 
+MIN_SOURCE_SIDE = 8
+"""Smallest side, in driving-frame pixels, of the ``source_region`` box: a smaller box holds too little to
+measure motion in, and fitting it onto the region magnifies its vectors by region side / box side (80x for a
+1-px box laid over 80 px), so the edit is asked for motion no picture can follow."""
+
+
+def source_box(box: Sequence[float], height: int, width: int) -> PixelBox:
+    """``source_region`` as a pixel box of the ``height`` x ``width`` driving flow, refused (one line naming
+    the setting) when empty, outside, or with a side under ``MIN_SOURCE_SIDE`` pixels."""
+    pixels = pixel_box(box, height, width, what="source_region")
+    box_width, box_height = pixels[2] - pixels[0], pixels[3] - pixels[1]
+    if min(box_width, box_height) < MIN_SOURCE_SIDE:
+        raise UsageError(
+            f"align.source_region {list(box)} is {box_width}x{box_height} px (width x height) of the {width}x{height} "
+            f"driving flow; each side needs at least {MIN_SOURCE_SIDE} px (a smaller box has too little motion to "
+            "measure and magnifies it onto the region); choose a larger box or a larger video.size"
+        )
+    return pixels
+
+
 def mask_box(mask: torch.Tensor, path: str | Path | None = None) -> PixelBox:
     """The bounding box of the non-zero pixels of a ``(1, H, W)`` mask (it must have some; ``path`` names
     the mask file in the error)."""
@@ -163,16 +183,16 @@ def align_flow(
     of the driving frame (default: all of it). The ``[align]`` settings name the other parameters.
     """
     height, width = size
-    source_box = (0, 0, flow.shape[-1], flow.shape[-2])
+    taken = (0, 0, flow.shape[-1], flow.shape[-2])
     if source_region is not None:
-        source_box = pixel_box(source_region, *flow.shape[-2:], what="source_region")
+        taken = source_box(source_region, *flow.shape[-2:])
     if region_mask is not None:
         box = mask_box(region_mask)
     elif region is not None:
         box = pixel_box(region, height, width)
     else:
         box = (0, 0, width, height)
-    fitted = fit_flow(crop_flow(flow, source_box), (box[3] - box[1], box[2] - box[0]), fit)
+    fitted = fit_flow(crop_flow(flow, taken), (box[3] - box[1], box[2] - box[0]), fit)
     placed = place_flow(smooth_flow(fitted, spatial_sigma), box, size)
     weight = region_weight(size, box, region_mask, feather).to(placed)
     return scale_motion(restrict(placed, weight), strength)

@@ -45,7 +45,7 @@ from mtransfer.evaluation import evaluation_table
 from mtransfer.files import ensure_writable, load_image, read_json_object, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceConfig
-from mtransfer.flows.align import mask_box, pixel_box
+from mtransfer.flows.align import mask_box, pixel_box, source_box
 from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint
 from mtransfer.layouts import STAGE_OUTPUTS, SUMMARY
 from mtransfer.pipeline.stages import (
@@ -111,7 +111,7 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
     elif region is not None:
         pixel_box(region, *size)
     if settings.align.source_region is not None:
-        pixel_box(settings.align.source_region, *flow_size, "source_region")
+        source_box(settings.align.source_region, *flow_size)
     return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask, flow_size,
                          (info.height, info.width))
 
