@@ -77,3 +77,13 @@ def from_mapping(cls: type[T], section: str, values: Mapping[str, Any]) -> T:
 def declared_stage(field: dataclasses.Field, default: str | None) -> str | None:
     """The stage a field shapes: its own declaration, else its section's ``default``."""
     return field.metadata.get(STAGE, default)
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable ``key: old → new`` lines between two nested settings records."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            lines += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return lines
+    return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]

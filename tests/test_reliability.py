@@ -108,13 +108,15 @@ def test_ctrl_c_during_an_edit_exits_130_and_leaves_the_folder_as_it_was(tmp_pat
     out = tmp_path / "e"
     out.mkdir()
     (out / "edited.png").write_bytes(b"an earlier edit")
+    (out / "run.json").write_text('{"status": "ok"}')
     monkeypatch.setattr(where, _ctrl_c)
     code, err = cli(monkeypatch, capsys, "edit", tmp_path / "p.png", "--flow", "translate(2, 0)", *TINY_EDIT,
-                    "--out", out)
+                    "--out", out, "--restart")  # --restart moves the earlier edit aside only once the new one is made
     line = one_plain_line(err)
     assert code == 130 and line.startswith("interrupted:") and str(out) in line
     assert "nothing new" in line and "run the same command again" in line
-    assert (out / "edited.png").read_bytes() == b"an earlier edit" and sorted(p.name for p in out.iterdir()) == ["edited.png"]
+    assert (out / "edited.png").read_bytes() == b"an earlier edit"
+    assert sorted(p.name for p in out.iterdir()) == ["edited.png", "run.json"]
 
 
 def test_ctrl_c_while_an_edit_writes_leaves_no_half_set(tmp_path, monkeypatch, capsys) -> None:

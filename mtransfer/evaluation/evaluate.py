@@ -1,8 +1,8 @@
 """Evaluating a folder written by ``mtransfer run`` or ``mtransfer edit``: ``evaluate_run(folder)``.
 
 A run folder has ``manifest.json``, ``source.png``, ``frames/NNNN.png``, ``flow/NNNN.flo`` and
-``edit_mask/NNNN.png`` (see ``mtransfer.pipeline.stages``). An edit folder has ``run.json``,
-``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving region of the
+``edit_mask/NNNN.png`` (see ``mtransfer.pipeline.stages``). An edit folder (``mtransfer.layouts.EditFolder``)
+has ``run.json``, ``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving region of the
 target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The figures are
 written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
 ``evaluate_run`` as its ``evaluate`` stage, keeping each judged frame's figures in its manifest so that
@@ -27,7 +27,7 @@ from mtransfer.devices import parse_device
 from mtransfer.files import json_ready, load_image, read_json, read_json_object, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
 from mtransfer.flows.align import motion_mask
-from mtransfer.layouts import EDIT_RECORD, RUN_MANIFEST
+from mtransfer.layouts import RUN_MANIFEST, EditFolder
 
 EVALUATION = "evaluation.json"
 MOTIONLESS_PX = 0.5
@@ -62,12 +62,15 @@ def _load_run(folder: Path) -> tuple[str, dict, list[tuple[int, Path, Path, Path
         return "run", manifest.get("config", {}), [
             (int(p.stem), p, folder / "flow" / f"{p.stem}.flo", folder / "edit_mask" / f"{p.stem}.png") for p in frames
         ]
-    if (folder / EDIT_RECORD).is_file() and (folder / "edited.png").is_file():
-        if not (folder / "target_flow.flo").is_file():
-            raise input_error(folder / "target_flow.flo", "missing; edits written by older versions lack it, rerun the edit")
-        return "edit", read_json_object(folder / EDIT_RECORD, "an edit record"), [(0, folder / "edited.png", folder / "target_flow.flo", None)]
+    edit = EditFolder
+    if (folder / edit.RECORD).is_file() and (folder / edit.EDITED).is_file():
+        if not (folder / edit.TARGET_FLOW).is_file():
+            raise input_error(folder / edit.TARGET_FLOW, "missing; edits written by older versions lack it, rerun the edit")
+        return "edit", read_json_object(folder / edit.RECORD, "an edit record"), [
+            (0, folder / edit.EDITED, folder / edit.TARGET_FLOW, None)
+        ]
     raise input_error(
-        folder, "not a run folder (manifest.json and frames/) nor an edit folder (run.json and edited.png)"
+        folder, f"not a run folder ({RUN_MANIFEST} and frames/) nor an edit folder ({edit.RECORD} and {edit.EDITED})"
     )
 
 
@@ -132,7 +135,7 @@ def evaluate_run(
         raise UsageError(f"the judge must not be the estimator that guided the edit ({name}); pick another")
     known = {index: with_infinities(dict(row)) for index, row in (known or {}).items()}
     judge = load_estimator(name, device=device) if any(index not in known for index, *_ in frames) else None
-    source = load_image(folder / "source.png")
+    source = load_image(folder / EditFolder.SOURCE)  # a run folder's source has the same name
     size = tuple(source.shape[-2:])
     if progress:
         progress(sum(index not in known for index, *_ in frames))
