@@ -150,3 +150,22 @@ def test_mtransfer_eval_refuses_a_folder_that_is_no_run_in_one_line(tmp_path) ->
     save_image(tmp_path / "edited.png", textured(32, 32))
     done = _mtransfer("eval", str(tmp_path))
     assert done.returncode == 2 and "target_flow.flo" in done.stderr
+
+
+def test_every_figure_the_metrics_compute_is_named_once_in_the_figure_table() -> None:
+    """A figure the metrics add without an entry in ``FIGURE_TABLE`` would be averaged nowhere and shown
+    nowhere; the run report's plots and summary line are the table's."""
+    from mtransfer.evaluation import FIGURE_TABLE, FIGURES, summary_line
+    from mtransfer.pipeline import stages
+
+    image, flow = textured(16, 16), object_motion(16, (4, 4, 10, 10), 2, 1)
+    computed = {**fidelity(flow, flow), **preservation(image, image, None),
+                **temporal_consistency(torch.stack((image, image)), torch.stack((flow, flow)), image)}
+    assert set(computed) == set(FIGURES) == {figure.key for figure in FIGURE_TABLE}
+    assert [(p.key, p.caption, p.reference) for p in stages.EVALUATION_PLOTS] == [
+        (f.key, f.plot, f.reference) for f in FIGURE_TABLE if f.plot
+    ]
+    evaluation = {"judge": {"estimator": "tvl1", "guidance_estimator": "pyramid"},
+                  "summary": {**dict.fromkeys(FIGURES, 0.5), "psnr": math.inf, "ssim": None}}
+    assert summary_line(evaluation) == stages._evaluation_line(evaluation)
+    assert "PSNR ∞ dB, SSIM –" in summary_line(evaluation)

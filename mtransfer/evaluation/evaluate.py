@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mtransfer.errors import UsageError, input_error
+from mtransfer.evaluation.figures import FIGURES, MOTION_KEY
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
 from mtransfer.estimators import load_estimator
@@ -32,17 +33,6 @@ from mtransfer.layouts import RUN_MANIFEST, EditFolder
 EVALUATION = "evaluation.json"
 MOTIONLESS_PX = 0.5
 """Frames whose target moves no pixel further than this are left out of the summary (they are the source)."""
-FIGURES = {
-    "epe_edit": "EPE in mask (px)",
-    "epe_all": "EPE overall (px)",
-    "within_1px_edit": "within 1 px in mask",
-    "within_1px_all": "within 1 px overall",
-    "psnr": "PSNR outside mask (dB)",
-    "ssim": "SSIM outside mask",
-    "warping_error": "warping error",
-    "baseline_warping_error": "naive warping error",
-}
-"""The per-frame figures of an evaluation (averaged in its summary), with readable names for the report."""
 
 
 def _same_size(path: Path, tensor: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -153,7 +143,7 @@ def evaluate_run(
                                 max_side=max_side).flow[0]
         rows.append({
             "frame": index,
-            "max_motion_px": float(target.norm(dim=0).max()),
+            MOTION_KEY: float(target.norm(dim=0).max()),
             **fidelity(measured, target, mask),
             **preservation(source, result, mask),
         })
@@ -164,7 +154,7 @@ def evaluate_run(
     temporal = temporal_consistency(torch.stack(results), torch.stack(targets), source)
     for row, error, baseline in zip(rows[1:], temporal["warping_error"], temporal["baseline_warping_error"]):
         row.update(warping_error=error, baseline_warping_error=baseline)
-    moving = [row for row in rows if row["max_motion_px"] > MOTIONLESS_PX]  # frame 0 is the source itself
+    moving = [row for row in rows if row[MOTION_KEY] > MOTIONLESS_PX]  # frame 0 is the source itself
     evaluation = {
         "folder": str(folder),
         "kind": kind,
