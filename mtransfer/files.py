@@ -239,9 +239,12 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 def json_ready(value: Any) -> Any:
     """``value`` with its infinite floats written as the strings "inf" / "-inf" (JSON has no infinity; an
-    identical picture's PSNR is one); ``with_infinities`` and ``json_number`` read them back."""
+    identical picture's PSNR is one) and NaN as null (no number at all); ``with_infinities`` and
+    ``json_number`` read them back. The one encoding of non-finite numbers: ``write_json`` applies it."""
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if isinstance(value, float) and math.isnan(value):
+        return None
     if isinstance(value, dict):
         return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -269,7 +272,8 @@ def json_number(value: Any) -> float | None:
 
 
 def write_json(path: str | Path, record: Any) -> Path:
-    return write_bytes(path, (json.dumps(record, indent=2, sort_keys=False, default=str) + "\n").encode())
+    """``record`` as JSON, atomically; infinities and NaN as ``json_ready`` writes them."""
+    return write_bytes(path, (json.dumps(json_ready(record), indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 def read_json(path: str | Path) -> Any:

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from mtransfer.layouts import RUN_MANIFEST, SUPERSEDED
 from mtransfer.layouts import EditFolder as F
 from mtransfer.errors import OutputError, UsageError
-from mtransfer.files import read_json, rescue_on_failure, save_image, staged_folder, supersede, to_uint8, write_json
+from mtransfer.files import json_ready, read_json, rescue_on_failure, save_image, staged_folder, supersede, to_uint8, write_json
 from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import EditResult
@@ -267,8 +267,8 @@ def _write_edit_files(
     save_image(folder / F.LOSS_CURVES, loss_curves(result.losses, clip=clip or None))
     for step, preview in result.previews:
         save_image(folder / F.preview(step), preview)
-    write_json(folder / F.LOSSES, [_finite(h) for h in result.losses])
-    final = _finite(result.losses[-1]) if result.losses else {}
+    write_json(folder / F.LOSSES, result.losses)
+    final = json_ready(result.losses[-1]) if result.losses else {}
     _write_edit_report(folder, record, result, scale or 0.0, error, top_error, final)
     write_json(
         folder / F.RECORD,
@@ -316,7 +316,3 @@ def _write_edit_report(
         pictures=[(F.LOSS_CURVES, "energy, flow loss, colour loss and guidance norm over the guided passes")],
     ))
 
-
-def _finite(values: dict) -> dict:
-    """JSON has no NaN or infinity: such values (from a diverged run) are written as null."""
-    return {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in values.items()}

@@ -25,7 +25,7 @@ from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
 from mtransfer.estimators import load_estimator
 from mtransfer.devices import parse_device
-from mtransfer.files import json_ready, load_image, read_json, read_json_object, with_infinities, write_json
+from mtransfer.files import load_image, read_json, read_json_object, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
 from mtransfer.flows.align import motion_mask
 from mtransfer.layouts import RUN_MANIFEST, EditFolder
@@ -162,5 +162,5 @@ def evaluate_run(
         "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in FIGURES},
         "frames": rows,
     }
-    write_json(folder / EVALUATION, json_ready(evaluation))
+    write_json(folder / EVALUATION, evaluation)
     return evaluation
