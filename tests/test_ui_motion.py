@@ -10,6 +10,7 @@ import torch
 
 from mtransfer.errors import InputError, Interrupted, MtransferError
 from mtransfer.flows import format_spec, parse_flow_spec, read_mask, spec_terms
+from mtransfer.flows.spec import MOTIONS
 from mtransfer.ui import motion
 from mtransfer.ui.jobs import Busy, JobQueue
 from mtransfer.ui.uploads import (
@@ -22,6 +23,21 @@ from mtransfer.ui.uploads import (
 )
 
 H, W = 48, 64
+
+
+@pytest.mark.parametrize("kind", sorted(MOTIONS))
+def test_the_sliders_are_the_spec_languages_parameters(kind):
+    """Every parameter of a motion but its centre (placed by a click) has a slider, in the spec's order,
+    starting inside its range; the slider of a length given in % follows the image size."""
+    params = [p.name for p in MOTIONS[kind].params if p.name not in ("cx", "cy")]
+    assert [slider.name for slider in motion.sliders(kind, H, W)] == params
+    for slider in motion.sliders(kind, H, W):
+        assert slider.minimum <= slider.value <= slider.maximum and slider.step > 0
+    length_kinds = {p.name for p in MOTIONS[kind].params if p.kind in ("dx", "dy", "side")}
+    doubled = {s.name: s.maximum for s in motion.sliders(kind, 2 * H, 2 * W)}
+    for slider in motion.sliders(kind, H, W):
+        if slider.name in length_kinds:
+            assert doubled[slider.name] == 2 * slider.maximum
 
 
 @pytest.mark.parametrize("kind", motion.CONTROL_KINDS)
