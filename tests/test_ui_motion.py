@@ -102,27 +102,22 @@ def test_replace_last_and_append():
     assert spec == "translate(10, dy=0) | rotate(-5, cx=3, cy=4)"
 
 
-def test_arrow_moves_the_masked_region_by_end_minus_start():
-    mask = torch.zeros(1, H, W)
-    mask[:, 10:20, 30:40] = 1.0
-    flow = motion.arrow_to_flow((31.0, 12.0), (36.5, 9.0), H, W, mask)
-    inside, outside = flow[:, 10:20, 30:40], flow.clone()
-    outside[:, 10:20, 30:40] = 0
-    assert torch.all(inside[0] == 5.5) and torch.all(inside[1] == -3.0)
-    assert torch.all(outside == 0)
-    whole = motion.arrow_to_flow((0.0, 0.0), (-2.0, 1.0), H, W)
-    assert torch.all(whole[0] == -2.0) and torch.all(whole[1] == 1.0)
-
-
-def test_arrow_term_is_the_same_motion_as_the_arrow_flow(tmp_path):
+def test_an_arrow_moves_the_masked_region_by_end_minus_start(tmp_path):
+    """The arrow's term, read back as spec text like any typed motion: inside the mask every pixel moves by
+    end - start, outside nothing moves; without a mask everything moves."""
     from mtransfer.files import save_image
 
     mask = torch.zeros(1, H, W)
-    mask[:, 5:25, 8:30] = 1.0
+    mask[:, 10:20, 30:40] = 1.0
     path = save_image(tmp_path / "mask.png", mask)
-    text = format_spec([motion.arrow_to_term((8.0, 5.0), (20.0, 9.0), str(path))])
-    expected = motion.arrow_to_flow((8.0, 5.0), (20.0, 9.0), H, W, mask)
-    assert torch.allclose(motion.spec_flow(text, H, W, tmp_path), expected)
+    text = format_spec([motion.arrow_to_term((31.0, 12.0), (36.5, 9.0), str(path))])
+    flow = motion.spec_flow(text, H, W, tmp_path)
+    inside, outside = flow[:, 10:20, 30:40], flow.clone()
+    outside[:, 10:20, 30:40] = 0
+    assert torch.allclose(inside[0], torch.tensor(5.5)) and torch.allclose(inside[1], torch.tensor(-3.0))
+    assert torch.all(outside == 0)
+    whole = motion.spec_flow(format_spec([motion.arrow_to_term((0.0, 0.0), (-2.0, 1.0))]), H, W, tmp_path)
+    assert torch.all(whole[0] == -2.0) and torch.all(whole[1] == 1.0)
 
 
 def test_dragged_arrow_text_is_start_then_end():
@@ -151,7 +146,9 @@ def test_painted_mask_is_what_was_painted_stored_like_an_uploaded_one(tmp_path):
     half = accept_painted_mask(np.repeat(np.repeat(layer, 2, axis=0), 2, axis=1), folder, (H, W))
     assert half.name == "mask-03.png" and torch.allclose(read_mask(half), expected, atol=1 / 255)
     flow = motion.spec_flow(f"translate(3, 1, mask={first})", H, W, folder)
-    assert torch.equal(flow, motion.arrow_to_flow((0, 0), (3, 1), H, W, expected))
+    moved = torch.zeros(2, H, W)
+    moved[0, 10:20, 30:40], moved[1, 10:20, 30:40] = 3.0, 1.0
+    assert torch.equal(flow, moved)
     with pytest.raises(InputError, match="not an RGBA layer"):
         accept_painted_mask(np.zeros((H, W, 3), np.uint8), folder, (H, W))
 

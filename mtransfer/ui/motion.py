@@ -19,9 +19,7 @@ from mtransfer.flows import (
     move_image,
     parse_flow_spec,
     quiver_overlay,
-    restrict,
     spec_terms,
-    translation,
 )
 from mtransfer.flows.spec import MOTIONS, Control, image_corners, motion_controls
 
@@ -120,15 +118,6 @@ def parse_arrow(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     except ValueError:
         raise UsageError(f"a dragged arrow is four numbers 'x0 y0 x1 y1', got '{text[:60]}'") from None
     return (x0, y0), (x1, y1)
-
-
-def arrow_to_flow(
-    start: tuple[float, float], end: tuple[float, float], height: int, width: int, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The ``(2, H, W)`` flow of an arrow: every pixel of the mask ``(1, H, W)`` (default: all) moves by
-    end - start, soft mask values scale the move, pixels outside it stay."""
-    flow = translation(height, width, end[0] - start[0], end[1] - start[1])
-    return flow if mask is None else restrict(flow, mask)
 
 
 def spec_flow(spec: str, height: int, width: int, allowed_folder: Path) -> torch.Tensor:
