@@ -1,6 +1,6 @@
 """The one way settings are validated: frozen dataclasses checked where plain values enter them.
 
-Every settings section (``GuidanceConfig``, ``AlignConfig`` and the sections of ``mtransfer.app.settings``)
+Every settings section (``GuidanceSettings``, ``AlignSettings`` and the sections of ``mtransfer.app.settings``)
 is a frozen dataclass that calls ``check_types`` first in its ``__post_init__`` and then states its own
 rules with a ``rule_checker``; presets and overrides enter through ``from_mapping``, which names unknown
 keys. Errors are one line, ``section.key: rule, got value``.

@@ -24,7 +24,7 @@ from mtransfer.bench.measure import PhaseTimer, peak_tflops
 from mtransfer.bench.plot import plot_split
 from mtransfer.diffusion import random_stable_diffusion
 from mtransfer.errors import MtransferError
-from mtransfer.estimators import load_estimator, load_raft
+from mtransfer.estimators import load_named_estimator, load_raft
 from mtransfer.files import read_json, write_json
 from mtransfer.estimators.raft import SourceCachedEncoder, source_cached
 from mtransfer.speed import FastPath, fast_path, parse_fast_path
@@ -126,7 +126,7 @@ def test_source_cached_raft_gives_raft_flow_and_gradient_and_reuses_the_source()
     cached(source + 0.1, target)
     assert len(calls) == 4  # a new source is encoded again
     with pytest.raises(MtransferError, match="only applies to RAFT"):
-        source_cached(load_estimator("pyramid"))
+        source_cached(load_named_estimator("pyramid"))
 
 
 def test_fast_path_sets_switches_and_restores_the_shared_modules() -> None:

@@ -23,7 +23,7 @@ from mtransfer.errors import UsageError, input_error
 from mtransfer.evaluation.figures import FIGURES, MOTION_KEY
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.devices import parse_device
 from mtransfer.files import load_image, read_json, read_json_object, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
@@ -124,7 +124,7 @@ def evaluate_run(
     if name == guidance:
         raise UsageError(f"the judge must not be the estimator that guided the edit ({name}); pick another")
     known = {index: with_infinities(dict(row)) for index, row in (known or {}).items()}
-    judge = load_estimator(name, device=device) if any(index not in known for index, *_ in frames) else None
+    judge = load_named_estimator(name, device=device) if any(index not in known for index, *_ in frames) else None
     source = load_image(folder / EditFolder.SOURCE)  # a run folder's source has the same name
     size = tuple(source.shape[-2:])
     if progress:

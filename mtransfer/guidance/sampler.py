@@ -26,7 +26,7 @@ import torch
 from mtransfer.diffusion import DiffusionBackend, alpha_bars, ddim_step, predict_x0, renoise
 from mtransfer.errors import MtransferError
 from mtransfer.estimators.base import FlowEstimator
-from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.energy import EnergyWeights, motion_energy
 
 
@@ -152,7 +152,7 @@ def motion_guided_step(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     target: MotionTarget,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     guidance_scale: float,
     generator: Generators,
@@ -204,7 +204,7 @@ def sample_motion_guided(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     target: MotionTarget,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     generator: Generators,
     references: Sequence[torch.Tensor] | None = None,
