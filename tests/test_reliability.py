@@ -19,7 +19,7 @@ from PIL import Image
 import mtransfer.files as files
 from mtransfer.devices import parse_device
 from mtransfer.app import load_settings
-from mtransfer.errors import DeviceError, InputError, MtransferError, OutputError, UsageError
+from mtransfer.errors import DeviceError, InputError, Interrupted, MtransferError, OutputError, UsageError
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import FLO_MAGIC
 from mtransfer.pipeline.manifest import Manifest
@@ -661,10 +661,29 @@ def test_an_empty_region_mask_is_named(tmp_path, monkeypatch, capsys) -> None:
 def test_every_problem_raised_in_the_package_names_its_kind() -> None:
     """Each raise says whether it is a usage, input, output or device problem (or an interrupt), so that it
     prints its kind of message; a bare ``MtransferError(...)`` would hide which it is."""
-    bare = [f"{path.relative_to(ROOT)}:{number}" for path in sorted((ROOT / "mtransfer").rglob("*.py"))
-            if path.name != "errors.py"
-            for number, line in enumerate(path.read_text().splitlines(), 1) if "MtransferError(" in line]
+    import ast
+
+    def names(node: ast.AST) -> set[str]:
+        return {n.id if isinstance(n, ast.Name) else n.attr for n in ast.walk(node) if isinstance(n, (ast.Name, ast.Attribute))}
+
+    bare = []
+    for path in sorted((ROOT / "mtransfer").rglob("*.py")):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and "MtransferError" in names(node.exc.func):
+                bare.append(f"{path.relative_to(ROOT)}:{node.lineno}: raise MtransferError(...)")
+            if isinstance(node, ast.ClassDef) and any("MtransferError" in names(base) for base in node.bases):
+                bare.append(f"{path.relative_to(ROOT)}:{node.lineno}: class {node.name}(MtransferError)")
     assert bare == []
+
+    def kinds(cls: type) -> set[type]:
+        return {kind for kind in (UsageError, InputError, OutputError, DeviceError, Interrupted) if issubclass(cls, kind)}
+
+    from mtransfer.guidance import GuidanceDiverged
+    from mtransfer.ui.jobs import Busy
+
+    assert kinds(Busy) == {DeviceError} and kinds(GuidanceDiverged) == {UsageError}  # the two that once had none
 
 
 def _foreign_folder(folder: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import torch
 
 from mtransfer.diffusion import DiffusionBackend, alpha_bars, ddim_step, predict_x0, renoise
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.estimators.base import FlowEstimator
 from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.energy import EnergyWeights, motion_energy
@@ -72,8 +72,8 @@ class GuidedEps:
         return max(self.grad_norms, default=0.0)
 
 
-class GuidanceDiverged(MtransferError):
-    """The sampler met a NaN/inf or an exploding latent and stopped.
+class GuidanceDiverged(UsageError):
+    """The sampler met a NaN/inf or an exploding latent and stopped (a usage problem: the settings push too hard).
 
     ``latent`` is the last good latent (the input of the failing step), ``x0`` the last finite one-step
     clean estimate (None if there was none), ``history`` the per-pass records up to the failure.
