@@ -142,7 +142,8 @@ def test_an_edit_folder_holds_one_edit_never_old_and_new_files_mixed(
 
     other = ["edit", "photo.png", "--flow", "translate(0, 2)", *TINY, "--out", "e"]
     code, stderr = run_in_process(monkeypatch, capsys, *other)
-    assert code == 2 and "holds an edit made with other settings" in stderr and "--restart" in stderr
+    assert code == 2 and "holds an edit (of photo.png by 'translate(2, 0)') made with other settings" in stderr
+    assert "--restart" in stderr
     assert "inputs.flow" in stderr and len(stderr.strip().splitlines()) == 1
     after = {p.relative_to(inputs / "e"): p.read_bytes() for p in (inputs / "e").rglob("*") if p.is_file()}
     assert after == before  # refused before any work: the earlier edit is untouched

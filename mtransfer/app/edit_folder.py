@@ -153,8 +153,9 @@ def check_edit_folder(
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
     else:
         shown = f"its {F.RECORD} records no settings key: an older mtransfer wrote it"
-    raise UsageError(f"{folder}: holds an edit made with other settings ({shown}); use {option} NEW_FOLDER to keep "
-                     f"it, or --restart to move it to {folder / SUPERSEDED} and edit anew")
+    earlier = f" (of {record.get('image')} by {record['flow']!r})" if isinstance(record, dict) and "flow" in record else ""
+    raise UsageError(f"{folder}: holds an edit{earlier} made with other settings ({shown}); use {option} NEW_FOLDER "
+                     f"to keep it, or --restart to move it to {folder / SUPERSEDED} and edit anew")
 
 
 def edit_into_folder(

@@ -168,8 +168,9 @@ def edit(
                     progress.update(shown[-1][0], completed=shown[-1][1])
                 if not total:
                     return lambda: None
-                shown.append((progress.add_task(name, total=total), total))
-                return lambda: progress.advance(shown[-1][0])
+                task = progress.add_task(name, total=total)
+                shown.append((task, total))
+                return lambda: progress.advance(task)
 
             result, earlier = edit_into_folder(
                 folder, editor, source, target_flow, command="edit", image=str(image), flow=flow,
