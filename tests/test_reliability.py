@@ -312,7 +312,9 @@ def test_rescued_results_of_other_settings_are_named_but_not_used(tmp_path, monk
     edits = []
     real_edit = editor.edit_image
     monkeypatch.setattr(editor, "edit_image", lambda *a, **k: edits.append(1) or real_edit(*a, **k))
-    for changed, difference in ((["--seed", "7"], "guidance.seed"), (["--flow", "translate(3, 0)"], "inputs.flow")):
+    # (the second edit replaces the first in the folder: --restart)
+    for changed, difference in ((["--seed", "7"], "guidance.seed"),
+                                (["--flow", "translate(3, 0)", "--restart"], "inputs.flow")):
         code, err = cli(monkeypatch, capsys, *edit, *changed)
         assert code == 0, err
         assert "nothing was recomputed" not in err and str(rescued) in err and "not used" in err

@@ -27,7 +27,9 @@ from PIL import Image, ImageDraw
 from mtransfer.layouts import RUN_MANIFEST, SUPERSEDED
 from mtransfer.layouts import EditFolder as F
 from mtransfer.errors import OutputError, UsageError
-from mtransfer.files import json_ready, read_json, rescue_on_failure, save_image, staged_folder, supersede, to_uint8, write_json
+from mtransfer.files import (
+    json_ready, read_json, rescue_on_failure, save_image, staged_folder, supersede, to_uint8, write_json,
+)
 from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
 from mtransfer.guidance.edit import EditResult
@@ -153,7 +155,8 @@ def check_edit_folder(
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
     else:
         shown = f"its {F.RECORD} records no settings key: an older mtransfer wrote it"
-    earlier = f" (of {record.get('image')} by {record['flow']!r})" if isinstance(record, dict) and "flow" in record else ""
+    named = isinstance(record, dict) and "flow" in record
+    earlier = f" (of {record.get('image')} by {record['flow']!r})" if named else ""
     raise UsageError(f"{folder}: holds an edit{earlier} made with other settings ({shown}); use {option} NEW_FOLDER "
                      f"to keep it, or --restart to move it to {folder / SUPERSEDED} and edit anew")
 
@@ -183,13 +186,16 @@ def edit_into_folder(
     """Edit ``source`` towards ``target_flow`` with ``editor`` and write the edit into ``folder``.
 
     ``image``, ``flow`` and ``mask`` say in ``run.json`` where the inputs came from (``edit_mask`` is the
-    mask itself), ``drawn_at`` the size a motion spec was drawn at (default: the working size); ``trajectory`` is ``(path, latents, id)`` of a generated image's own noise trajectory.
-    ``rescue`` keeps the files elsewhere when writing them fails (``mtransfer.files.rescue_on_failure``).
-    Returns the result and where an earlier edit was moved (``restart``), or None.
+    mask itself), ``drawn_at`` the size a motion spec was drawn at (default: the working size);
+    ``trajectory`` is ``(path, latents, id)`` of a generated image's own noise trajectory. ``phase`` hears
+    of each phase (prepare, guide, writing) and gives its tick. ``rescue`` keeps the files elsewhere when
+    writing them fails (``mtransfer.files.rescue_on_failure``). Returns the result and where an earlier
+    edit was moved (``restart``), or None.
     """
     settings, guidance = editor.settings, editor.settings.guidance
     size = list(source.shape[-2:])
-    key = edit_key(settings, size, prompt, source, target_flow, edit_mask, None if trajectory is None else trajectory[2])
+    trajectory_id = None if trajectory is None else trajectory[2]
+    key = edit_key(settings, size, prompt, source, target_flow, edit_mask, trajectory_id)
     check_edit_folder(folder, key, restart)
     started = time.perf_counter()
     state = editor.prepare(
@@ -313,7 +319,8 @@ def _write_edit_report(
              F.LOSSES, F.RECORD]
     return write_report(folder / F.REPORT, Report(
         title=f"mtransfer edit: {Path(str(record.get('image', 'image'))).name}", summary=summary, source=F.SOURCE,
-        frames=[frame], flow_scale_px=scale, error_scale_px=top_error, settings={k: v for k, v in record.items() if k != "key"}, files=files,
+        frames=[frame], flow_scale_px=scale, error_scale_px=top_error,
+        settings={k: v for k, v in record.items() if k != "key"}, files=files,
         pictures=[(F.LOSS_CURVES, "energy, flow loss, colour loss and guidance norm over the guided passes")],
     ))
 

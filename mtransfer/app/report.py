@@ -9,7 +9,8 @@ the per-frame numbers (whatever the caller gives: time, flow error, energies, me
 the frames (a figure alone, or with a reference figure dashed beside it, ``Plot``) and a sortable table, the
 output files, and the settings folded away.
 
-Plain HTML, CSS (``report_assets/report.css``) and a short script (``report_assets/report.js``); pictures are relative paths (or inline data), so the page opens from
+Plain HTML, CSS (``report_assets/report.css``) and a short script (``report_assets/report.js``), package
+data embedded in the page; pictures are relative paths (or inline data), so the page opens from
 disk with no server and no network, and survives moving the folder.
 """
 

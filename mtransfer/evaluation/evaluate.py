@@ -2,9 +2,9 @@
 
 A run folder has ``manifest.json``, ``source.png``, ``frames/NNNN.png``, ``flow/NNNN.flo`` and
 ``edit_mask/NNNN.png`` (see ``mtransfer.pipeline.stages``). An edit folder (``mtransfer.layouts.EditFolder``)
-has ``run.json``, ``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving region of the
-target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The figures are
-written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
+has ``run.json``, ``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving
+region of the target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The
+figures are written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
 ``evaluate_run`` as its ``evaluate`` stage, keeping each judged frame's figures in its manifest so that
 an interrupted evaluation resumes (``known``, ``on_frame``).
 """
@@ -55,7 +55,8 @@ def _load_run(folder: Path) -> tuple[str, dict, list[tuple[int, Path, Path, Path
     edit = EditFolder
     if (folder / edit.RECORD).is_file() and (folder / edit.EDITED).is_file():
         if not (folder / edit.TARGET_FLOW).is_file():
-            raise input_error(folder / edit.TARGET_FLOW, "missing; edits written by older versions lack it, rerun the edit")
+            raise input_error(folder / edit.TARGET_FLOW,
+                              "missing; edits written by older versions lack it, rerun the edit")
         return "edit", read_json_object(folder / edit.RECORD, "an edit record"), [
             (0, folder / edit.EDITED, folder / edit.TARGET_FLOW, None)
         ]

@@ -110,10 +110,11 @@ MOTIONS: dict[str, _Motion] = {
     ),
     "rotate": _Motion((_Param("degrees", control=("-180", "180", 1, "15")), *_CENTER),
                       _centred(elementary.rotation, "degrees")),
-    "scale": _Motion((_Param("factor", control=("0.5", "2", 0.01, "1.2")), *_CENTER), _centred(elementary.scaling, "factor")),
+    "scale": _Motion((_Param("factor", control=("0.5", "2", 0.01, "1.2")), *_CENTER),
+                     _centred(elementary.scaling, "factor")),
     "stretch": _Motion(
-        (_Param("factor", control=("0.5", "2", 0.01, "1.2")), _Param("angle", default="0", control=("-90", "90", 1, "0")),
-         *_CENTER),
+        (_Param("factor", control=("0.5", "2", 0.01, "1.2")),
+         _Param("angle", default="0", control=("-90", "90", 1, "0")), *_CENTER),
         _centred(elementary.stretch, "factor", "angle"),
     ),
     "shear": _Motion(
@@ -133,7 +134,8 @@ MOTIONS: dict[str, _Motion] = {
     ),
     "wobble": _Motion(
         (_Param("amplitude", _SIDE, control=("0", "12.5%", 0.5, "4")),
-         _Param("wavelength", _SIDE, "50%", ("2", "100%", 1, "50%")), _Param("seed", default="0", control=("0", "100", 1, "0"))),
+         _Param("wavelength", _SIDE, "50%", ("2", "100%", 1, "50%")),
+         _Param("seed", default="0", control=("0", "100", 1, "0"))),
         _wobble,
     ),
 }

@@ -259,7 +259,8 @@ def run_pipeline(request: RunRequest, console: Console, progress: Progress | Non
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
     wanted = stage_settings(settings, inputs, request.flow_only)
-    header = {"pipeline": settings.name, "config": _as_json_reads_it(config), "inputs": inputs.prints, "device": str(device),
+    header = {"pipeline": settings.name, "config": _as_json_reads_it(config), "inputs": inputs.prints,
+              "device": str(device),
               "flow_only": request.flow_only}
     with _run_folder(folder, wanted, request.restart, header, console) as manifest:
         with (progress if progress is not None else progress_bar(console, 18)) as progress, ExitStack() as resources:
