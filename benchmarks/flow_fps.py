@@ -24,7 +24,7 @@ from rich.table import Table
 
 from mtransfer.bench.measure import device_info, run_script, timed
 from mtransfer.errors import MtransferError
-from mtransfer.estimators import ESTIMATORS, load_estimator
+from mtransfer.estimators import ESTIMATORS, load_named_estimator
 from mtransfer.files import write_json
 from mtransfer.flows import resize_flow
 from mtransfer.video import read_video
@@ -60,7 +60,7 @@ def measure_clip(
             f"{video}: needs at least 3 frames (one warm-up pair, then timed pairs), has {frames.shape[0]}"
         )
     weights = "random" if estimator_name.startswith("raft") else None
-    estimator = load_estimator(estimator_name, device=device, weights=weights, iterations=iterations)
+    estimator = load_named_estimator(estimator_name, device=device, weights=weights, iterations=iterations)
     frames = frames.to(device)
     with torch.no_grad():
         estimator(frames[:1], frames[1:2])  # warm-up: kernel selection, allocator, lazy imports

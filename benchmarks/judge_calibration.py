@@ -30,7 +30,7 @@ from rich.table import Table
 from mtransfer.bench.measure import run_script
 from benchmarks.paper_examples import EXAMPLES_ENV, example_names, examples_folder, load_example
 from mtransfer.errors import input_error
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.evaluation import judge_motion
 from mtransfer.evaluation.metrics import end_point_error
 from mtransfer.files import write_json
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     folder = examples_folder()
     if not folder.is_dir():
         raise input_error(folder, f"no paper examples here; set ${EXAMPLES_ENV} to the folder holding them")
-    estimator = load_estimator(args.estimator)
+    estimator = load_named_estimator(args.estimator)
     torch.set_grad_enabled(False)
     rows = [calibrate_example(name, estimator) for name in (args.examples.split(",") if args.examples else example_names(folder))]
     console = Console()

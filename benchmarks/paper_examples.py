@@ -106,7 +106,7 @@ def judged(judge, source: torch.Tensor, result: torch.Tensor, target: torch.Tens
 def edit_example(example: Example, pipeline: str, size: tuple[int, int] | None, out: Path, device: str) -> Path:
     """Run ``mtransfer edit`` on the example (flow resized to the working size) and return its folder."""
     folder = out / example.name
-    flow_path = folder / "input_flow.npy"
+    flow_path = out / f"{example.name}.flow.npy"  # beside the edit folder, which holds one edit's files only
     working = size or tuple(example.target.shape[-2:])
     write_flow(flow_path, resize_flow(example.target, working))
     command = [sys.executable, "-m", "mtransfer", "edit", str(example.folder / "source.png"), "--flow", str(flow_path),

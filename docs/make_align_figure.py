@@ -17,19 +17,19 @@ from PIL import Image, ImageDraw
 
 from mtransfer.files import load_image, save_image, to_uint8
 from mtransfer.flows.viz import flow_to_color
-from mtransfer.app.settings import AlignConfig
+from mtransfer.app.settings import AlignSettings
 from mtransfer.flows.align import motion_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = (128, 192)  # (height, width) of the target
 PANELS = (
     ("driving flow (video, 160x128)", None),
-    ("stretch", AlignConfig(fit="stretch")),
-    ("cover (default)", AlignConfig(fit="cover")),
-    ("contain", AlignConfig(fit="contain")),
-    ("region [0.5,0.1,0.95,0.9] + contain", AlignConfig(fit="contain", region=(0.5, 0.1, 0.95, 0.9))),
+    ("stretch", AlignSettings(fit="stretch")),
+    ("cover (default)", AlignSettings(fit="cover")),
+    ("contain", AlignSettings(fit="contain")),
+    ("region [0.5,0.1,0.95,0.9] + contain", AlignSettings(fit="contain", region=(0.5, 0.1, 0.95, 0.9))),
     ("source_region + feather 12 + strength 2",
-     AlignConfig(fit="stretch", source_region=(0.25, 0.0, 0.75, 1.0), region=(0.1, 0.1, 0.6, 0.9), feather=12,
+     AlignSettings(fit="stretch", source_region=(0.25, 0.0, 0.75, 1.0), region=(0.1, 0.1, 0.6, 0.9), feather=12,
                  strength=2.0)),
 )
 

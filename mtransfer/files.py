@@ -6,6 +6,7 @@ killed at any moment leaves either the old file or the new one, never half of on
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
@@ -16,13 +17,14 @@ import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from mtransfer.errors import NAME_MAX, OutputError, input_error, name_too_long_to_write, output_error, require_file
+from mtransfer.layouts import EDIT_RECORD, SUPERSEDED
 
 MAX_IMAGE_PIXELS = 120_000_000
 """Largest image mtransfer reads (120 megapixels, e.g. 12000x10000, above any phone camera): decoding
@@ -162,10 +164,10 @@ def rescue_on_failure(folder: str | Path, key: Any, save: Callable[[Path], Any])
                           f"to {folder} without recomputing") from None
 
 
-def take_rescued(folder: str | Path, key: Any) -> Path | None:
+def take_rescued(folder: str | Path, key: Any, clear: Callable[[], Any] | None = None) -> Path | None:
     """Write the results a failed write left in ``rescue_folder(folder, key)`` into ``folder`` (``run.json``
     last) and remove the rescue; None when there are none for exactly this folder and ``key``. When this
-    write fails too, the rescue stays and the error says so."""
+    write fails too, the rescue stays and the error says so. ``clear`` as for ``staged_folder``."""
     rescued = rescue_folder(folder, key)
     try:
         record = json.loads((rescued / _RESCUE_RECORD).read_text())
@@ -175,7 +177,7 @@ def take_rescued(folder: str | Path, key: Any) -> Path | None:
     if not isinstance(record, dict) or record.get("key") != plain_key or record.get("folder") != str(Path(folder).resolve()):
         return None
     try:
-        with staged_folder(folder) as stage:
+        with staged_folder(folder, clear=clear) as stage:
             for path in rescued.rglob("*"):
                 if path.is_file() and path.name != _RESCUE_RECORD:
                     target = stage / path.relative_to(rescued)
@@ -209,15 +211,20 @@ def other_rescues(folder: str | Path, key: Any) -> list[tuple[Path, Any]]:
 
 
 @contextmanager
-def staged_folder(folder: str | Path, last: str = "run.json") -> Iterator[Path]:
+def staged_folder(
+    folder: str | Path, last: str = EDIT_RECORD, clear: Callable[[], Any] | None = None
+) -> Iterator[Path]:
     """Yield a hidden sibling folder to write a set of files into; on success move them into ``folder``
     (``last`` last, so its presence means the set is complete). A failed write (disk full, ...) happens in
-    the sibling, which is removed, so ``folder`` never holds half of the new set beside the old record."""
+    the sibling, which is removed, so ``folder`` never holds half of the new set beside the old record.
+    ``clear()`` runs once the new set is complete, just before it moves in (to move an old set aside)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
     try:
         yield stage
+        if clear is not None:
+            clear()
         files = sorted((p for p in stage.rglob("*") if p.is_file()), key=lambda p: p.name == last)
         for path in files:
             target = folder / path.relative_to(stage)
@@ -238,9 +245,12 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 def json_ready(value: Any) -> Any:
     """``value`` with its infinite floats written as the strings "inf" / "-inf" (JSON has no infinity; an
-    identical picture's PSNR is one); ``with_infinities`` and ``json_number`` read them back."""
+    identical picture's PSNR is one) and NaN as null (no number at all); ``with_infinities`` and
+    ``json_number`` read them back. The one encoding of non-finite numbers: ``write_json`` applies it."""
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if isinstance(value, float) and math.isnan(value):
+        return None
     if isinstance(value, dict):
         return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -268,7 +278,8 @@ def json_number(value: Any) -> float | None:
 
 
 def write_json(path: str | Path, record: Any) -> Path:
-    return write_bytes(path, (json.dumps(record, indent=2, sort_keys=False, default=str) + "\n").encode())
+    """``record`` as JSON, atomically; infinities and NaN as ``json_ready`` writes them."""
+    return write_bytes(path, (json.dumps(json_ready(record), indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 def read_json(path: str | Path) -> Any:
@@ -363,3 +374,25 @@ def save_image(path: str | Path, image: torch.Tensor | np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format=Image.registered_extensions().get(Path(path).suffix.lower(), "PNG"))
     return Path(path)
+
+
+def supersede(folder: str | Path, paths: Iterable[Path]) -> Path | None:
+    """Move ``paths`` (inside ``folder``) to ``folder/superseded/<time>/``, keeping their place below
+    ``folder``; the new folder, or None when none of them exists. Nothing is deleted: the user can compare
+    or restore the old results from there."""
+    folder = Path(folder)
+    moved_to = None
+    for path in paths:
+        if not path.exists():
+            continue
+        if moved_to is None:
+            stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace(":", "-")
+            moved_to = folder / SUPERSEDED / stamp
+            for attempt in range(2, 1000):
+                if not moved_to.exists():
+                    break
+                moved_to = folder / SUPERSEDED / f"{stamp}-{attempt}"
+        target = moved_to / path.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(target))
+    return moved_to

@@ -1,6 +1,6 @@
 """The one way settings are validated: frozen dataclasses checked where plain values enter them.
 
-Every settings section (``GuidanceConfig``, ``AlignConfig`` and the sections of ``mtransfer.app.settings``)
+Every settings section (``GuidanceSettings``, ``AlignSettings`` and the sections of ``mtransfer.app.settings``)
 is a frozen dataclass that calls ``check_types`` first in its ``__post_init__`` and then states its own
 rules with a ``rule_checker``; presets and overrides enter through ``from_mapping``, which names unknown
 keys. Errors are one line, ``section.key: rule, got value``.
@@ -80,3 +80,13 @@ def from_mapping(cls: type[T], section: str, values: Mapping[str, Any]) -> T:
 def declared_stage(field: dataclasses.Field, default: str | None) -> str | None:
     """The stage a field shapes: its own declaration, else its section's ``default``."""
     return field.metadata.get(STAGE, default)
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable ``key: old → new`` lines between two nested settings records."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        lines = []
+        for key in sorted(set(old) | set(new), key=str):
+            lines += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return lines
+    return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]

@@ -7,7 +7,7 @@ import torch
 
 from mtransfer.errors import MtransferError
 from mtransfer.flows import pixel_grid
-from mtransfer.app.settings import AlignConfig
+from mtransfer.app.settings import AlignSettings
 from mtransfer.flows.align import (
     feather_mask,
     fit_flow,
@@ -60,7 +60,7 @@ def test_pixel_box_reads_fractions_and_pixels_and_rejects_bad_boxes():
 
 
 def test_region_places_the_motion_in_the_box_and_zero_elsewhere():
-    config = AlignConfig(fit="stretch", region=(10, 4, 30, 14))
+    config = AlignSettings(fit="stretch", region=(10, 4, 30, 14))
     aligned = config.align_flow(constant_flow(20, 40, 4.0, 2.0), (30, 50))
     assert aligned.shape == (2, 30, 50)
     inside = aligned[:, 4:14, 10:30]
@@ -74,7 +74,7 @@ def test_region_places_the_motion_in_the_box_and_zero_elsewhere():
 def test_source_region_takes_the_motion_from_that_part_of_the_driving_frame():
     flow = torch.zeros(2, 20, 40)
     flow[0, :, 20:] = 3.0  # only the right half moves
-    config = AlignConfig(fit="stretch", source_region=(0.5, 0.0, 1.0, 1.0))
+    config = AlignSettings(fit="stretch", source_region=(0.5, 0.0, 1.0, 1.0))
     aligned = config.align_flow(flow, (20, 20))
     assert torch.allclose(aligned[0], torch.full((20, 20), 3.0))
 
@@ -82,7 +82,7 @@ def test_source_region_takes_the_motion_from_that_part_of_the_driving_frame():
 def test_mask_region_keeps_motion_only_where_the_mask_is_white():
     mask = torch.zeros(1, 30, 30)
     mask[0, 5:15, 10:25] = 1.0
-    aligned = AlignConfig(fit="stretch").align_flow(constant_flow(30, 30, 2.0, 0.0), (30, 30), mask)
+    aligned = AlignSettings(fit="stretch").align_flow(constant_flow(30, 30, 2.0, 0.0), (30, 30), mask)
     assert torch.equal(aligned[0] != 0, mask[0] > 0)
     # The driving frame is mapped onto the mask's 15x10 bounding box: u shrinks by 15/30.
     assert torch.allclose(aligned[0, 5:15, 10:25], torch.full((10, 15), 1.0))
@@ -90,8 +90,8 @@ def test_mask_region_keeps_motion_only_where_the_mask_is_white():
 
 def test_strength_scales_every_vector():
     flow = torch.randn(2, 16, 16)
-    full = AlignConfig().align_flow(flow, (16, 16))
-    half = AlignConfig(strength=0.5).align_flow(flow, (16, 16))
+    full = AlignSettings().align_flow(flow, (16, 16))
+    half = AlignSettings(strength=0.5).align_flow(flow, (16, 16))
     assert torch.allclose(half, 0.5 * full)
 
 
@@ -129,7 +129,7 @@ def test_temporal_smoothing_keeps_frame_zero_and_damps_a_spike():
 def test_align_flows_handles_a_whole_clip():
     flows = torch.randn(5, 2, 12, 16)
     flows[0] = 0
-    config = AlignConfig(fit="contain", temporal="gaussian", temporal_amount=1.0)
+    config = AlignSettings(fit="contain", temporal="gaussian", temporal_amount=1.0)
     aligned = config.align_flows(flows, (24, 24))
     assert aligned.shape == (5, 2, 24, 24)
     assert aligned[0].abs().max() == 0
@@ -150,9 +150,9 @@ def test_motion_mask_covers_moving_pixels_and_where_they_land():
 
 def test_config_rejects_bad_values_with_the_key_name():
     with pytest.raises(MtransferError, match="align.fit"):
-        AlignConfig(fit="squash")
+        AlignSettings(fit="squash")
     with pytest.raises(MtransferError, match="align.region"):
-        AlignConfig.from_mapping({"region": [1, 2, 3]})
+        AlignSettings.from_mapping({"region": [1, 2, 3]})
     with pytest.raises(MtransferError, match="align.colour"):
-        AlignConfig.from_mapping({"colour": 1})
-    assert AlignConfig.from_mapping({"region": [], "source_region": ""}).region is None
+        AlignSettings.from_mapping({"colour": 1})
+    assert AlignSettings.from_mapping({"region": [], "source_region": ""}).region is None

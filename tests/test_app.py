@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,26 @@ def test_settings_pickle_and_every_declared_stage_exists() -> None:
     assert "estimator" in own["flow"]["video"] and "init" in own["guide"]["video"]
     assert "fps" in own["encode"]["output"]
     every = [(section, key) for stage in own.values() for section, keys in stage.items() for key in keys]
-    assert ("model", "device") not in every and ("guidance", "preview_every") not in every
-    assert not any(section == "execution" for section, _ in every)  # where frames are made, not what they are
-    declared_fields = {(f.name, g.name) for f in fields(RunSettings) if f.name != "name"
-                       for g in fields(getattr(settings, f.name))}
-    # video.max_side shapes the frames only through the size it gives, which the decode stage records itself
-    shapeless = {("model", "device"), ("video", "batch_size"), ("video", "batch"), ("video", "max_side"),
-                 ("guidance", "preview_every")} | {
-        ("execution", g.name) for g in fields(settings.execution)}
-    assert len(every) == len(set(every)) == len(declared_fields - shapeless)
+    assert len(every) == len(set(every))  # each setting under one stage at most
+
+
+@pytest.mark.parametrize(
+    ("override", "first_changed"),
+    [
+        ('model.device="cuda"', None), ("guidance.preview_every=2", None), ("video.batch_size=2", None),
+        ("video.batch=2", None), ('execution.executor="ray"', None), ("execution.workers=3", None),
+        ("video.stride=2", "decode"), ("video.max_frames=3", "decode"), ('video.estimator="tvl1"', "flow"),
+        ("align.mask_margin=3", "align"), ("model.size=[32, 40]", "align"), ("guidance.steps=4", "guide"),
+        ("estimator.iterations=2", "guide"), ("output.fps=5", "encode"),
+    ],
+)
+def test_a_setting_changes_the_results_of_its_stage_and_every_later_one_only(override, first_changed) -> None:
+    """What a run's resume check compares: a setting that shapes no stage (device, memory, previews, where
+    frames are made) changes no stage's record; any other changes its own stage and every later one."""
+    before = load_settings(PRESET).stage_settings()
+    after = load_settings(PRESET, [override]).stage_settings()
+    changed = [stage for stage in STAGES if before.get(stage) != after.get(stage)]
+    assert changed == ([] if first_changed is None else list(STAGES[STAGES.index(first_changed):]))
 
 
 def test_guidance_through_a_non_differentiable_estimator_is_refused() -> None:

@@ -1,4 +1,4 @@
-"""Diffusion backends: the exact finite-set model, the tiny / real-config Stable Diffusion, loading errors,
+"""Diffusion backends: the exact model (ExactBackend), the tiny / real-config Stable Diffusion, loading errors,
 and DDIM inversion round trips on both."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from mtransfer.diffusion import (
     DiffusionBackend,
-    FiniteSetBackend,
+    ExactBackend,
     alpha_bars,
     ddim_invert,
     ddim_step,
@@ -40,7 +40,7 @@ def sample(backend: DiffusionBackend, z: torch.Tensor, timesteps: list[int], con
     return z
 
 
-# --- exact finite-set backend -------------------------------------------------------------------------
+# --- exact backend (ExactBackend) -------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def family() -> torch.Tensor:
 
 
 def test_exact_backend_follows_the_protocol(family: torch.Tensor) -> None:
-    backend = FiniteSetBackend(family)
+    backend = ExactBackend(family)
     assert isinstance(backend, DiffusionBackend)
     assert backend.alphas_cumprod.shape == (1000,)
     assert backend.latent_size(32, 32) == (3, 32, 32)
@@ -60,7 +60,7 @@ def test_exact_backend_follows_the_protocol(family: torch.Tensor) -> None:
 
 
 def test_posterior_mean_matches_brute_force_mixture(family: torch.Tensor) -> None:
-    backend = FiniteSetBackend(family)
+    backend = ExactBackend(family)
     points = (family * 2 - 1).double().flatten(1)
     z = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     for t in (981, 500, 100):
@@ -74,7 +74,7 @@ def test_posterior_mean_matches_brute_force_mixture(family: torch.Tensor) -> Non
 
 
 def test_low_noise_denoises_to_the_nearest_image(family: torch.Tensor) -> None:
-    backend = FiniteSetBackend(family)
+    backend = ExactBackend(family)
     generator = torch.Generator().manual_seed(4)
     for index in (0, 4, 7):
         a = float(backend.alphas_cumprod[21])
@@ -84,7 +84,7 @@ def test_low_noise_denoises_to_the_nearest_image(family: torch.Tensor) -> None:
 
 
 def test_exact_eps_is_differentiable_and_finite(family: torch.Tensor) -> None:
-    backend = FiniteSetBackend(family)
+    backend = ExactBackend(family)
     for t in (1, 250, 999):
         z = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(t)).requires_grad_()
         backend.eps(z, t, backend.condition(["", ""])).square().sum().backward()
@@ -93,7 +93,7 @@ def test_exact_eps_is_differentiable_and_finite(family: torch.Tensor) -> None:
 
 def test_exact_inversion_round_trip_recovers_a_member(family: torch.Tensor) -> None:
     """Inverting a member of the set for 50 steps and sampling back lands on it (max error < 0.01 in [0, 1])."""
-    backend = FiniteSetBackend(family)
+    backend = ExactBackend(family)
     timesteps = ddim_timesteps(1000, 50)
     cond = backend.condition([""])
     z0 = backend.encode(family[5:6])
@@ -183,7 +183,7 @@ def test_tiny_model_shapes_and_gradients(tiny: sd.StableDiffusionBackend) -> Non
     assert eps.shape == z.shape
     decoded = tiny.decode(z - eps)
     assert decoded.shape == (2, 3, 64, 64) and torch.isfinite(decoded).all()
-    # not clamped (the guidance energy decides, GuidanceConfig.clamp): the random decoder overshoots [0, 1]
+    # not clamped (the guidance energy decides, GuidanceSettings.clamp): the random decoder overshoots [0, 1]
     assert float(decoded.detach().min()) < 0 or float(decoded.detach().max()) > 1
     decoded.sum().backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mtransfer.diffusion.exact import FiniteSetBackend
+from mtransfer.diffusion.exact import ExactBackend
 from mtransfer.diffusion.stable_diffusion import load_stable_diffusion
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.guidance.edit import batch_invariant
 from tests.in_process import run_main
 
@@ -33,13 +33,13 @@ def test_components_declared_batch_invariant_are_bit_for_bit_so() -> None:
     """The exact world's denoiser and decoder, and the pyramid estimator's flow and gradient: each item of
     a batch of three equals the item computed alone, exactly."""
     torch.manual_seed(0)
-    backend = FiniteSetBackend(torch.rand(5, 3, 24, 32))
+    backend = ExactBackend(torch.rand(5, 3, 24, 32))
     z = torch.randn(3, 3, 24, 32)
     assert backend.batch_invariant
     for call in (lambda x: backend.eps(x, 801, None), lambda x: backend.decode(x)):
         together = call(z)
         assert all(torch.equal(together[b], alone) for b, alone in enumerate(_rows_alone(call, z)))
-    estimator = load_estimator("pyramid")
+    estimator = load_named_estimator("pyramid")
     source, target = torch.rand(3, 3, 40, 48), torch.rand(3, 3, 40, 48, requires_grad=True)
     flows = estimator(source, target)
     (gradient,) = torch.autograd.grad(flows.square().sum(), target)
@@ -58,7 +58,7 @@ def test_stable_diffusion_is_not_declared_batch_invariant_because_it_is_not() ->
     with torch.no_grad():
         together, alone = backend.decode(z), _rows_alone(backend.decode, z)
     assert any(not torch.equal(together[b], alone[b]) for b in range(3))
-    assert not batch_invariant(backend, load_estimator("pyramid"))
+    assert not batch_invariant(backend, load_named_estimator("pyramid"))
 
 
 def _frames(folder: Path) -> dict[str, np.ndarray]:

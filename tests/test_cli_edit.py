@@ -130,3 +130,80 @@ def test_a_diverged_edit_is_written_labelled_and_exits_2(
     record = json.loads((inputs / "diverged" / "run.json").read_text())
     assert record["status"] == "diverged" and "standard deviation" in record["divergence"]
     assert read_png(inputs / "diverged" / "edited.png").shape == (64, 64, 3)
+
+
+def test_an_edit_folder_holds_one_edit_never_old_and_new_files_mixed(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    first = ["edit", "photo.png", "--flow", "translate(2, 0)", *TINY, "--out", "e", "--set", "guidance.preview_every=1"]
+    assert run_in_process(monkeypatch, capsys, *first)[0] == 0
+    before = {p.relative_to(inputs / "e"): p.read_bytes() for p in (inputs / "e").rglob("*") if p.is_file()}
+    assert Path("previews/step_0002.png") in before
+
+    other = ["edit", "photo.png", "--flow", "translate(0, 2)", *TINY, "--out", "e"]
+    code, stderr = run_in_process(monkeypatch, capsys, *other)
+    assert code == 2 and "holds an edit (of photo.png by 'translate(2, 0)') made with other settings" in stderr
+    assert "--restart" in stderr
+    assert "inputs.flow" in stderr and len(stderr.strip().splitlines()) == 1
+    after = {p.relative_to(inputs / "e"): p.read_bytes() for p in (inputs / "e").rglob("*") if p.is_file()}
+    assert after == before  # refused before any work: the earlier edit is untouched
+
+    assert run_in_process(monkeypatch, capsys, *other, "--restart")[0] == 0
+    kept = [p for p in (inputs / "e").iterdir() if p.name != "superseded"]
+    record = json.loads((inputs / "e" / "run.json").read_text())
+    assert record["flow"] == "translate(0, 2)" and len(record["previews"]) < 3
+    previews = sorted(f"previews/{p.name}" for p in (inputs / "e" / "previews").glob("*"))
+    assert previews == record["previews"]  # the earlier edit's previews moved away with it
+    (moved,) = (inputs / "e" / "superseded").iterdir()
+    assert {p.relative_to(moved): p.read_bytes() for p in moved.rglob("*") if p.is_file()} == before
+    assert {p.name for p in kept} >= {"edited.png", "run.json", "report.html"}
+
+    # the same edit again replaces itself in place: no refusal, nothing superseded
+    assert run_in_process(monkeypatch, capsys, *other)[0] == 0
+    assert len(list((inputs / "e" / "superseded").iterdir())) == 1
+
+
+def test_edit_refuses_a_folder_of_other_files(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    (inputs / "mine").mkdir()
+    (inputs / "mine" / "notes.txt").write_text("not an edit")
+    code, stderr = run_in_process(monkeypatch, capsys, "edit", "photo.png", "--flow", "translate(2, 0)", *TINY,
+                                  "--out", "mine", "--restart")
+    assert code == 2 and "holds files but no run.json" in stderr
+    assert [p.name for p in (inputs / "mine").iterdir()] == ["notes.txt"]
+
+
+def test_the_web_app_and_mtransfer_edit_write_the_same_edit_folder(
+    inputs: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Both go through ``edit_into_folder``: the same files and the same run.json keys."""
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.app import EditorCache, load_settings
+    from mtransfer.ui.edit_tab import edit_work
+    from mtransfer.ui.jobs import Job
+    from mtransfer.ui.session import Session
+
+    assert run_in_process(monkeypatch, capsys, "edit", "photo.png", "--flow", "translate(2, 0)", *TINY,
+                          "--out", "cli")[0] == 0
+    session_folder = inputs / "session"
+    save_image(session_folder / "source.png", torch.rand(3, 80, 96, generator=torch.Generator().manual_seed(0)))
+    settings = load_settings("tiny", ["model.size=[64, 64]", "model.device='cpu'", "guidance.steps=3",
+                                      "guidance.recursions=2"])
+    models = EditorCache()
+    try:
+        result, archive, reused, masked = edit_work(Job("edit"), Session(session_folder), settings, "translate(2, 0)",
+                                                    "", session_folder / "edit-01", models, use_mask=False)
+    finally:
+        models.close_models()
+    assert archive.is_file() and not masked and not result.diverged
+
+    def listing(folder: Path) -> set[str]:
+        return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and "previews" not in p.parts}
+
+    web, cli = session_folder / "edit-01", inputs / "cli"
+    assert listing(web) == listing(cli)
+    web_record, cli_record = (json.loads((folder / "run.json").read_text()) for folder in (web, cli))
+    assert set(web_record) == set(cli_record)
+    assert web_record["command"] == "ui edit" and cli_record["command"] == "edit"
+    assert web_record["drawn_at"] == [80, 96] and cli_record["drawn_at"] == [64, 64]

@@ -11,7 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtransfer.diffusion.stable_diffusion import load_stable_diffusion
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.estimators.raft import RaftEstimator, source_cached
 from mtransfer.speed import SWITCHES, fast_path, parse_fast_path
 
@@ -34,7 +34,7 @@ class OpDtypes(TorchDispatchMode):
 
 
 def _cpu_mixed_raft() -> RaftEstimator:
-    plain = load_estimator("raft-small", weights="random", iterations=2)
+    plain = load_named_estimator("raft-small", weights="random", iterations=2)
     return RaftEstimator(plain.model, plain.name, plain.iterations, autocast=True,
                          autocast_device="cpu", autocast_dtype=torch.bfloat16)
 

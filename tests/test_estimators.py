@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_small
 
 from mtransfer.errors import MtransferError
-from mtransfer.estimators import ESTIMATORS, FlowEstimator, PyramidEstimator, RaftEstimator, load_estimator
+from mtransfer.estimators import ESTIMATORS, FlowEstimator, PyramidEstimator, RaftEstimator, load_named_estimator
 from mtransfer.estimators.raft import WEIGHTS_ENV
 from mtransfer.flows import pixel_grid, sample_at, warp
 
@@ -76,7 +76,7 @@ WEIGHT_FREE_BOUNDS = {  # name: (translation EPE, rotation EPE, border pixels le
 @pytest.mark.parametrize("name", list(WEIGHT_FREE_BOUNDS))
 @pytest.mark.parametrize("size", [64, 96])
 def test_weight_free_estimators_recover_translation_and_rotation(name: str, size: int) -> None:
-    estimator = load_estimator(name)
+    estimator = load_named_estimator(name)
     translation_bound, rotation_bound, crop = WEIGHT_FREE_BOUNDS[name]
     source, target, truth = moved_pair(size, translation(2.5, -1.5), seed=1)
     assert end_point_error(estimator(source, target), truth, crop) < translation_bound
@@ -89,7 +89,7 @@ def test_weight_free_estimators_recover_translation_and_rotation(name: str, size
 def test_flow_follows_the_mtransfer_convention(name: str) -> None:
     """``warp(target, flow) ≈ source``: the estimate points from source to target, channels (u, v)."""
     source, target, _ = moved_pair(64, translation(3.0, 1.0), seed=3)
-    flow = load_estimator(name)(source, target)
+    flow = load_named_estimator(name)(source, target)
     assert flow.shape == (1, 2, 64, 64) and flow.dtype == source.dtype
     assert flow[:, 0].mean() == pytest.approx(3.0, abs=0.1) and flow[:, 1].mean() == pytest.approx(1.0, abs=0.1)
     inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
@@ -128,7 +128,7 @@ def test_pyramid_gradient_matches_finite_differences() -> None:
 
 def test_pyramid_gradient_step_reduces_l1_flow_loss() -> None:
     """The guidance use: move the target down the gradient of an L1 flow loss and the loss drops."""
-    estimator = load_estimator("pyramid")
+    estimator = load_named_estimator("pyramid")
     source, _, _ = moved_pair(64, translation(0.0, 0.0), seed=7)
     wanted = torch.zeros(1, 2, 64, 64)
     wanted[:, 0] = 1.0  # ask for a one-pixel move to the right
@@ -152,7 +152,7 @@ def test_pyramid_gradient_step_reduces_l1_flow_loss() -> None:
 @pytest.mark.parametrize(("name", "size"), [("raft-small", (60, 76)), ("raft-large", (64, 64))])
 def test_raft_with_random_weights_is_differentiable(name: str, size: tuple[int, int]) -> None:
     torch.manual_seed(0)
-    estimator = load_estimator(name, weights="random", iterations=2)
+    estimator = load_named_estimator(name, weights="random", iterations=2)
     assert isinstance(estimator, FlowEstimator) and estimator.differentiable and estimator.iterations == 2
     source = torch.rand(2, 3, *size)
     target = torch.rand(2, 3, *size, requires_grad=True)
@@ -204,7 +204,7 @@ def small_state_dict(seed: int) -> dict[str, torch.Tensor]:
 
 def test_default_weights_offline_and_uncached_say_how_to_provide_them(offline_hub: Path) -> None:
     with pytest.raises(MtransferError) as caught:
-        load_estimator("raft-large")
+        load_named_estimator("raft-large")
     message = str(caught.value)
     assert "\n" not in message
     assert str(offline_hub / "raft_large_C_T_SKHT_V2-ff5fadd5.pth") in message
@@ -217,7 +217,7 @@ def test_cached_default_weights_load_without_network(offline_hub: Path) -> None:
     state = small_state_dict(seed=1)
     offline_hub.mkdir(parents=True)
     torch.save(state, offline_hub / Path(Raft_Small_Weights.DEFAULT.url).name)
-    estimator = load_estimator("raft-small")  # the network stub raises if anything is downloaded
+    estimator = load_named_estimator("raft-small")  # the network stub raises if anything is downloaded
     loaded = estimator.model.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in state.items())
 
@@ -227,7 +227,7 @@ def test_corrupt_cached_weights_name_the_file(offline_hub: Path) -> None:
     cached = offline_hub / Path(Raft_Small_Weights.DEFAULT.url).name
     cached.write_bytes(b"truncated download")
     with pytest.raises(MtransferError, match="delete it") as caught:
-        load_estimator("raft-small")
+        load_named_estimator("raft-small")
     assert str(caught.value).startswith(f"{cached}:") and "\n" not in str(caught.value)
 
 
@@ -235,9 +235,9 @@ def test_local_weights_from_option_and_environment(tmp_path: Path, offline_hub: 
     state = small_state_dict(seed=2)
     path = tmp_path / "small.pth"
     torch.save(state, path)
-    from_option = load_estimator("raft-small", weights=str(path), iterations=3)
+    from_option = load_named_estimator("raft-small", weights=str(path), iterations=3)
     monkeypatch.setenv(WEIGHTS_ENV, str(path))
-    from_environment = load_estimator("raft-small")
+    from_environment = load_named_estimator("raft-small")
     for estimator in (from_option, from_environment):
         loaded = estimator.model.state_dict()
         assert all(torch.equal(loaded[key], value) for key, value in state.items())
@@ -247,40 +247,40 @@ def test_local_weights_from_option_and_environment(tmp_path: Path, offline_hub: 
 def test_bad_local_weights_name_the_file(tmp_path: Path, offline_hub: Path, monkeypatch) -> None:
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(MtransferError, match="no such raft-small weights file") as caught:
-        load_estimator("raft-small", weights=missing)
+        load_named_estimator("raft-small", weights=missing)
     assert str(caught.value).startswith(f"{missing}:")
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
     with pytest.raises(MtransferError, match="not a readable raft-small state dict") as caught:
-        load_estimator("raft-small", weights=garbage)
+        load_named_estimator("raft-small", weights=garbage)
     assert str(caught.value).startswith(f"{garbage}:") and "\n" not in str(caught.value)
 
     other_variant = tmp_path / "small_for_large.pth"
     torch.save(small_state_dict(seed=3), other_variant)
     with pytest.raises(MtransferError, match="do not fit raft-large") as caught:
-        load_estimator("raft-large", weights=other_variant)
+        load_named_estimator("raft-large", weights=other_variant)
     assert str(caught.value).startswith(f"{other_variant}:") and "\n" not in str(caught.value)
 
     monkeypatch.setenv(WEIGHTS_ENV, str(missing))
     with pytest.raises(MtransferError, match=f"\\${WEIGHTS_ENV}"):
-        load_estimator("raft-small")
+        load_named_estimator("raft-small")
 
 
 def test_loader_names_and_bad_settings() -> None:
     assert ESTIMATORS == ("raft-large", "raft-small", "tvl1", "ilk", "pyramid")
     with pytest.raises(MtransferError, match="raft-large, raft-small, tvl1, ilk, pyramid"):
-        load_estimator("flownet")
+        load_named_estimator("flownet")
     with pytest.raises(MtransferError, match="needs no weights"):
-        load_estimator("tvl1", weights="model.pth")
+        load_named_estimator("tvl1", weights="model.pth")
     with pytest.raises(MtransferError, match="iterations must be positive"):
-        load_estimator("pyramid", iterations=0)
+        load_named_estimator("pyramid", iterations=0)
     with pytest.raises(MtransferError, match="iterations must be at least 1"):
-        load_estimator("raft-small", weights="random", iterations=0)
-    assert load_estimator("tvl1", iterations=7).num_iter == 7
-    assert load_estimator("ilk", iterations=4).num_warp == 4
+        load_named_estimator("raft-small", weights="random", iterations=0)
+    assert load_named_estimator("tvl1", iterations=7).num_iter == 7
+    assert load_named_estimator("ilk", iterations=4).num_warp == 4
     for name in ("tvl1", "ilk", "pyramid"):
-        estimator = load_estimator(name)
+        estimator = load_named_estimator(name)
         assert isinstance(estimator, FlowEstimator) and estimator.name == name
         assert estimator.differentiable == (name == "pyramid")
 
@@ -306,21 +306,21 @@ def test_named_weights_load_from_the_hub_cache(offline_hub: Path) -> None:
     state = small_state_dict(seed=4)
     offline_hub.mkdir(parents=True)
     torch.save(state, offline_hub / Path(Raft_Small_Weights.C_T_V1.url).name)
-    estimator = load_estimator("raft-small", weights="C_T_V1")  # the network stub raises if anything is downloaded
+    estimator = load_named_estimator("raft-small", weights="C_T_V1")  # the network stub raises if anything is downloaded
     loaded = estimator.model.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in state.items())
     with pytest.raises(MtransferError, match="C_T_V1, C_T_V2, DEFAULT"):
-        load_estimator("raft-small", weights="C_T_SKHT_V2")  # a raft-large name: no such file, names the choices
+        load_named_estimator("raft-small", weights="C_T_SKHT_V2")  # a raft-large name: no such file, names the choices
 
 
 def test_autocast_is_a_no_op_off_cuda() -> None:
     """RAFT's mixed precision only applies on CUDA: on the CPU the flow is bit-identical and fp32."""
     torch.manual_seed(0)
     source, target = torch.rand(1, 3, 128, 128), torch.rand(1, 3, 128, 128)
-    plain = load_estimator("raft-small", weights="random", iterations=2)
-    mixed = load_estimator("raft-small", weights="random", iterations=2, autocast=True)
+    plain = load_named_estimator("raft-small", weights="random", iterations=2)
+    mixed = load_named_estimator("raft-small", weights="random", iterations=2, autocast=True)
     mixed.model.load_state_dict(plain.model.state_dict())
     flow = mixed(source, target)
     assert flow.dtype == torch.float32 and torch.equal(flow, plain(source, target))
     with pytest.raises(MtransferError, match="only applies to RAFT"):
-        load_estimator("pyramid", autocast=True)
+        load_named_estimator("pyramid", autocast=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.evaluation import (
     evaluate_run, fidelity, judge_estimator_name, judge_motion, preservation, read_evaluation, temporal_consistency,
 )
@@ -47,7 +47,7 @@ def test_result_moved_exactly_by_the_target_has_near_zero_fidelity_and_warping_e
     source = textured(96, 96)
     targets = torch.stack([translation(96, 96, 2.0 * t, 1.0 * t) for t in range(3)])
     results = splat_image(source[None].expand(3, -1, -1, -1), targets)
-    judge = load_estimator("tvl1")
+    judge = load_named_estimator("tvl1")
     for result, target in zip(results[1:], targets[1:]):
         measured = judge_motion(judge, source[None], result[None], target).flow[0]
         figures = fidelity(measured, target)
@@ -88,7 +88,7 @@ def test_judge_ranks_an_exact_60px_move_far_ahead_of_no_motion_and_the_reversed_
     source = background.clone()
     source[:, 80:140, 82:142] = thing[:, 80:140, 82:142]  # a textured object on a textured background
     target = object_motion(224, (82, 80, 142, 140), 60, 0)  # both 60 px moves stay inside the frame
-    judge = load_estimator("tvl1")
+    judge = load_named_estimator("tvl1")
     epe = {}
     for case, result in {"exact": splat_image(source[None], target), "none": source[None],
                          "reversed": splat_image(source[None], -target)}.items():
@@ -150,3 +150,20 @@ def test_mtransfer_eval_refuses_a_folder_that_is_no_run_in_one_line(tmp_path) ->
     save_image(tmp_path / "edited.png", textured(32, 32))
     done = _mtransfer("eval", str(tmp_path))
     assert done.returncode == 2 and "target_flow.flo" in done.stderr
+
+
+def test_every_figure_the_metrics_compute_is_named_once_in_the_figure_table() -> None:
+    """A figure the metrics add without an entry in ``FIGURE_TABLE`` would be averaged nowhere and shown
+    nowhere; the run report's plots and summary line are the table's."""
+    from mtransfer.evaluation import FIGURE_TABLE, FIGURES, summary_line
+    from mtransfer.pipeline.stages import encode
+
+    image, flow = textured(16, 16), object_motion(16, (4, 4, 10, 10), 2, 1)
+    computed = {**fidelity(flow, flow), **preservation(image, image, None),
+                **temporal_consistency(torch.stack((image, image)), torch.stack((flow, flow)), image)}
+    assert set(computed) == set(FIGURES) == {figure.key for figure in FIGURE_TABLE}
+    plotted = [(p.key, p.reference) for p in encode.EVALUATION_PLOTS]
+    assert plotted == [("epe_edit", "epe_all"), ("ssim", None), ("warping_error", "baseline_warping_error")]
+    evaluation = {"judge": {"estimator": "tvl1", "guidance_estimator": "pyramid"},
+                  "summary": {**dict.fromkeys(FIGURES, 0.5), "psnr": math.inf, "ssim": None}}
+    assert "PSNR ∞ dB, SSIM –" in summary_line(evaluation)

@@ -1,7 +1,7 @@
 """Motion guidance in a world with a known answer.
 
 The "model" knows exactly one picture (a textured square on a textured background) with the square at
-every integer position in a range, and denoises exactly (``FiniteSetBackend``). Guided by a flow that
+every integer position in a range, and denoises exactly (``ExactBackend``). Guided by a flow that
 moves the square by (dx, dy), the sampler can only succeed by ending on the member with the square at
 p0 + (dx, dy); unguided, DDIM from the source's inversion noise must give the source back; outside the
 edit mask, the source's latents are pasted, so the background stays the source's.
@@ -30,11 +30,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtransfer.diffusion import FiniteSetBackend, motion_family
+from mtransfer.diffusion import ExactBackend, motion_family
 from mtransfer.estimators import PyramidEstimator
 from mtransfer.files import load_image
 from mtransfer.flows import translation
-from mtransfer.guidance import GuidanceConfig, edit_image, prepare_source
+from mtransfer.guidance import GuidanceSettings, edit_image, prepare_source
 from mtransfer.app.settings import RunSettings
 from mtransfer.presets import load_pipeline
 from benchmarks.exact_world import picture_path, shift, sweep_picture
@@ -78,11 +78,11 @@ def world() -> dict:
     flow[1, P0[1] : P0[1] + SQUARE, P0[0] : P0[0] + SQUARE] = MOVE[1]
     mask = torch.zeros(SIZE, SIZE)  # the square's path, 3 px margin
     mask[P0[1] - 3 : P0[1] + MOVE[1] + SQUARE + 3, P0[0] - 3 : P0[0] + MOVE[0] + SQUARE + 3] = 1
-    return {"backend": FiniteSetBackend(members), "members": members, "flow": flow, "mask": mask, "source": render(*P0)}
+    return {"backend": ExactBackend(members), "members": members, "flow": flow, "mask": mask, "source": render(*P0)}
 
 
 def test_guidance_moves_the_square_to_the_target_position(world: dict) -> None:
-    config = GuidanceConfig(
+    config = GuidanceSettings(
         steps=20, recursions=4, cfg_scale=1.0, guidance_weight=1000.0, flow_weight=3.0, color_weight=0.0,
         preview_every=0,
     )

@@ -1,7 +1,7 @@
 """The executors on a toy worker: same results locally and on Ray, shared state shipped once, a killed
 worker's frame retried elsewhere, bounded retries, user errors not retried, and the missing-Ray message.
 
-One local Ray instance (2 CPUs) serves the whole module.
+One local Ray instance serves the whole module (2 CPUs asked for; no test depends on the count).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mtransfer.app.executors import RAY_INSTALL_HINT, Job, LocalExecutor, RayExecutor, make_executor
+from mtransfer.app.executors import Job, LocalExecutor, RayExecutor, make_executor
 from mtransfer.app.settings import ExecutionSettings
 from mtransfer.errors import DeviceError, MtransferError
 
@@ -119,12 +119,14 @@ def test_stopping_early_releases_the_actors(tmp_path):
     run = executor.run(ToyFactory(str(tmp_path), delay=0.2), [1.0] * 4, _jobs(6))
     next(run)
     assert len(executor.slots) == 2
+    total = ray.cluster_resources().get("CPU", 0)
+    assert ray.available_resources().get("CPU", 0) < total  # the actors hold some while they run
     run.close()  # what Ctrl-C in the driver's loop does: the generator's cleanup runs
     assert executor.slots == []
-    deadline = time.monotonic() + 30
-    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ray.available_resources().get("CPU", 0) == 2  # both actors' CPUs are free again
+    deadline = time.monotonic() + 30  # Ray frees a killed actor's resources asynchronously
+    while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == total  # every actor's CPU is free again
 
 
 GRAPH = [Job(1, 1), Job(5, 5), Job(2, 2, after=(1,)), Job(3, 3, after=(2,)), Job(6, 6, after=(5,))]
@@ -192,5 +194,5 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == f"{RAY_INSTALL_HINT} 2"
-    assert "pip install 'mtransfer[ray]'" in RAY_INSTALL_HINT
+    message, _, code = out.stdout.strip().rpartition(" ")
+    assert code == "2" and "Ray" in message and "pip install 'mtransfer[ray]'" in message  # says how to get it

@@ -35,3 +35,21 @@ def test_unreadable_inputs_name_the_file(tmp_path):
         load_image(bad)
     with pytest.raises(MtransferError, match="missing.json: no such JSON file"):
         read_json(tmp_path / "missing.json")
+
+
+def test_write_json_writes_non_finite_numbers_one_way_that_strict_json_reads(tmp_path) -> None:
+    """Infinity as "inf" (an identical picture's PSNR), NaN as null: never the NaN/Infinity tokens that
+    strict JSON readers (browsers, jq) refuse; ``with_infinities`` restores the infinities."""
+    import json
+    import math
+
+    from mtransfer.files import with_infinities
+
+    path = write_json(tmp_path / "r.json", {"psnr": math.inf, "loss": math.nan, "rows": [{"low": -math.inf, "x": 1.5}]})
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    strict = json.loads(path.read_text(), parse_constant=refuse)
+    assert strict == {"psnr": "inf", "loss": None, "rows": [{"low": "-inf", "x": 1.5}]}
+    assert with_infinities(read_json(path)) == {"psnr": math.inf, "loss": None, "rows": [{"low": -math.inf, "x": 1.5}]}

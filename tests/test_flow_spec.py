@@ -161,3 +161,12 @@ def test_load_flow_tells_files_from_specs(tmp_path) -> None:
         load_flow(tmp_path / "notes.txt", H, W)
     with pytest.raises(MtransferError, match="flow spec 'rotate': not a flow file or a motion"):
         load_flow("rotate", H, W)
+
+
+def test_the_language_documents_every_motion_as_its_table_defines_it() -> None:
+    """The module docstring (the reference users read, also in ``--help`` via ``motion_usage``) lists each
+    motion with exactly the parameters and defaults the parser takes."""
+    import mtransfer.flows.spec as spec
+
+    for signature in spec.motion_usage().split(", homography")[0].split("), "):
+        assert signature.rstrip(")") + ")" in spec.__doc__, signature

@@ -15,7 +15,7 @@ from mtransfer.estimators import PyramidEstimator
 from mtransfer.flows import occlusion_mask, warp
 from mtransfer.guidance import (
     EnergyWeights,
-    GuidanceConfig,
+    GuidanceSettings,
     GuidanceDiverged,
     MotionTarget,
     cfg_eps,
@@ -106,7 +106,7 @@ def box_flow(size: int, dx: float, dy: float) -> torch.Tensor:
 
 
 def test_defaults_are_the_papers() -> None:
-    config = GuidanceConfig()
+    config = GuidanceSettings()
     assert (config.steps, config.recursions, config.cfg_scale) == (500, 10, 7.5)
     assert (config.guidance_weight, config.flow_weight, config.color_weight, config.clip_grad) == (300, 3, 100, 200)
     assert config.recon_weight == 0 and config.schedule == "constant"
@@ -140,11 +140,11 @@ def test_defaults_are_the_papers() -> None:
 )
 def test_bad_settings_name_the_key(values: dict, key: str) -> None:
     with pytest.raises(MtransferError, match=rf"^guidance\.{key}: "):
-        GuidanceConfig.from_mapping(values)
+        GuidanceSettings.from_mapping(values)
 
 
 def test_settings_from_a_preset_table() -> None:
-    config = GuidanceConfig.from_mapping({"steps": 50, "guidance_weight": 150, "occlusion": "none"})
+    config = GuidanceSettings.from_mapping({"steps": 50, "guidance_weight": 150, "occlusion": "none"})
     assert config.steps == 50 and config.guidance_weight == 150.0 and isinstance(config.guidance_weight, float)
     assert config.occlusion == "none" and config.recursions == 10
     assert config.replace(recursions=2).recursions == 2 and config.replace(recursions=2).steps == 50
@@ -153,9 +153,9 @@ def test_settings_from_a_preset_table() -> None:
 
 
 def test_schedules() -> None:
-    early = GuidanceConfig(steps=10, schedule="early", schedule_fraction=0.3).step_weights()
+    early = GuidanceSettings(steps=10, schedule="early", schedule_fraction=0.3).step_weights()
     assert early == [1.0] * 3 + [0.0] * 7
-    linear = GuidanceConfig(steps=10, schedule="linear", schedule_fraction=0.5).step_weights()
+    linear = GuidanceSettings(steps=10, schedule="linear", schedule_fraction=0.5).step_weights()
     assert linear[0] == 1.0 and linear[5:] == [0.0] * 5
     assert all(a > b for a, b in zip(linear[:5], linear[1:6]))
 
@@ -261,7 +261,7 @@ def test_zero_guidance_is_plain_cfg_and_evaluates_nothing() -> None:
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_state() -> None:
     backend, target = ToyBackend(), _toy_target()
-    config = GuidanceConfig(steps=6, recursions=2, cfg_scale=1.0, preview_every=0)
+    config = GuidanceSettings(steps=6, recursions=2, cfg_scale=1.0, preview_every=0)
     timesteps = ddim_timesteps(1000, 6)
     start = torch.randn(1, 3, 6, 6)
     cond = backend.condition([""])
@@ -283,7 +283,7 @@ def test_a_warm_start_runs_the_tail_of_the_full_schedule(monkeypatch) -> None:
     import mtransfer.guidance.sampler as sampler
 
     backend, target = ToyBackend(), _toy_target()
-    config = GuidanceConfig(steps=8, recursions=2, cfg_scale=1.0, guidance_weight=3.0, schedule="linear",
+    config = GuidanceSettings(steps=8, recursions=2, cfg_scale=1.0, guidance_weight=3.0, schedule="linear",
                             schedule_fraction=0.75, preview_every=0)
     timesteps = ddim_timesteps(1000, 8)
     seen: list[tuple[int, float]] = []
@@ -307,7 +307,7 @@ def test_a_warm_start_runs_the_tail_of_the_full_schedule(monkeypatch) -> None:
 def test_warm_start_step_and_latent() -> None:
     assert [warm_start_step(10, s) for s in (0.5, 0.3, 0.04, 0.99)] == [5, 7, 9, 0]
     backend = ToyBackend()
-    config = GuidanceConfig(steps=4, recursions=1, cfg_scale=1.0, source_noise="random", preview_every=0)
+    config = GuidanceSettings(steps=4, recursions=1, cfg_scale=1.0, source_noise="random", preview_every=0)
     state = prepare_source(backend, textured(8, 8), "", config)
     previous = torch.rand(1, 3, 8, 8)
     first = warm_start_latent(backend, state, previous, 2, seed=7)
@@ -321,7 +321,7 @@ def test_warm_start_step_and_latent() -> None:
 
 def test_a_diverged_edit_is_labelled_and_finite() -> None:
     backend = ToyBackend()
-    config = GuidanceConfig(steps=5, recursions=1, cfg_scale=1.0, guidance_weight=1.0, source_noise="random",
+    config = GuidanceSettings(steps=5, recursions=1, cfg_scale=1.0, guidance_weight=1.0, source_noise="random",
                             preview_every=0, padding="zeros")
     state = prepare_source(backend, textured(8, 8), "", config)
     result = edit_image(backend, NaNAfter(3), state, torch.ones(2, 8, 8), config)
@@ -331,7 +331,7 @@ def test_a_diverged_edit_is_labelled_and_finite() -> None:
 
 def test_same_seed_same_edit_and_the_seed_drives_the_recursion_noise() -> None:
     backend = ToyBackend()
-    config = GuidanceConfig(steps=4, recursions=3, cfg_scale=2.0, guidance_weight=20.0, preview_every=2, padding="zeros")
+    config = GuidanceSettings(steps=4, recursions=3, cfg_scale=2.0, guidance_weight=20.0, preview_every=2, padding="zeros")
     state = prepare_source(backend, textured(8, 8), "x", config)
     flow = torch.ones(2, 8, 8)
     first = edit_image(backend, ShiftEstimator(), state, flow, config)
@@ -344,7 +344,7 @@ def test_same_seed_same_edit_and_the_seed_drives_the_recursion_noise() -> None:
 
 def test_mismatched_inputs_are_one_line_errors() -> None:
     backend = ToyBackend()
-    config = GuidanceConfig(steps=3, recursions=1, preview_every=0)
+    config = GuidanceSettings(steps=3, recursions=1, preview_every=0)
     state = prepare_source(backend, textured(8, 8), "", config)
     with pytest.raises(MtransferError, match=r"target flow has shape \(2, 8, 4\)"):
         edit_image(backend, ShiftEstimator(), state, torch.zeros(2, 8, 4), config)
@@ -418,10 +418,10 @@ def test_one_guided_step_matches_the_rule_written_out(tiny: sd.StableDiffusionBa
     if paper:
         mask = paper_mask_of_block_shift(64, slice(16, 32), 3, 2)
         assert int((mask == 0).sum()) == 16 * 3 + 16 * 2 - 3 * 2  # an L of landing spots outside the block
-        config = GuidanceConfig(steps=10, recursions=2, cfg_scale=7.5, clip_grad=5.0)  # defaults = the paper's
+        config = GuidanceSettings(steps=10, recursions=2, cfg_scale=7.5, clip_grad=5.0)  # defaults = the paper's
     else:
         mask = occlusion_mask(flow)
-        config = GuidanceConfig(steps=10, recursions=2, cfg_scale=3.0, clip_grad=5.0, **CONVENTIONS["ours"])
+        config = GuidanceSettings(steps=10, recursions=2, cfg_scale=3.0, clip_grad=5.0, **CONVENTIONS["ours"])
     assert (config.occlusion, config.clamp, config.padding) == tuple(CONVENTIONS[conventions].values())
     cond, uncond = backend.condition(["a cat"]), backend.condition([""])
     timesteps = ddim_timesteps(1000, 10)
@@ -491,7 +491,7 @@ def test_each_convention_changes_the_energy(tiny: sd.StableDiffusionBackend) -> 
     estimator = lambda s, t: flow + 4.0  # noqa: E731  pushes the colour warp's samples out of the frame
 
     def energy(**changes: object) -> float:
-        config = GuidanceConfig(**changes)
+        config = GuidanceSettings(**changes)
         value, _, _ = motion_energy(
             source, image, flow, estimator, colour_mask(flow, config.occlusion), EnergyWeights(3.0, 100.0),
             clamp=config.clamp, padding=config.padding,
@@ -504,7 +504,7 @@ def test_each_convention_changes_the_energy(tiny: sd.StableDiffusionBackend) -> 
 
 
 def test_generated_image_retraces_its_own_trajectory(tiny: sd.StableDiffusionBackend) -> None:
-    config = GuidanceConfig(steps=3, recursions=1, cfg_scale=7.5, guidance_weight=0.0, preview_every=0, seed=3)
+    config = GuidanceSettings(steps=3, recursions=1, cfg_scale=7.5, guidance_weight=0.0, preview_every=0, seed=3)
     image, noise, latents = generate(tiny, "a cat", config, size=(64, 64))
     assert image.shape == (3, 64, 64) and len(latents) == 4 and torch.equal(latents[0], noise)
     state = prepare_source(tiny, image, "a cat", config, trajectory=latents)
@@ -515,7 +515,7 @@ def test_generated_image_retraces_its_own_trajectory(tiny: sd.StableDiffusionBac
 
 
 def test_inversion_state_lines_up_with_the_sampling_steps(tiny: sd.StableDiffusionBackend) -> None:
-    config = GuidanceConfig(steps=4, recursions=1, preview_every=0)
+    config = GuidanceSettings(steps=4, recursions=1, preview_every=0)
     state = prepare_source(tiny, textured(64, 64), "", config)
     assert state.origin == "inversion" and len(state.references) == 5 and state.timesteps == ddim_timesteps(1000, 4)
     assert torch.equal(state.references[-1], state.latent) and torch.equal(state.references[0], state.start)
@@ -529,7 +529,7 @@ def test_outside_the_edit_mask_the_result_is_the_sources_clean_latent_only_when_
 ) -> None:
     """``paste_source`` (ours) replaces the result outside the edit mask by the source's clean latent after
     the last step; without it (the authors') the sampler's own last latent is kept there."""
-    config = GuidanceConfig(steps=3, recursions=2, guidance_weight=50.0, preview_every=0, paste_source=True)
+    config = GuidanceSettings(steps=3, recursions=2, guidance_weight=50.0, preview_every=0, paste_source=True)
     state = prepare_source(tiny, textured(64, 64), "", config)
     mask = torch.zeros(64, 64)
     mask[16:40, 8:32] = 1

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("name", ["lion.v3.left50", "real.waterfall.uninvert.curveLeft"])
 def test_judge_ranks_authors_and_warped_source_well_ahead_of_no_motion_and_wrong_motion(name) -> None:
     from benchmarks.judge_calibration import calibrate_example
-    from mtransfer.estimators import load_estimator
+    from mtransfer.estimators import load_named_estimator
 
-    figures = calibrate_example(name, load_estimator("tvl1"))
+    figures = calibrate_example(name, load_named_estimator("tvl1"))
     good = max(figures["judge_authors"], figures["judge_warped"])
     bad = min(figures["judge_source"], figures["judge_reversed"])
     assert bad > 2 * good, figures  # "well ahead": at least twice the error

@@ -22,7 +22,7 @@ from mtransfer.errors import MtransferError
 from mtransfer.evaluation import evaluate_run, read_evaluation
 from mtransfer.files import load_image
 from mtransfer.flows.io import read_flow
-from mtransfer.guidance import GuidanceConfig
+from mtransfer.guidance import GuidanceSettings
 from mtransfer.pipeline.manifest import LOCK, Manifest
 from mtransfer.pipeline.runner import RunRequest, check_inputs, run_pipeline, stage_settings
 from mtransfer.guidance.edit import previous_frame_start
@@ -367,12 +367,12 @@ def test_a_live_run_lock_is_respected_and_a_stale_one_taken_over(tmp_path):
 
 
 def test_previous_frame_start_is_the_shared_start_when_nothing_moved():
-    from mtransfer.diffusion.exact import FiniteSetBackend
-    from mtransfer.guidance import GuidanceConfig, prepare_source
+    from mtransfer.diffusion.exact import ExactBackend
+    from mtransfer.guidance import GuidanceSettings, prepare_source
 
     image = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
-    backend = FiniteSetBackend(torch.stack((image, image.flip(-1))))
-    state = prepare_source(backend, image, "", GuidanceConfig(steps=5, recursions=1, cfg_scale=1.0))
+    backend = ExactBackend(torch.stack((image, image.flip(-1))))
+    state = prepare_source(backend, image, "", GuidanceSettings(steps=5, recursions=1, cfg_scale=1.0))
     assert torch.equal(previous_frame_start(state, state.latent, backend.alphas_cumprod), state.start)
     moved = previous_frame_start(state, state.latent + 1.0, backend.alphas_cumprod)
     shift = (moved - state.start).mean().item()
@@ -386,8 +386,8 @@ def test_a_non_differentiable_guidance_estimator_is_refused_before_any_work(tmp_
 
 
 @dataclasses.dataclass(frozen=True)
-class GuidanceWithDummy(GuidanceConfig):
-    """``GuidanceConfig`` with one more setting, declared nowhere but in the section it belongs to."""
+class GuidanceWithDummy(GuidanceSettings):
+    """``GuidanceSettings`` with one more setting, declared nowhere but in the section it belongs to."""
 
     dummy: float = 1.0
 

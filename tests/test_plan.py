@@ -14,7 +14,7 @@ import torch
 from rich.console import Console
 
 from mtransfer.app.plan import KEY, STILL, WARM, frame_plan, plan_jobs, total_passes
-from mtransfer.diffusion.exact import FiniteSetBackend
+from mtransfer.diffusion.exact import ExactBackend
 from mtransfer.errors import UsageError
 from mtransfer.files import load_image
 from mtransfer.guidance.edit import parent_to_child, warped_start
@@ -91,7 +91,7 @@ def test_the_warped_start_moves_the_parents_result_by_the_motion_from_parent_to_
     child_flow[0] = 5.0
     fetch = parent_to_child(parent_flow, child_flow)
     assert torch.allclose(fetch[0], torch.full((height, width), -3.0), atol=1e-4) and fetch[1].abs().max() < 1e-4
-    backend = FiniteSetBackend(parent)
+    backend = ExactBackend(parent)
     latent = backend.encode(parent)
     shifted = torch.zeros_like(parent)
     shifted[..., 3:] = parent[..., :-3]

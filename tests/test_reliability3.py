@@ -118,13 +118,13 @@ def test_the_evaluate_stage_judges_very_thin_frames(tmp_path, monkeypatch, capsy
 
 
 def test_judge_and_preservation_take_frames_thinner_than_their_windows() -> None:
-    from mtransfer.estimators import load_estimator
+    from mtransfer.estimators import load_named_estimator
     from mtransfer.evaluation.judge import judge_motion
     from mtransfer.evaluation.metrics import preservation
 
     for height, width in ((4104, 8), (3, 5), (2, 2)):
         source, result = torch.rand(1, 3, height, width), torch.rand(1, 3, height, width)
-        flow = judge_motion(load_estimator("tvl1"), source, result, torch.zeros(2, height, width)).flow
+        flow = judge_motion(load_named_estimator("tvl1"), source, result, torch.zeros(2, height, width)).flow
         assert flow.shape == (1, 2, height, width) and torch.isfinite(flow).all()
         figures = preservation(source[0], result[0], torch.zeros(1, height, width))
         assert (figures["ssim"] is None) == (min(height, width) < 3)

@@ -207,11 +207,11 @@ def test_a_tiny_source_region_is_refused_before_any_work(tmp_path, monkeypatch, 
 
 
 def test_a_source_region_of_eight_pixels_is_taken() -> None:
-    from mtransfer.app.settings import AlignConfig
+    from mtransfer.app.settings import AlignSettings
 
     flow = torch.zeros(2, 32, 40)
     flow[0, 8:16, 8:16] = 0.5
-    aligned = AlignConfig(fit="stretch", source_region=(8, 8, 16, 16)).align_flow(flow, (32, 32))
+    aligned = AlignSettings(fit="stretch", source_region=(8, 8, 16, 16)).align_flow(flow, (32, 32))
     assert torch.allclose(aligned[0], torch.full((32, 32), 2.0))  # 8 px onto 32: vectors scaled by 4
 
 

@@ -109,3 +109,24 @@ def test_table_columns_keep_each_frames_order_when_later_frames_add_figures():
                           figures={"motion": 1.0, "seconds": 2.0, "epe": 0.5, "psnr": 3.0, "warp": 0.1})]
     heads = re.findall(r'<th scope="col"><button type="button">([^<]+)</button>', render_report(report(frames)))
     assert heads == ["frame", "status", "motion", "seconds", "epe", "psnr", "warp"]
+
+
+def test_the_page_embeds_the_report_assets_byte_for_byte_and_the_package_ships_them():
+    """The CSS and script are package data files (``mtransfer/app/report_assets``), copied into each page
+    unchanged so it opens offline; pyproject's package data names them, so a wheel carries them."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    import mtransfer.app
+
+    folder = Path(mtransfer.app.__file__).parent / "report_assets"
+    css, js = ((folder / name).read_bytes().decode() for name in ("report.css", "report.js"))
+    page = render_report(Report(title="t", summary=[], source="s.png", settings={}, flow_scale_px=1.0,
+                                error_scale_px=1.0, frames=[ReportFrame(index=0, target_flow="t.png", motion_px=0.0)]))
+    assert f"<style>{css}</style>" in page and f"<script>{js}</script>" in page
+    assert "const frames" in js and ".plots" in css  # the real assets, not empty files
+    root = Path(mtransfer.app.__file__).parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mtransfer.app"]
+    for name in ("report.css", "report.js"):
+        assert any(fnmatch.fnmatch(f"report_assets/{name}", pattern) for pattern in patterns), name

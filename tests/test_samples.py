@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.files import load_image
 from mtransfer.flows import occlusion_mask, warp
 from mtransfer.video import probe_video, read_video
@@ -103,7 +103,7 @@ def test_tvl1_recovers_the_ground_truth(name: str) -> None:
     flows, mask = load_ground_truth(name)
     object_tolerance, frame_tolerance = TVL1_TOLERANCE[name]
     picked = (0, 12, 23)
-    for index, flow in video_flows(frames[list(picked)], load_estimator("tvl1"), reference="first"):
+    for index, flow in video_flows(frames[list(picked)], load_named_estimator("tvl1"), reference="first"):
         error = end_point_error(flow, flows[picked[index] - 1])
         assert error[mask].mean() < object_tolerance, f"frame {picked[index]}: {error[mask].mean():.2f} px"
         assert error.mean() < frame_tolerance, f"frame {picked[index]}: {error.mean():.2f} px"

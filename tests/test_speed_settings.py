@@ -9,7 +9,7 @@ from mtransfer.app import load_settings
 from mtransfer.diffusion import stable_diffusion as sd
 from mtransfer.errors import MtransferError
 from mtransfer.estimators import PyramidEstimator
-from mtransfer.guidance import GuidanceConfig, edit_image, prepare_source
+from mtransfer.guidance import GuidanceSettings, edit_image, prepare_source
 from mtransfer.speed import speed_switches
 
 
@@ -30,7 +30,7 @@ def problem(tmp_path_factory: pytest.TempPathFactory):
     return backend, PyramidEstimator(levels=3, iterations=1), image, flow
 
 
-def relative_drift(problem, config: GuidanceConfig) -> float:
+def relative_drift(problem, config: GuidanceSettings) -> float:
     """Max |latent difference| between a plain edit and one under ``sdpa+channels-last``, relative to the
     plain latent's max |value|."""
     backend, estimator, image, flow = problem
@@ -55,12 +55,12 @@ SAME_MATH = 1e-4
 
 
 def test_same_math_switches_give_the_same_unguided_edit(problem) -> None:
-    config = GuidanceConfig(steps=3, recursions=2, guidance_weight=0.0, preview_every=0)
+    config = GuidanceSettings(steps=3, recursions=2, guidance_weight=0.0, preview_every=0)
     assert relative_drift(problem, config) < SAME_MATH
 
 
 def test_same_math_switches_give_the_same_guided_pass(problem) -> None:
-    config = GuidanceConfig(steps=1, recursions=1, guidance_weight=50.0, preview_every=0)
+    config = GuidanceSettings(steps=1, recursions=1, guidance_weight=50.0, preview_every=0)
     assert relative_drift(problem, config) < SAME_MATH
 
 

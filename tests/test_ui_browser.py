@@ -54,6 +54,14 @@ def wait_for_new_src(page, selector: str, old: str | None, timeout_ms: int = 30_
     return image_src(page, selector)
 
 
+def wait_for_upload(page, selector: str, name: str) -> None:
+    """Gradio lists an uploaded file by its name once the upload has reached the server."""
+    page.wait_for_function(
+        "([sel, name]) => { const e = document.querySelector(sel); return !!e && e.innerText.includes(name); }",
+        arg=[selector, name],
+    )
+
+
 def choose_motion(page, kind: str) -> None:
     page.click("#motion-kind input")
     page.get_by_role("option", name=kind, exact=True).click()
@@ -99,7 +107,7 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     # Video: flow-only on a sample clip, per-frame previews with a frame slider.
     page.get_by_role("tab", name="Video").click()
     page.set_input_files("#clip-upload input[type=file]", str(SAMPLES / "pan.mp4"))
-    page.wait_for_timeout(500)
+    wait_for_upload(page, "#clip-upload", "pan.mp4")
     page.click("#flow-only")
     first = wait_for_new_src(page, "#frame-panel", None, 60_000)
     assert "4 frames" in page.inner_text("#video-status")
@@ -164,7 +172,11 @@ def test_motion_tab_drag_arrow_painted_mask_and_flow_download(browser_page, app_
     page.mouse.down()
     for k in range(1, 9):
         page.mouse.move(x0 + 5 * k, y0 - 2 * k)
-    page.wait_for_timeout(100)
+    page.wait_for_function(  # the page draws the arrow while the button is held, up to the pointer
+        """([x, y]) => { const l = document.querySelector('svg line[marker-end]');
+                         return !!l && Math.abs(l.x2.baseVal.value - x) < 1 && Math.abs(l.y2.baseVal.value - y) < 1; }""",
+        arg=[x0 + 40, y0 - 16],
+    )
     shot(page, "9-dragging")
     page.mouse.up()
     page.wait_for_function("() => document.querySelector('#spec textarea').value.startsWith('translate(')")

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("gradio", reason="browser test of the web app skipped: gradio not installed (pip install '.[ui]')")
 
-from test_ui_browser import SAMPLES, free_port, image_src, shot, wait_for_new_src  # noqa: E402
+from test_ui_browser import SAMPLES, free_port, image_src, shot, wait_for_new_src, wait_for_upload  # noqa: E402
 from test_ui_jobs import interrupted_run  # noqa: E402
 
 
@@ -100,7 +100,10 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('cannot start')",
                            timeout=30_000)
     assert "raft-large weights" in status(page) and "missing" in status(page)
-    page.wait_for_timeout(1000)  # the same message as a toast, faded in
+    page.wait_for_function(  # the same message as a toast, faded in
+        """() => [...document.querySelectorAll('.toast-body')].some(t => t.innerText.includes('raft-large weights')
+              && getComputedStyle(t).opacity === '1' && !t.getAnimations().some(a => a.playState === 'running'))"""
+    )
     shot(page, "jobs-4-paper-missing-weights")
     page.get_by_role("tab", name="Motion").click()
     before = image_src(page, "#flow-color")
@@ -137,7 +140,7 @@ def test_video_region_flow_only_and_resume_an_interrupted_run(browser_page, jobs
 
     # Flow-only with those settings: per-frame previews, and the run records them as [align].
     page.set_input_files("#clip-upload input[type=file]", str(SAMPLES / "pan.mp4"))
-    page.wait_for_timeout(500)
+    wait_for_upload(page, "#clip-upload", "pan.mp4")
     page.click("#flow-only")
     wait_for_new_src(page, "#frame-panel", None, 60_000)
     assert "3 frames" in status(page, "#video-status")

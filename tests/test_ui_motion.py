@@ -10,6 +10,7 @@ import torch
 
 from mtransfer.errors import InputError, Interrupted, MtransferError
 from mtransfer.flows import format_spec, parse_flow_spec, read_mask, spec_terms
+from mtransfer.flows.spec import MOTIONS
 from mtransfer.ui import motion
 from mtransfer.ui.jobs import Busy, JobQueue
 from mtransfer.ui.uploads import (
@@ -22,6 +23,21 @@ from mtransfer.ui.uploads import (
 )
 
 H, W = 48, 64
+
+
+@pytest.mark.parametrize("kind", sorted(MOTIONS))
+def test_the_sliders_are_the_spec_languages_parameters(kind):
+    """Every parameter of a motion but its centre (placed by a click) has a slider, in the spec's order,
+    starting inside its range; the slider of a length given in % follows the image size."""
+    params = [p.name for p in MOTIONS[kind].params if p.name not in ("cx", "cy")]
+    assert [slider.name for slider in motion.sliders(kind, H, W)] == params
+    for slider in motion.sliders(kind, H, W):
+        assert slider.minimum <= slider.value <= slider.maximum and slider.step > 0
+    length_kinds = {p.name for p in MOTIONS[kind].params if p.kind in ("dx", "dy", "side")}
+    doubled = {s.name: s.maximum for s in motion.sliders(kind, 2 * H, 2 * W)}
+    for slider in motion.sliders(kind, H, W):
+        if slider.name in length_kinds:
+            assert doubled[slider.name] == 2 * slider.maximum
 
 
 @pytest.mark.parametrize("kind", motion.CONTROL_KINDS)
@@ -86,27 +102,22 @@ def test_replace_last_and_append():
     assert spec == "translate(10, dy=0) | rotate(-5, cx=3, cy=4)"
 
 
-def test_arrow_moves_the_masked_region_by_end_minus_start():
-    mask = torch.zeros(1, H, W)
-    mask[:, 10:20, 30:40] = 1.0
-    flow = motion.arrow_to_flow((31.0, 12.0), (36.5, 9.0), H, W, mask)
-    inside, outside = flow[:, 10:20, 30:40], flow.clone()
-    outside[:, 10:20, 30:40] = 0
-    assert torch.all(inside[0] == 5.5) and torch.all(inside[1] == -3.0)
-    assert torch.all(outside == 0)
-    whole = motion.arrow_to_flow((0.0, 0.0), (-2.0, 1.0), H, W)
-    assert torch.all(whole[0] == -2.0) and torch.all(whole[1] == 1.0)
-
-
-def test_arrow_term_is_the_same_motion_as_the_arrow_flow(tmp_path):
+def test_an_arrow_moves_the_masked_region_by_end_minus_start(tmp_path):
+    """The arrow's term, read back as spec text like any typed motion: inside the mask every pixel moves by
+    end - start, outside nothing moves; without a mask everything moves."""
     from mtransfer.files import save_image
 
     mask = torch.zeros(1, H, W)
-    mask[:, 5:25, 8:30] = 1.0
+    mask[:, 10:20, 30:40] = 1.0
     path = save_image(tmp_path / "mask.png", mask)
-    text = format_spec([motion.arrow_to_term((8.0, 5.0), (20.0, 9.0), str(path))])
-    expected = motion.arrow_to_flow((8.0, 5.0), (20.0, 9.0), H, W, mask)
-    assert torch.allclose(motion.spec_flow(text, H, W, tmp_path), expected)
+    text = format_spec([motion.arrow_to_term((31.0, 12.0), (36.5, 9.0), str(path))])
+    flow = motion.spec_flow(text, H, W, tmp_path)
+    inside, outside = flow[:, 10:20, 30:40], flow.clone()
+    outside[:, 10:20, 30:40] = 0
+    assert torch.allclose(inside[0], torch.tensor(5.5)) and torch.allclose(inside[1], torch.tensor(-3.0))
+    assert torch.all(outside == 0)
+    whole = motion.spec_flow(format_spec([motion.arrow_to_term((0.0, 0.0), (-2.0, 1.0))]), H, W, tmp_path)
+    assert torch.all(whole[0] == -2.0) and torch.all(whole[1] == 1.0)
 
 
 def test_dragged_arrow_text_is_start_then_end():
@@ -135,7 +146,9 @@ def test_painted_mask_is_what_was_painted_stored_like_an_uploaded_one(tmp_path):
     half = accept_painted_mask(np.repeat(np.repeat(layer, 2, axis=0), 2, axis=1), folder, (H, W))
     assert half.name == "mask-03.png" and torch.allclose(read_mask(half), expected, atol=1 / 255)
     flow = motion.spec_flow(f"translate(3, 1, mask={first})", H, W, folder)
-    assert torch.equal(flow, motion.arrow_to_flow((0, 0), (3, 1), H, W, expected))
+    moved = torch.zeros(2, H, W)
+    moved[0, 10:20, 30:40], moved[1, 10:20, 30:40] = 3.0, 1.0
+    assert torch.equal(flow, moved)
     with pytest.raises(InputError, match="not an RGBA layer"):
         accept_painted_mask(np.zeros((H, W, 3), np.uint8), folder, (H, W))
 

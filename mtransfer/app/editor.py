@@ -30,7 +30,7 @@ from mtransfer.app.models import cpu_warning, load_backend, load_estimator
 from mtransfer.app.settings import RunSettings
 from mtransfer.diffusion import DiffusionBackend
 from mtransfer.estimators import FlowEstimator
-from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.edit import EditResult, Preview, Progress, SourceState, edit_image, edit_images, prepare_source
 from mtransfer.speed import speed_switches
 
@@ -82,7 +82,7 @@ class Editor:
         return cls(backend, estimator, settings, device, resources)
 
     @property
-    def guidance(self) -> GuidanceConfig:
+    def guidance(self) -> GuidanceSettings:
         return self.settings.guidance
 
     def prepare(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from mtransfer.diffusion import DiffusionBackend, FiniteSetBackend, motion_family
+from mtransfer.diffusion import DiffusionBackend, ExactBackend, motion_family
 from mtransfer.errors import UsageError
 from mtransfer.estimators import DIFFERENTIABLE, FlowEstimator
-from mtransfer.estimators import load_estimator as load_named_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.app.settings import DTYPES, EstimatorSettings, ModelSettings
 
 # Rough CPU cost of one guided pass of real SD v1 at 512x512 (UNet with CFG, VAE decode and RAFT, forward
@@ -24,8 +24,9 @@ CPU_SECONDS_PER_SD_PASS = 8.1e12 / 0.3e12
 def load_estimator(
     settings: EstimatorSettings, device: str | torch.device = "cpu", *, for_guidance: bool = True
 ) -> FlowEstimator:
-    """The estimator ``settings`` name. Inside the guidance energy (``for_guidance``) the flow loss is
-    differentiated through it, so an estimator without gradients (TV-L1, ILK) is refused up front."""
+    """The estimator a settings section names (``load_named_estimator`` given its fields). Inside the
+    guidance energy (``for_guidance``) the flow loss is differentiated through it, so an estimator without
+    gradients (TV-L1, ILK) is refused up front."""
     if for_guidance and settings.name not in DIFFERENTIABLE:
         raise UsageError(
             f"estimator.name: {settings.name!r} is not differentiable, so guidance would get no flow gradient; "
@@ -70,7 +71,7 @@ def load_backend(settings: ModelSettings, image: torch.Tensor | None, device: to
             rotations=settings.family_rotations,
             scales=settings.family_scales,
         )
-        return FiniteSetBackend(family)
+        return ExactBackend(family)
     from mtransfer.diffusion.stable_diffusion import load_stable_diffusion  # diffusers is slow to import
 
     return load_stable_diffusion(settings.model, device=device, dtype=DTYPES[settings.dtype])

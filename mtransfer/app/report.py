@@ -9,7 +9,8 @@ the per-frame numbers (whatever the caller gives: time, flow error, energies, me
 the frames (a figure alone, or with a reference figure dashed beside it, ``Plot``) and a sortable table, the
 output files, and the settings folded away.
 
-Plain HTML, CSS and a short script; pictures are relative paths (or inline data), so the page opens from
+Plain HTML, CSS (``report_assets/report.css``) and a short script (``report_assets/report.js``), package
+data embedded in the page; pictures are relative paths (or inline data), so the page opens from
 disk with no server and no network, and survives moving the folder.
 """
 
@@ -21,6 +22,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -87,164 +89,13 @@ class Report:
     """Column names of figure keys where ``figure_label``'s reading of the key is not enough."""
 
 
-STYLE = """
-:root { color-scheme: light dark; --fg: #1c1c1f; --bg: #fff; --muted: #66666d; --line: #c9c9d0; --panel: #f3f3f5;
-  --accent: #0b62d6; --hatch: rgba(0, 0, 0, .08); }
-@media (prefers-color-scheme: dark) {
-  :root { --fg: #e6e6e9; --bg: #161619; --muted: #a0a0a8; --line: #45454d; --panel: #222226; --accent: #6ea8ff;
-    --hatch: rgba(255, 255, 255, .09); } }
-* { box-sizing: border-box; }
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1280px;
-  padding: 10px 20px 40px; color: var(--fg); background: var(--bg); }
-h1 { font-size: 1.3em; margin: .2em 0 .1em; overflow-wrap: anywhere; }
-h2 { font-size: 1.08em; margin: 1.8em 0 .5em; }
-.summary p { margin: .1em 0; font-size: .88em; color: var(--muted); }
-.controls { display: flex; flex-wrap: wrap; align-items: center; gap: .45em .7em; padding: .5em 0; margin-top: .4em;
-  position: sticky; top: 0; z-index: 2; background: var(--bg); border-bottom: 1px solid var(--line); }
-.controls input[type=range] { flex: 1 1 160px; min-width: 100px; accent-color: var(--accent); }
-.controls label { white-space: nowrap; font-size: .92em; }
-.controls output { font-variant-numeric: tabular-nums; min-width: 6.5em; }
-button { font: inherit; padding: .2em .7em; border: 1px solid var(--line); border-radius: 6px; background: var(--panel);
-  color: var(--fg); cursor: pointer; }
-button:hover { border-color: var(--accent); }
-.panels { display: grid; grid-template-columns: repeat(var(--columns), minmax(0, 1fr)); gap: 14px; margin-top: 12px;
-  align-items: start; }
-@media (max-width: 900px) { .panels { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
-@media (max-width: 560px) { .panels { grid-template-columns: minmax(0, 1fr); } body { padding: 8px 12px 30px; } }
-.panel { margin: 0; }
-.pic { position: relative; border: 1px solid var(--line); background: var(--panel); line-height: 0; }
-.pic img { display: block; width: 100%; height: auto; max-height: 70vh; object-fit: contain; }
-.pic img.crisp { image-rendering: pixelated; }
-.pic img.alt { position: absolute; inset: 0; height: 100%; opacity: 0; }
-.flipped .pic.result img.alt, .pic.result:hover img.alt { opacity: 1; }
-.pic .note { display: none; position: absolute; inset: 0; align-items: center; justify-content: center; text-align: center;
-  padding: 1em; line-height: 1.35; font-weight: 600; color: var(--muted);
-  background: repeating-linear-gradient(45deg, var(--panel) 0 9px, var(--hatch) 9px 18px); }
-.pic.empty .note { display: flex; } .pic.empty img { visibility: hidden; }
-figcaption { text-align: center; font-size: .9em; margin-top: .3em; }
-figcaption .detail { display: block; color: var(--muted); font-size: .92em; }
-.error-title, .flip-title, .legend .errorbar { display: none; }
-.error-mode .error-title, .flipped .flip-title { display: inline; }
-.error-mode .normal-title, .flipped .result-title { display: none; }
-.error-mode .legend .errorbar { display: flex; }
-.numbers { margin: .6em 0 0; font-size: .88em; color: var(--muted); font-variant-numeric: tabular-nums; }
-.legend { display: flex; flex-wrap: wrap; gap: .6em 2.2em; align-items: center; margin-top: .6em; font-size: .85em;
-  color: var(--muted); }
-.legend > div { display: flex; align-items: center; gap: .7em; }
-.legend img { width: 64px; height: 64px; border-radius: 50%; border: 1px solid var(--line); }
-.colorbar { width: 180px; height: 14px; border: 1px solid var(--line); }
-.hint { font-size: .8em; color: var(--muted); }
-.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(250px, 1fr)); gap: 14px; margin-bottom: 1.2em; }
-.plots figure { margin: 0; } .plots figcaption { text-align: left; }
-svg.plot { width: 100%; height: auto; display: block; overflow: visible; }
-svg.plot text { font-size: 10px; fill: var(--muted); font-variant-numeric: tabular-nums; }
-svg.plot .frame { fill: none; stroke: var(--line); }
-svg.plot polyline { fill: none; stroke: var(--accent); stroke-width: 1.6; }
-svg.plot polyline.reference { stroke: var(--muted); stroke-dasharray: 5 3; stroke-width: 1.3; }
-svg.plot circle { fill: var(--accent); cursor: pointer; }
-svg.plot .cursor { stroke: var(--fg); stroke-width: 1; stroke-dasharray: 3 2; opacity: .6; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: .88em; font-variant-numeric: tabular-nums; }
-th, td { padding: .25em .7em; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
-th:nth-child(2), td:nth-child(2) { text-align: left; }
-th button { border: 0; background: none; padding: 0; font-weight: 600; }
-th[aria-sort=ascending] button::after { content: " \\25B2"; } th[aria-sort=descending] button::after { content: " \\25BC"; }
-tbody tr { cursor: pointer; } tbody tr:hover { background: var(--panel); }
-tbody tr.current { background: var(--hatch); font-weight: 600; }
-table.settings td { text-align: left; white-space: normal; } table.settings td:first-child { color: var(--muted); }
-details summary { cursor: pointer; font-weight: 600; margin: 1.6em 0 .5em; }
-.files a { color: var(--accent); margin-right: 1em; }
-figure.pictures { margin: 1.2em 0 0; } figure.pictures figcaption { text-align: left; }
-.pictures img { max-width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
-"""
+def _asset(name: str) -> str:
+    """A file of ``report_assets/`` (package data), embedded in every page so that it opens offline."""
+    return (resources.files("mtransfer.app") / "report_assets" / name).read_text(encoding="utf-8")
 
-SCRIPT = """
-(() => {
-  const data = JSON.parse(document.getElementById('report-data').textContent);
-  const frames = data.frames, body = document.body;
-  const slider = document.getElementById('slider'), label = document.getElementById('frame-label');
-  const play = document.getElementById('play'), numbers = document.getElementById('numbers');
-  let current = data.start, timer = null;
 
-  function crisp(img) {  // nearest-neighbour pixels when a picture is shown at 1.5x its size or more
-    if (img.naturalWidth) img.classList.toggle('crisp', img.clientWidth * devicePixelRatio >= 1.5 * img.naturalWidth);
-  }
-  const pictures = [...document.querySelectorAll('.pic img')];
-  pictures.forEach(img => { img.addEventListener('load', () => crisp(img)); crisp(img); });
-  addEventListener('resize', () => pictures.forEach(crisp));
-
-  function show(index) {
-    current = Math.max(0, Math.min(frames.length - 1, index));
-    const frame = frames[current], errors = body.classList.contains('error-mode');
-    for (const panel of document.querySelectorAll('.panel')) {
-      const shown = frame.panels[panel.dataset.panel], pic = panel.querySelector('.pic');
-      const alternative = errors && 'error' in shown, src = alternative ? shown.error : shown.src;
-      const img = pic.querySelector('img.main');
-      if (src) img.src = src;
-      pic.classList.toggle('empty', !src || Boolean(shown.note));
-      pic.querySelector('.note').textContent = shown.note || '';
-      panel.querySelector('.detail').textContent = (alternative ? shown.error_detail : shown.detail) || '';
-    }
-    if (slider) slider.value = current;
-    if (label) label.textContent = `frame ${frame.index} / ${frames[frames.length - 1].index}`;
-    numbers.textContent = frame.numbers;
-    for (const row of document.querySelectorAll('tr[data-frame]'))
-      row.classList.toggle('current', Number(row.dataset.frame) === current);
-    for (const plot of document.querySelectorAll('svg.plot')) {
-      const x = Number(plot.dataset.x0) + Number(plot.dataset.dx) * current, cursor = plot.querySelector('.cursor');
-      cursor.setAttribute('x1', x); cursor.setAttribute('x2', x);
-    }
-  }
-  function toggle(name, on) { body.classList.toggle(name, on); show(current); }
-  function playing(on) {
-    clearInterval(timer); timer = null;
-    if (on) timer = setInterval(() => show((current + 1) % frames.length), 1000 / data.fps);
-    if (play) play.textContent = on ? '\\u275A\\u275A pause' : '\\u25B6 play';
-  }
-
-  if (slider) slider.addEventListener('input', () => { playing(false); show(Number(slider.value)); });
-  document.getElementById('prev')?.addEventListener('click', () => { playing(false); show(current - 1); });
-  document.getElementById('next')?.addEventListener('click', () => { playing(false); show(current + 1); });
-  play?.addEventListener('click', () => playing(timer === null));
-  const flip = document.getElementById('flip'), errmap = document.getElementById('errmap');
-  flip.addEventListener('change', () => toggle('flipped', flip.checked));
-  errmap?.addEventListener('change', () => toggle('error-mode', errmap.checked));
-  addEventListener('keydown', event => {
-    if (event.altKey || event.ctrlKey || event.metaKey || event.target.closest('textarea, select')) return;
-    const step = {ArrowRight: 1, ArrowLeft: -1}[event.key];
-    if (step && frames.length > 1) {
-      if (event.target !== slider) { playing(false); show(current + step); event.preventDefault(); }
-    } else if (event.key === ' ' && play && event.target.tagName !== 'BUTTON') { playing(timer === null); event.preventDefault(); }
-    else if (event.key === 's') flip.click();
-    else if (event.key === 'e' && errmap) errmap.click();
-  });
-  for (const row of document.querySelectorAll('tr[data-frame]'))
-    row.addEventListener('click', () => { playing(false); show(Number(row.dataset.frame)); });
-  for (const point of document.querySelectorAll('svg.plot circle'))
-    point.addEventListener('click', () => { playing(false); show(Number(point.dataset.frame)); });
-
-  for (const table of document.querySelectorAll('table.sortable')) {
-    const heads = [...table.tHead.rows[0].cells];
-    heads.forEach((head, column) => head.querySelector('button').addEventListener('click', () => {
-      const ascending = head.getAttribute('aria-sort') !== 'ascending';
-      heads.forEach(h => h.removeAttribute('aria-sort'));
-      head.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
-      const value = row => row.cells[column].dataset.value;
-      const rows = [...table.tBodies[0].rows].sort((a, b) => {
-        const x = value(a), y = value(b);
-        if (x === '' || y === '') return (x === '') - (y === '');  // missing values last either way
-        const order = isNaN(x) || isNaN(y) ? x.localeCompare(y) : Number(x) - Number(y);
-        return ascending ? order : -order;
-      });
-      rows.forEach(row => table.tBodies[0].appendChild(row));
-    }));
-  }
-  for (const frame of frames)  // load every picture now so that scrubbing and playing never wait
-    for (const shown of Object.values(frame.panels))
-      for (const src of [shown.src, shown.error]) if (src) new Image().src = src;
-  show(current);
-})();
-"""
+STYLE = _asset("report.css")
+SCRIPT = _asset("report.js")
 
 STATUS_TEXT = {
     "edited": "",

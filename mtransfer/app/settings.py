@@ -28,7 +28,7 @@ from mtransfer.diffusion.backends import sd_size_fix
 from mtransfer.devices import parse_device
 from mtransfer.errors import UsageError, input_error
 from mtransfer.estimators import ESTIMATORS
-from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.flows.align import FITS, MAX_BLUR_SIGMA, TEMPORAL, align_flow, smooth_over_time
 from mtransfer.presets import load_pipeline, section
 from mtransfer.speed import parse_fast_path
@@ -51,7 +51,7 @@ _align_require = rule_checker("align")
 
 
 @dataclass(frozen=True)
-class AlignConfig:
+class AlignSettings:
     """How the driving motion is laid onto the target image (the ``[align]`` section of a pipeline).
 
     - ``fit``: ``stretch`` (ignore aspect), ``cover`` (fill the region, crop the overflow, centred) or
@@ -107,7 +107,7 @@ class AlignConfig:
             object.__setattr__(self, name, tuple(float(v) for v in value))
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> AlignConfig:
+    def from_mapping(cls, values: Mapping[str, Any]) -> AlignSettings:
         """Build from a pipeline's ``[align]`` table; ``""`` and ``[]`` mean "not set" (TOML has no null)."""
         return from_mapping(cls, "align", {k: (None if v in ("", []) else v) for k, v in values.items()})
 
@@ -456,9 +456,9 @@ class RunSettings:
     name: str
     model: ModelSettings = field(metadata={STAGE: "guide"})
     estimator: EstimatorSettings = field(metadata={STAGE: "guide"})
-    guidance: GuidanceConfig = field(metadata={STAGE: "guide"})
+    guidance: GuidanceSettings = field(metadata={STAGE: "guide"})
     video: VideoSettings = field(metadata={STAGE: "decode"})
-    align: AlignConfig = field(metadata={STAGE: "align"})
+    align: AlignSettings = field(metadata={STAGE: "align"})
     output: OutputSettings = field(metadata={STAGE: "encode"})
     evaluation: EvaluationSettings = field(default=EvaluationSettings(), metadata={STAGE: "evaluate"})
     execution: ExecutionSettings = field(default=ExecutionSettings(), metadata=NO_STAGE)
@@ -483,7 +483,7 @@ class RunSettings:
 
     def as_record(self) -> dict[str, Any]:
         """The settings as JSON-ready nested dicts (tuples become lists), as stored in the manifest."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: _as_record(getattr(self, f.name)) for f in fields(self)}
 
     def by_stage(self) -> dict[str, dict[str, dict[str, Any]]]:
         """``{stage: {section: {key: value}}}``: each setting under the one stage it declares it shapes."""
@@ -501,7 +501,7 @@ class RunSettings:
                 value = getattr(values, setting.name)
                 if RECORDED_UNLESS in setting.metadata and value == setting.metadata[RECORDED_UNLESS]:
                     continue
-                own[stage].setdefault(section_field.name, {})[setting.name] = _plain(value)
+                own[stage].setdefault(section_field.name, {})[setting.name] = _as_record(value)
         return own
 
     def stage_settings(
@@ -528,9 +528,9 @@ class RunSettings:
 SECTIONS: dict[str, type] = {
     "model": ModelSettings,
     "estimator": EstimatorSettings,
-    "guidance": GuidanceConfig,
+    "guidance": GuidanceSettings,
     "video": VideoSettings,
-    "align": AlignConfig,
+    "align": AlignSettings,
     "output": OutputSettings,
     "evaluation": EvaluationSettings,
     "execution": ExecutionSettings,
@@ -555,9 +555,10 @@ def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _plain(value: Any) -> Any:
+def _as_record(value: Any) -> Any:
+    """A settings value as plain data: dataclasses as dicts, tuples as lists."""
     if dataclasses.is_dataclass(value):
-        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+        return {f.name: _as_record(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_as_record(v) for v in value]
     return value

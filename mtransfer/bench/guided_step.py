@@ -51,14 +51,14 @@ from mtransfer.estimators.raft import RaftEstimator
 from mtransfer.bench.plot import plot_split
 from mtransfer.files import ensure_writable, write_json
 from mtransfer.flows import reference_occlusion_mask, rotation
-from mtransfer.guidance import GuidanceConfig, MotionTarget, guided_eps, sample_motion_guided
+from mtransfer.guidance import GuidanceSettings, MotionTarget, guided_eps, sample_motion_guided
 from mtransfer.speed import FastPath, fast_path, parse_fast_path
 
 GPU_VARIANTS = ("baseline", "tf32", "bf16", "sdpa", "channels-last", "cache-source", "checkpoint", "fast")
 CPU_VARIANTS = ("baseline", "sdpa", "cache-source", "fast")
 GPU_SIZE, CPU_SIZE = 512, 64
 RANDOM_MODELS = ("real", "tiny")
-PAPER = GuidanceConfig()
+PAPER = GuidanceSettings()
 SCHEDULE_POSITION = 0.5
 """Where in the paper's 500-step schedule the timed pass and the short run sit (0 = noisiest)."""
 
@@ -179,7 +179,7 @@ def guided_pass(
 
 def short_run(backend: Any, estimator: Any, problem: Problem, settings: BenchSettings) -> torch.Tensor:
     """A few guided DDIM steps with recursions from the problem's latent, seeded; the final latent."""
-    config = GuidanceConfig(
+    config = GuidanceSettings(
         steps=settings.run_steps,
         recursions=settings.run_recursions,
         cfg_scale=settings.cfg_scale,
@@ -339,7 +339,7 @@ def projections(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name in available_pipelines():
         try:
-            config = GuidanceConfig.from_mapping(section(load_pipeline(name), "guidance"))
+            config = GuidanceSettings.from_mapping(section(load_pipeline(name), "guidance"))
         except MtransferError as exc:
             rows.append({"preset": name, "error": str(exc)})
             continue

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,8 @@ EXAMPLES = """\
       tiny random SD and a weight-free estimator: checks the whole path offline in seconds (noise-like pictures)
 
 Writes edited.png, source.png, target_flow.png, achieved_flow.png, comparison.png, loss.png, losses.json,
-previews/step_XXXX.png and run.json into outputs/<image>-edit/ (or --out). Sizes are HEIGHTxWIDTH.
+previews/step_XXXX.png and run.json into outputs/<image>-edit/ (or --out); a folder holding an edit made with
+other settings is refused (--restart moves it to superseded/). Sizes are HEIGHTxWIDTH.
 """
 
 
@@ -89,6 +89,10 @@ def edit(
     size: str | None = typer.Option(None, help="model.size: working size HEIGHTxWIDTH.", show_default=False),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder. [default: outputs/<image>-edit]",
                                     show_default=False),
+    restart: bool = typer.Option(
+        False, "--restart", help="Replace an earlier edit made with other settings in the output folder (moved to "
+        "superseded/, not deleted)."
+    ),
     pipeline: str = typer.Option(
         "paper", "--pipeline", "-p", help=f"Preset name ({', '.join(available_pipelines())}) or a .toml path."
     ),
@@ -99,14 +103,13 @@ def edit(
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
     # The heavy stack (torch, diffusers) is imported when an edit runs, never for --help.
     from mtransfer.app import Editor, load_settings
-    from mtransfer.app.versions import versions
+    from mtransfer.app.edit_folder import check_edit_folder, edit_into_folder, edit_key, superseding
     from mtransfer.app.trajectory import load_trajectory
-    from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
-    from mtransfer.files import ensure_writable, load_image, read_json_object, rescue_on_failure
+    from mtransfer.cli.in_memory import reuse_rescued, stopped_note
+    from mtransfer.files import ensure_writable, load_image, read_json_object
     from mtransfer.flows.spec import load_flow
     from mtransfer.guidance.edit import motionless
-    from mtransfer.app.edit_folder import check_edit_folder, write_edit
-    from mtransfer.layouts import EDIT_RECORD
+    from mtransfer.layouts import EditFolder
     from mtransfer.pipeline.manifest import content_id, fingerprint
     from mtransfer.progress import progress_bar
 
@@ -138,60 +141,59 @@ def edit(
     prompt_text = generation["prompt"] if generation is not None and prompt is None else run.model.prompt
     folder = out if out is not None else Path("outputs") / f"{image.stem}-edit"
     ensure_writable(folder)
-    check_edit_folder(folder)
-    guidance = run.guidance
-    key = {
-        "command": "edit", **run.by_stage()["guide"], "size": list(working), "prompt": prompt_text,
-        "inputs": {"image": tensor_id(source), "flow": tensor_id(target_flow), "mask": tensor_id(edit_mask),
-                   "trajectory": None if trajectory is None else content_id(fingerprint(trajectory))},
-    }
-    if reuse_rescued(folder, key, "edit", console):
-        _check_status(folder, read_json_object(folder / EDIT_RECORD, "an edit record"))
+    trajectory_id = None if trajectory is None else content_id(fingerprint(trajectory))
+    key = edit_key(run, working, prompt_text, source, target_flow, edit_mask, trajectory_id)
+    check_edit_folder(folder, key, restart)
+    moved: list[Path | None] = []
+    if reuse_rescued(folder, key, "edit", console, superseding(folder, moved) if restart else None):
+        _note_moved(moved[0] if moved else None)
+        _check_status(folder, read_json_object(folder / EditFolder.RECORD, "an edit record"))
         return
 
-    timing: dict[str, float] = {}
     started = time.perf_counter()
-    warn = lambda text: console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)  # noqa: E731
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
     with stopped_note(folder, "edit"):
         with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console) as progress:
-            timing["load_s"] = time.perf_counter() - started
-            started = time.perf_counter()
-            task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)
-            state = editor.prepare(
-                source, prompt_text, progress=lambda: progress.advance(task),
-                trajectory=None if generation is None else list(generation["latents"].unsqueeze(1)),
+            load_timing = {"load_s": time.perf_counter() - started}
+            shown: list[tuple[int, int]] = []
+
+            def phase(name: str, total: int):
+                """A progress bar per phase; the one before is shown complete (forward noising has no steps)."""
+                if shown:
+                    progress.update(shown[-1][0], completed=shown[-1][1])
+                if not total:
+                    return lambda: None
+                task = progress.add_task(name, total=total)
+                shown.append((task, total))
+                return lambda: progress.advance(task)
+
+            result, earlier = edit_into_folder(
+                folder, editor, source, target_flow, command="edit", image=str(image), flow=flow,
+                prompt=prompt_text, edit_mask=edit_mask, mask=None if mask is None else str(mask),
+                trajectory=None if trajectory is None else (
+                    str(trajectory), list(generation["latents"].unsqueeze(1)), trajectory_id),
+                overrides=overrides, warnings=warnings, load_timing=load_timing, phase=phase, restart=restart,
+                rescue=True,
             )
-            progress.update(task, completed=guidance.steps)  # forward noising ("random") has no steps to report
-            timing["prepare_s"] = time.perf_counter() - started
-            task = progress.add_task("guide", total=guidance.steps * guidance.recursions)
-            result = editor.edit(state, target_flow, edit_mask=edit_mask, progress=lambda: progress.advance(task))
-        record = {
-            "command": "edit",
-            "image": str(image),
-            "flow": flow,
-            "mask": None if mask is None else str(mask),
-            "trajectory": None if trajectory is None else str(trajectory),
-            "prompt": prompt_text,
-            "pipeline": run.name,
-            "overrides": overrides,
-            "size": list(working),
-            "device": str(torch_device),
-            "model": asdict(run.model),
-            "estimator": asdict(run.estimator),
-            "guidance": asdict(guidance),
-            "seed": guidance.seed,
-            "versions": versions(),
-            "load_timing": timing,
-        }
-        with rescue_on_failure(folder, key, lambda where: write_edit(where, source, target_flow, result, record)):
-            write_edit(folder, source, target_flow, result, record)
+    _note_moved(earlier)
     _check_status(folder, {"status": "diverged" if result.diverged else "ok", "divergence": result.divergence})
     final = result.losses[-1] if result.losses else {}
     losses = ", ".join(f"{k} {final[k]:.4g}" for k in ("total", "flow", "color") if k in final)
     console.print(
-        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): {escape(str(folder))}/edited.png",
+        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): "
+        f"{escape(str(folder / EditFolder.EDITED))}",
         highlight=False,
     )
+
+
+def _note_moved(moved: Path | None) -> None:
+    if moved is not None:
+        console.print(f"--restart: moved the earlier edit to {escape(str(moved))}", highlight=False)
 
 
 def _check_status(folder: Path, record: dict) -> None:

@@ -13,7 +13,7 @@ from mtransfer.choices import DEFAULT_MAX_SIDE, ESTIMATORS, Reference
 from mtransfer.cli import app, console
 from mtransfer.errors import UsageError
 
-EstimatorName = Literal[ESTIMATORS]  # the names load_estimator accepts, as command-line choices
+EstimatorName = Literal[ESTIMATORS]  # the names load_named_estimator accepts, as command-line choices
 REFERENCE_TO_FLOW = {"first": "direct", "previous": "chained"}
 """``--reference`` is the run's ``video.flow``: both measure from frame 0 or from the previous frame."""
 

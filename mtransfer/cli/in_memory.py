@@ -9,32 +9,25 @@ command read them, so the same command finds and only writes them, and other set
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-import torch
 from rich.console import Console
 from rich.text import Text
 
 from mtransfer.errors import Interrupted
 from mtransfer.files import other_rescues, take_rescued
-from mtransfer.pipeline.manifest import differences
+from mtransfer.validation import differences
 
 
-def tensor_id(tensor: torch.Tensor | None) -> str | None:
-    """A short content hash of an input as the command read it (a flow from a spec or a file, a mask)."""
-    if tensor is None:
-        return None
-    data = tensor.detach().float().cpu().contiguous().numpy()
-    return f"{tuple(data.shape)} sha256 {hashlib.sha256(data.tobytes()).hexdigest()[:16]}"
-
-
-def reuse_rescued(folder: Path, key: dict[str, Any], command: str, console: Console) -> bool:
+def reuse_rescued(
+    folder: Path, key: dict[str, Any], command: str, console: Console, clear: Callable[[], Any] | None = None
+) -> bool:
     """Write the results an earlier ``command`` with this very ``key`` rescued into ``folder`` and say so in
-    one line (True); else False, after naming rescues for ``folder`` made with other settings (never used)."""
-    rescued = take_rescued(folder, key)
+    one line (True); else False, after naming rescues for ``folder`` made with other settings (never used).
+    ``clear()`` runs just before they move in (``staged_folder``)."""
+    rescued = take_rescued(folder, key, clear)
     if rescued is not None:
         console.print(Text(f"{command}: wrote the results an earlier `mtransfer {command}` with these settings had "
                            f"saved in {rescued} (its write had failed) to {folder}; nothing was recomputed"),

@@ -4,7 +4,7 @@
   ``alpha_bars``).
 - ``backends``: the ``DiffusionBackend`` protocol.
 - ``stable_diffusion``: ``load_stable_diffusion`` (HF id, local folder, or ``"tiny"``), ``real_config``.
-- ``exact``: ``FiniteSetBackend`` (exact denoiser over a set of images) and ``motion_family``.
+- ``exact``: ``ExactBackend``, the exact model (exact denoiser over a set of images), and ``motion_family``.
 - ``inversion``: ``ddim_invert``.
 
 The Stable Diffusion names are imported on first use, so code that only needs the DDIM math does not pay
@@ -19,7 +19,7 @@ from typing import Any
 
 from mtransfer.diffusion.backends import DiffusionBackend, straight_through_clamp
 from mtransfer.diffusion.ddim import alpha_bars, ddim_step, ddim_timesteps, forward_noise, predict_x0, renoise
-from mtransfer.diffusion.exact import FiniteSetBackend, motion_family
+from mtransfer.diffusion.exact import ExactBackend, motion_family
 from mtransfer.diffusion.inversion import ddim_invert
 
 _LAZY = {
@@ -32,7 +32,7 @@ _LAZY = {
 
 __all__ = [
     "DiffusionBackend",
-    "FiniteSetBackend",
+    "ExactBackend",
     "alpha_bars",
     "ddim_invert",
     "ddim_step",

@@ -2,7 +2,7 @@
 
 A backend owns a latent space and a noise predictor; samplers own the loop (classifier-free guidance,
 guidance gradients, recursion). Two implementations: ``StableDiffusionBackend`` (real or tiny random SD
-v1) and ``FiniteSetBackend`` (an exact denoiser over a handful of images, for offline demos and tests).
+v1) and ``ExactBackend`` (an exact denoiser over a handful of images, for offline demos and tests).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class DiffusionBackend(Protocol):
     - ``encode(images)``: ``(B, 3, H, W)`` in [0, 1] → latents, deterministically (no posterior sampling).
     - ``decode(latents)``: latents → ``(B, 3, H, W)``, nominally in [0, 1] but NOT clamped (decoders
       overshoot a little), differentiable. The guidance energy decides whether to clamp
-      (``GuidanceConfig.clamp``, ``straight_through_clamp``); pictures are clamped where they are made.
+      (``GuidanceSettings.clamp``, ``straight_through_clamp``); pictures are clamped where they are made.
     - ``condition(prompts)``: one conditioning tensor per prompt, batched along dim 0.
     - ``eps(z, t, cond)``: one denoiser call at training timestep ``t``; no classifier-free guidance here.
     - ``batch_invariant`` (optional, False when absent): True when an item's result is bit for bit the same

@@ -1,4 +1,5 @@
-"""A diffusion model with an exact denoiser: the data set is a finite list of images.
+"""The exact model (``model.model = "exact"``, ``ExactBackend``): a diffusion model with an exact denoiser
+whose data set is a finite list of images (the ``model.family_*`` settings choose them: ``motion_family``).
 
 With a uniform prior over images ``x_1..x_N`` (pixels scaled to [-1, 1]) the noisy marginal is a Gaussian
 mixture, so the optimal noise prediction has a closed form: the posterior mean ``E[x0 | z_t]`` is a softmax-
@@ -21,7 +22,7 @@ from mtransfer.flows.elementary import homography
 from mtransfer.flows.warp import warp
 
 
-class FiniteSetBackend:
+class ExactBackend:
     """``DiffusionBackend`` over ``images`` ``(N, 3, H, W)`` in [0, 1]; latents are the pixels in [-1, 1].
 
     ``alphas_cumprod`` defaults to the SD v1 training schedule with its noisy end stretched
@@ -50,7 +51,7 @@ class FiniteSetBackend:
     def latent_size(self, height: int, width: int) -> tuple[int, int, int]:
         if (height, width) != self.image_size:
             h, w = self.image_size
-            raise UsageError(f"the finite-set model only makes {h}x{w} images, not {height}x{width}; use size {h}x{w}")
+            raise UsageError(f"the exact model only makes {h}x{w} images, not {height}x{width}; use size {h}x{w}")
         return 3, height, width
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

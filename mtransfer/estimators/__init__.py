@@ -28,7 +28,7 @@ _CLASSES = {
 """``ESTIMATORS`` and ``DIFFERENTIABLE`` (from ``mtransfer.choices``) name these, checked in tests/test_cli_start.py."""
 
 
-def load_estimator(
+def load_named_estimator(
     name: str,
     *,
     device: str | torch.device = "cpu",
@@ -36,7 +36,8 @@ def load_estimator(
     iterations: int | None = None,
     autocast: bool = False,
 ) -> FlowEstimator:
-    """The estimator called ``name`` (one of ``ESTIMATORS``).
+    """The estimator called ``name`` (one of ``ESTIMATORS``), from plain arguments; from a settings
+    section (``[estimator]``, with the guidance check) it is ``mtransfer.app.models.load_estimator``.
 
     ``weights`` only applies to RAFT (a torchvision weights name such as ``"C_T_V1"``, a ``.pth`` path or
     ``"random"``), and so does ``autocast`` (the original RAFT's mixed precision on CUDA). ``iterations`` is each estimator's
@@ -67,6 +68,6 @@ __all__ = [
     "PyramidEstimator",
     "RaftEstimator",
     "TVL1Estimator",
-    "load_estimator",
+    "load_named_estimator",
     "load_raft",
 ]

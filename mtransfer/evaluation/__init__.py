@@ -2,10 +2,12 @@
 
 ``judge`` measures the motion an edit shows (robust to large motions), ``metrics`` turns it and the
 images into fidelity, preservation and temporal-consistency figures, ``evaluate`` applies both to a run
-or edit folder (``mtransfer eval``, and the ``evaluate`` stage of ``mtransfer run``), ``table`` prints it.
+or edit folder (``mtransfer eval``, and the ``evaluate`` stage of ``mtransfer run``), ``table`` prints it;
+``figures`` names the figures once.
 """
 
-from mtransfer.evaluation.evaluate import EVALUATION, FIGURES, evaluate_run, read_evaluation
+from mtransfer.evaluation.evaluate import EVALUATION, evaluate_run, read_evaluation
+from mtransfer.evaluation.figures import FIGURE_TABLE, FIGURES, Figure, summary_line
 from mtransfer.evaluation.judge import Judgement, judge_estimator_name, judge_motion, load_judge
 from mtransfer.evaluation.metrics import end_point_error, fidelity, preservation, temporal_consistency, warping_error
 from mtransfer.evaluation.table import evaluation_table
@@ -13,6 +15,8 @@ from mtransfer.evaluation.table import evaluation_table
 __all__ = [
     "EVALUATION",
     "FIGURES",
+    "FIGURE_TABLE",
+    "Figure",
     "Judgement",
     "end_point_error",
     "evaluate_run",
@@ -23,6 +27,7 @@ __all__ = [
     "load_judge",
     "preservation",
     "read_evaluation",
+    "summary_line",
     "temporal_consistency",
     "warping_error",
 ]

@@ -1,10 +1,10 @@
 """Evaluating a folder written by ``mtransfer run`` or ``mtransfer edit``: ``evaluate_run(folder)``.
 
 A run folder has ``manifest.json``, ``source.png``, ``frames/NNNN.png``, ``flow/NNNN.flo`` and
-``edit_mask/NNNN.png`` (see ``mtransfer.layouts``). An edit folder has ``run.json``,
-``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving region of the
-target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The figures are
-written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
+``edit_mask/NNNN.png`` (see ``mtransfer.layouts``). An edit folder (``mtransfer.layouts.EditFolder``)
+has ``run.json``, ``source.png``, ``edited.png`` and ``target_flow.flo``; it keeps no edit mask, so the moving
+region of the target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The
+figures are written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
 ``evaluate_run`` as its ``evaluate`` stage, keeping each judged frame's figures in its manifest so that
 an interrupted evaluation resumes (``known``, ``on_frame``).
 """
@@ -20,28 +20,18 @@ from typing import Any
 import torch
 
 from mtransfer.errors import UsageError, input_error
+from mtransfer.evaluation.figures import FIGURES, MOTION_KEY
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.devices import parse_device
-from mtransfer.files import json_ready, load_image, read_json, read_json_object, with_infinities, write_json
+from mtransfer.files import load_image, read_json, read_json_object, with_infinities, write_json
 from mtransfer.flows.io import read_flow, read_mask
 from mtransfer.flows.align import motion_mask
-from mtransfer.layouts import EDIT_MASK, EDIT_RECORD, EVALUATION, FLOW, FRAMES, RUN_MANIFEST, frame_file
+from mtransfer.layouts import EDIT_MASK, EVALUATION, FLOW, FRAMES, RUN_MANIFEST, EditFolder, frame_file
 
 MOTIONLESS_PX = 0.5
 """Frames whose target moves no pixel further than this are left out of the summary (they are the source)."""
-FIGURES = {
-    "epe_edit": "EPE in mask (px)",
-    "epe_all": "EPE overall (px)",
-    "within_1px_edit": "within 1 px in mask",
-    "within_1px_all": "within 1 px overall",
-    "psnr": "PSNR outside mask (dB)",
-    "ssim": "SSIM outside mask",
-    "warping_error": "warping error",
-    "baseline_warping_error": "naive warping error",
-}
-"""The per-frame figures of an evaluation (averaged in its summary), with readable names for the report."""
 
 
 def _same_size(path: Path, tensor: torch.Tensor, size: tuple[int, int], what: str) -> torch.Tensor:
@@ -62,12 +52,16 @@ def _load_run(folder: Path) -> tuple[str, dict, list[tuple[int, Path, Path, Path
             (int(p.stem), p, folder / frame_file(FLOW, int(p.stem)), folder / frame_file(EDIT_MASK, int(p.stem)))
             for p in frames
         ]
-    if (folder / EDIT_RECORD).is_file() and (folder / "edited.png").is_file():
-        if not (folder / "target_flow.flo").is_file():
-            raise input_error(folder / "target_flow.flo", "missing; edits written by older versions lack it, rerun the edit")
-        return "edit", read_json_object(folder / EDIT_RECORD, "an edit record"), [(0, folder / "edited.png", folder / "target_flow.flo", None)]
+    edit = EditFolder
+    if (folder / edit.RECORD).is_file() and (folder / edit.EDITED).is_file():
+        if not (folder / edit.TARGET_FLOW).is_file():
+            raise input_error(folder / edit.TARGET_FLOW,
+                              "missing; edits written by older versions lack it, rerun the edit")
+        return "edit", read_json_object(folder / edit.RECORD, "an edit record"), [
+            (0, folder / edit.EDITED, folder / edit.TARGET_FLOW, None)
+        ]
     raise input_error(
-        folder, "not a run folder (manifest.json and frames/) nor an edit folder (run.json and edited.png)"
+        folder, f"not a run folder ({RUN_MANIFEST} and frames/) nor an edit folder ({edit.RECORD} and {edit.EDITED})"
     )
 
 
@@ -131,8 +125,8 @@ def evaluate_run(
     if name == guidance:
         raise UsageError(f"the judge must not be the estimator that guided the edit ({name}); pick another")
     known = {index: with_infinities(dict(row)) for index, row in (known or {}).items()}
-    judge = load_estimator(name, device=device) if any(index not in known for index, *_ in frames) else None
-    source = load_image(folder / "source.png")
+    judge = load_named_estimator(name, device=device) if any(index not in known for index, *_ in frames) else None
+    source = load_image(folder / EditFolder.SOURCE)  # a run folder's source has the same name
     size = tuple(source.shape[-2:])
     if progress:
         progress(sum(index not in known for index, *_ in frames))
@@ -150,7 +144,7 @@ def evaluate_run(
                                 max_side=max_side).flow[0]
         rows.append({
             "frame": index,
-            "max_motion_px": float(target.norm(dim=0).max()),
+            MOTION_KEY: float(target.norm(dim=0).max()),
             **fidelity(measured, target, mask),
             **preservation(source, result, mask),
         })
@@ -161,7 +155,7 @@ def evaluate_run(
     temporal = temporal_consistency(torch.stack(results), torch.stack(targets), source)
     for row, error, baseline in zip(rows[1:], temporal["warping_error"], temporal["baseline_warping_error"]):
         row.update(warping_error=error, baseline_warping_error=baseline)
-    moving = [row for row in rows if row["max_motion_px"] > MOTIONLESS_PX]  # frame 0 is the source itself
+    moving = [row for row in rows if row[MOTION_KEY] > MOTIONLESS_PX]  # frame 0 is the source itself
     evaluation = {
         "folder": str(folder),
         "kind": kind,
@@ -169,5 +163,5 @@ def evaluate_run(
         "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in FIGURES},
         "frames": rows,
     }
-    write_json(folder / EVALUATION, json_ready(evaluation))
+    write_json(folder / EVALUATION, evaluation)
     return evaluation

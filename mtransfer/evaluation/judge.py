@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from mtransfer.estimators import FlowEstimator, load_estimator
+from mtransfer.estimators import FlowEstimator, load_named_estimator
 from mtransfer.estimators.raft import has_local_weights
 from mtransfer.flows import as_flow_batch, compose, resize_flow, warp
 
@@ -52,7 +52,7 @@ def judge_estimator_name(guidance_estimator: str | None = None) -> str:
 
 def load_judge(guidance_estimator: str | None = None, device: str | torch.device = "cpu") -> FlowEstimator:
     """The estimator ``judge_estimator_name`` picks, loaded on ``device``."""
-    return load_estimator(judge_estimator_name(guidance_estimator), device=device)
+    return load_named_estimator(judge_estimator_name(guidance_estimator), device=device)
 
 
 @dataclass(frozen=True)

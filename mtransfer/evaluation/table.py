@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from rich.table import Table
 
-_COLUMNS = (  # key, header, format
-    ("max_motion_px", "|T|", "{:.1f}"),
-    ("epe_edit", "EPE mask", "{:.2f}"),
-    ("epe_all", "EPE all", "{:.2f}"),
-    ("within_1px_edit", "≤1px", "{:.0%}"),
-    ("psnr", "PSNR", "{:.1f}"),
-    ("ssim", "SSIM", "{:.3f}"),
-    ("warping_error", "warp", "{:.4f}"),
-    ("baseline_warping_error", "naive", "{:.4f}"),
+from mtransfer.evaluation.figures import FIGURE_TABLE, MOTION_KEY
+
+_COLUMNS = ((MOTION_KEY, "|T|", "{:.1f}"),) + tuple(  # key, header, format
+    (figure.key, figure.column, figure.format) for figure in FIGURE_TABLE if figure.column
 )
 _MAX_ROWS = 16
 

@@ -31,7 +31,6 @@ from mtransfer.flows.spec import MotionTerm, build_term, format_spec, load_flow,
 from mtransfer.flows.viz import color_wheel, error_scale, error_to_color, flow_to_color, quiver_overlay
 from mtransfer.flows.warp import (
     as_flow_batch,
-    disocclusion_mask,
     occlusion_mask,
     pixel_grid,
     reference_occlusion_mask,
@@ -48,7 +47,6 @@ __all__ = [
     "bulge",
     "color_wheel",
     "compose",
-    "disocclusion_mask",
     "error_scale",
     "error_to_color",
     "flow_to_color",

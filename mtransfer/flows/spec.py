@@ -62,6 +62,20 @@ class _Param:
     name: str
     kind: str = _PLAIN
     default: str | None = None  # written in the spec language itself; None = required
+    control: tuple[str, str, float, str] | None = None
+    """A front end's slider: lowest, highest value, step, start (values in the spec language); None: none."""
+
+
+@dataclass(frozen=True)
+class Control:
+    """One parameter's slider for a front end, resolved for one image size: the parameter's name in the
+    spec language, its range, step and start value (positions and lengths in pixels)."""
+
+    name: str
+    minimum: float
+    maximum: float
+    step: float
+    value: float
 
 
 @dataclass(frozen=True)
@@ -90,28 +104,56 @@ def _wobble(height: int, width: int, amplitude: float, wavelength: float, seed: 
 
 
 MOTIONS: dict[str, _Motion] = {
-    "translate": _Motion((_Param("dx", _DX), _Param("dy", _DY, "0")), elementary.translation),
-    "rotate": _Motion((_Param("degrees"), *_CENTER), _centred(elementary.rotation, "degrees")),
-    "scale": _Motion((_Param("factor"), *_CENTER), _centred(elementary.scaling, "factor")),
-    "stretch": _Motion(
-        (_Param("factor"), _Param("angle", default="0"), *_CENTER), _centred(elementary.stretch, "factor", "angle")
+    "translate": _Motion(
+        (_Param("dx", _DX, control=("-50%", "50%", 1, "10")), _Param("dy", _DY, "0", ("-50%", "50%", 1, "0"))),
+        elementary.translation,
     ),
-    "shear": _Motion((_Param("shx"), _Param("shy", default="0"), *_CENTER), _centred(elementary.shear, "shx", "shy")),
+    "rotate": _Motion((_Param("degrees", control=("-180", "180", 1, "15")), *_CENTER),
+                      _centred(elementary.rotation, "degrees")),
+    "scale": _Motion((_Param("factor", control=("0.5", "2", 0.01, "1.2")), *_CENTER),
+                     _centred(elementary.scaling, "factor")),
+    "stretch": _Motion(
+        (_Param("factor", control=("0.5", "2", 0.01, "1.2")),
+         _Param("angle", default="0", control=("-90", "90", 1, "0")), *_CENTER),
+        _centred(elementary.stretch, "factor", "angle"),
+    ),
+    "shear": _Motion(
+        (_Param("shx", control=("-1", "1", 0.01, "0.2")), _Param("shy", default="0", control=("-1", "1", 0.01, "0")),
+         *_CENTER),
+        _centred(elementary.shear, "shx", "shy"),
+    ),
     "twirl": _Motion(
-        (_Param("degrees"), _Param("radius", _SIDE, "50%"), *_CENTER), _centred(elementary.twirl, "degrees", "radius")
+        (_Param("degrees", control=("-360", "360", 1, "60")), _Param("radius", _SIDE, "50%", ("1", "100%", 1, "50%")),
+         *_CENTER),
+        _centred(elementary.twirl, "degrees", "radius"),
     ),
     "bulge": _Motion(
-        (_Param("strength"), _Param("radius", _SIDE, "50%"), *_CENTER),
+        (_Param("strength", control=("-1", "1", 0.01, "0.3")), _Param("radius", _SIDE, "50%", ("1", "100%", 1, "50%")),
+         *_CENTER),
         _centred(elementary.bulge, "strength", "radius"),
     ),
     "wobble": _Motion(
-        (_Param("amplitude", _SIDE), _Param("wavelength", _SIDE, "50%"), _Param("seed", default="0")), _wobble
+        (_Param("amplitude", _SIDE, control=("0", "12.5%", 0.5, "4")),
+         _Param("wavelength", _SIDE, "50%", ("2", "100%", 1, "50%")),
+         _Param("seed", default="0", control=("0", "100", 1, "0"))),
+        _wobble,
     ),
 }
 ALIASES = {"translation": "translate", "rotation": "rotate", "scaling": "scale"}
 _HOMOGRAPHY_USAGE = "homography(x1, y1, ..., x4, y4) or homography(h11, ..., h33)"
 
 _TERM = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*(?:\*\s*([^()*]+?))?\s*$", re.DOTALL)
+
+
+def motion_controls(name: str, height: int, width: int) -> list[Control]:
+    """The sliders of motion ``name`` on a ``height`` x ``width`` image, in parameter order: every parameter
+    with a ``control`` (the centre ``cx, cy`` has none: a front end places it on the image)."""
+    resolve = _Resolver(name, name, height, width)
+    return [
+        Control(param.name, *(resolve.value(param.name, param.kind, text) for text in param.control[:2]),
+                param.control[2], resolve.value(param.name, param.kind, param.control[3]))
+        for param in MOTIONS[name].params if param.control is not None
+    ]
 
 
 def motion_usage() -> str:

@@ -107,17 +107,6 @@ def occlusion_mask(flow: torch.Tensor, tolerance: float = 0.5) -> torch.Tensor:
 
 
 @torch.no_grad()
-def disocclusion_mask(flow: torch.Tensor) -> torch.Tensor:
-    """Destination pixels that no source pixel lands on (newly revealed): ``(B, 1, H, W)``, 1 = revealed."""
-    flow = as_flow_batch(flow)
-    batch, _, height, width = flow.shape
-    index, inside = _destination_index(flow)
-    hits = torch.zeros((batch, height * width), device=flow.device, dtype=flow.dtype)
-    hits = hits.scatter_add(1, index, inside.to(flow.dtype))
-    return (hits == 0).to(flow.dtype).view(batch, 1, height, width)
-
-
-@torch.no_grad()
 def splat_image(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """Carry ``image`` (B, C, H, W) forward by ``flow`` by splatting each pixel onto its nearest destination.
 

@@ -1,6 +1,6 @@
 """Motion guidance (Geng & Owens, ICLR 2024): guided DDIM sampling that makes an image move by a flow.
 
-- ``config``: ``GuidanceConfig``, the sampler's settings with the paper's defaults.
+- ``config``: ``GuidanceSettings``, the sampler's settings with the paper's defaults.
 - ``energy``: ``motion_energy``, flow L1 + occlusion-masked colour L1 (+ optional reconstruction term).
 - ``sampler``: ``cfg_eps``, ``guided_eps``, ``motion_guided_step``, ``sample_motion_guided`` (pure functions).
 - ``edit``: ``prepare_source``, ``edit_image`` (``edit_images`` for a batch), ``generate``: the image-level entry points; ``colour_mask``;
@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.edit import (
     EditResult,
     SourceState,
@@ -40,7 +40,7 @@ from mtransfer.guidance.sampler import (
 __all__ = [
     "EditResult",
     "EnergyWeights",
-    "GuidanceConfig",
+    "GuidanceSettings",
     "GuidanceDiverged",
     "GuidedEps",
     "MotionTarget",

@@ -55,7 +55,7 @@ values are not published, so none of these is claimed to be theirs:
 
 
 @dataclass(frozen=True)
-class GuidanceConfig:
+class GuidanceSettings:
     """Everything the guided sampler needs besides the models and the images.
 
     ``recon_weight`` adds reconstruction guidance: an L1 term pulling the edit towards the source outside
@@ -113,7 +113,7 @@ class GuidanceConfig:
         _require(self.max_latent_std > 0, "max_latent_std", "must be > 0", self.max_latent_std)
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> GuidanceConfig:
+    def from_mapping(cls, values: Mapping[str, Any]) -> GuidanceSettings:
         """Build from a preset's ``[guidance]`` table; unknown keys and bad values name the key."""
         if "occlusion_masking" in values:
             raise UsageError(
@@ -130,7 +130,7 @@ class GuidanceConfig:
             return [max(0.0, 1.0 - i / guided_steps) for i in range(self.steps)]
         return [1.0] * self.steps
 
-    def replace(self, **changes: Any) -> GuidanceConfig:
+    def replace(self, **changes: Any) -> GuidanceSettings:
         """A copy with some settings changed, validated like the original."""
         return self.from_mapping({**dataclasses.asdict(self), **changes})
 

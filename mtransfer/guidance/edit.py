@@ -22,7 +22,7 @@ from mtransfer.estimators.base import FlowEstimator
 from mtransfer.flows import occlusion_mask, reference_occlusion_mask
 from mtransfer.flows.ops import compose, invert, resize_flow
 from mtransfer.flows.warp import warp
-from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.energy import EnergyWeights
 from mtransfer.guidance.sampler import GuidanceDiverged, GuidedEps, MotionTarget, cfg_eps, sample_motion_guided
 
@@ -83,7 +83,7 @@ def prepare_source(
     backend: DiffusionBackend,
     image: torch.Tensor,
     prompt: str,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     trajectory: list[torch.Tensor] | None = None,
     progress: Progress | None = None,
@@ -122,7 +122,7 @@ def prepare_source(
 def generate(
     backend: DiffusionBackend,
     prompt: str,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     size: tuple[int, int] = (512, 512),
     progress: Progress | None = None,
@@ -151,7 +151,7 @@ def edit_image(
     estimator: FlowEstimator,
     state: SourceState,
     target_flow: torch.Tensor,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     edit_mask: torch.Tensor | None = None,
     init_latent: torch.Tensor | None = None,
@@ -188,7 +188,7 @@ def edit_images(
     estimator: FlowEstimator,
     state: SourceState,
     target_flows: torch.Tensor,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     edit_masks: list[torch.Tensor] | None = None,
     init_latent: torch.Tensor | None = None,

@@ -5,7 +5,7 @@ absolute difference over every pixel and both flow channels; the colour term is 
 difference over every pixel and colour channel of the occlusion-masked images (hidden pixels count as
 zero error, they are *not* dropped from the denominator); images are nominally in [0, 1]. Whether the
 decoded estimate is clamped first and how the colour term's warp pads are conventions chosen by the
-caller (``GuidanceConfig.clamp`` / ``padding``); the defaults are the authors' (no clamp, reflection).
+caller (``GuidanceSettings.clamp`` / ``padding``); the defaults are the authors' (no clamp, reflection).
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from typing import Callable, Sequence
 import torch
 
 from mtransfer.diffusion import DiffusionBackend, alpha_bars, ddim_step, predict_x0, renoise
-from mtransfer.errors import MtransferError
+from mtransfer.errors import UsageError
 from mtransfer.estimators.base import FlowEstimator
-from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.energy import EnergyWeights, motion_energy
 
 
@@ -72,8 +72,8 @@ class GuidedEps:
         return max(self.grad_norms, default=0.0)
 
 
-class GuidanceDiverged(MtransferError):
-    """The sampler met a NaN/inf or an exploding latent and stopped.
+class GuidanceDiverged(UsageError):
+    """The sampler met a NaN/inf or an exploding latent and stopped (a usage problem: the settings push too hard).
 
     ``latent`` is the last good latent (the input of the failing step), ``x0`` the last finite one-step
     clean estimate (None if there was none), ``history`` the per-pass records up to the failure.
@@ -152,7 +152,7 @@ def motion_guided_step(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     target: MotionTarget,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     guidance_scale: float,
     generator: Generators,
@@ -204,7 +204,7 @@ def sample_motion_guided(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     target: MotionTarget,
-    config: GuidanceConfig,
+    config: GuidanceSettings,
     *,
     generator: Generators,
     references: Sequence[torch.Tensor] | None = None,

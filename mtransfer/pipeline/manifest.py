@@ -14,18 +14,17 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
+from mtransfer.validation import differences
 from mtransfer.layouts import RUN_MANIFEST
 from mtransfer.errors import OutputError
-from mtransfer.files import read_json, write_json
+from mtransfer.files import read_json, supersede, write_json
 
 FORMAT = 1
 MANIFEST = RUN_MANIFEST
 LOCK = "run.lock"
-SUPERSEDED = "superseded"
 FINGERPRINT_BYTES = 1 << 20
 
 
@@ -46,16 +45,6 @@ def _now() -> str:
 def content_id(record: dict[str, Any]) -> str:
     """The part of a fingerprint that identifies content, as one short string for stage settings."""
     return f"{record['bytes']} bytes, sha256 {record['sha256_first_mib'][:16]}"
-
-
-def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Human-readable ``key: old → new`` lines between two nested settings records."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        lines = []
-        for key in sorted(set(old) | set(new), key=str):
-            lines += differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
-        return lines
-    return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]
 
 
 class RunLock:
@@ -188,24 +177,9 @@ class Manifest:
         return bool(record) and record.get("status") == "done" and record.get("settings") == settings
 
     def supersede(self, stages: Iterable[str], paths: Iterable[Path]) -> Path | None:
-        """Move ``paths`` (a stage's outputs) to ``superseded/<time>/`` and forget those stages' progress.
-
-        Nothing is deleted: the user can compare or restore the old results from there.
-        """
-        moved_to = None
-        for path in paths:
-            if not path.exists():
-                continue
-            if moved_to is None:
-                stamp = _now().replace(":", "-")
-                moved_to = self.folder / SUPERSEDED / stamp
-                for attempt in range(2, 1000):
-                    if not moved_to.exists():
-                        break
-                    moved_to = self.folder / SUPERSEDED / f"{stamp}-{attempt}"
-            target = moved_to / path.relative_to(self.folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), str(target))
+        """Move ``paths`` (a stage's outputs) to ``superseded/<time>/`` (``mtransfer.files.supersede``) and
+        forget those stages' progress."""
+        moved_to = supersede(self.folder, paths)
         for name in stages:
             self.record["stages"].pop(name, None)
         self.save()

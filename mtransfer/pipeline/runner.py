@@ -30,7 +30,7 @@ from mtransfer.app.executors import import_ray
 from mtransfer.app.models import check_models
 from mtransfer.app.settings import (
     REDONE_ON_CHANGE,
-    AlignConfig,
+    AlignSettings,
     STAGES,
     EstimatorSettings,
     ModelSettings,
@@ -40,11 +40,11 @@ from mtransfer.app.settings import (
 )
 from mtransfer.app.versions import versions
 from mtransfer.errors import Interrupted, MtransferError, UsageError, input_error, require_file
-from mtransfer.estimators import load_estimator
+from mtransfer.estimators import load_named_estimator
 from mtransfer.evaluation import evaluation_table
 from mtransfer.files import ensure_writable, load_image, read_json_object, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
-from mtransfer.guidance.config import GuidanceConfig
+from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.flows.align import mask_box, pixel_box, source_box
 from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint
 from mtransfer.layouts import STAGE_OUTPUTS, SUMMARY
@@ -128,7 +128,8 @@ def _probe(path: Path, settings: RunSettings) -> tuple[Any, int]:
     return info, frame_count
 
 
-def _plain(value: Any) -> Any:
+def _as_json_reads_it(value: Any) -> Any:
+    """``value`` as the manifest will read it back (tuples as lists, keys as strings), so comparisons match."""
     return json.loads(json.dumps(value))
 
 
@@ -251,13 +252,14 @@ def run_pipeline(request: RunRequest, console: Console, progress: Progress | Non
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
         if settings.evaluation.enabled:
-            load_estimator(judge_name(settings))  # a judge without its weights: one line now, not after the edits
+            load_named_estimator(judge_name(settings))  # a judge without its weights: one line now, not after the edits
         if settings.execution.executor == "ray":
             import_ray()  # its absence is a one-line error now, not after the flow stage
     device = settings.model.torch_device()
     folder = request.out or default_folder(request.video, request.image)
     wanted = stage_settings(settings, inputs, request.flow_only)
-    header = {"pipeline": settings.name, "config": _plain(config), "inputs": inputs.prints, "device": str(device),
+    header = {"pipeline": settings.name, "config": _as_json_reads_it(config), "inputs": inputs.prints,
+              "device": str(device),
               "flow_only": request.flow_only}
     with _run_folder(folder, wanted, request.restart, header, console) as manifest:
         with (progress if progress is not None else progress_bar(console, 18)) as progress, ExitStack() as resources:
@@ -300,7 +302,7 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
     started = time.perf_counter()
     settings = RunSettings(
         name="flow", model=ModelSettings(size=(), device=request.device), estimator=EstimatorSettings(),
-        guidance=GuidanceConfig(), video=request.settings, align=AlignConfig(), output=OutputSettings(),
+        guidance=GuidanceSettings(), video=request.settings, align=AlignSettings(), output=OutputSettings(),
     )
     info, frame_count = _probe(request.video, settings)
     device = settings.model.torch_device()
@@ -314,7 +316,7 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
                                               **_capped_size(settings.video, info.height, info.width)}},
                                   skip=("align", "guide", "evaluate"))
     wanted = {stage: own[stage] for stage in ("decode", "flow", "encode")}
-    header = {"pipeline": "flow", "config": _plain({"video": settings.as_record()["video"]}), "inputs": prints,
+    header = {"pipeline": "flow", "config": _as_json_reads_it({"video": settings.as_record()["video"]}), "inputs": prints,
               "device": str(device)}
     fps = info.fps / settings.video.stride
     with _run_folder(folder, wanted, request.restart, header, console) as manifest:

@@ -8,18 +8,18 @@ from __future__ import annotations
 import html
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 
 from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings
-from mtransfer.app.versions import versions
 from mtransfer.errors import DeviceError, MtransferError
 from mtransfer.files import load_image
 from mtransfer.flows import read_flow, read_mask, resize_flow
-from mtransfer.app.edit_folder import write_edit
+from mtransfer.app.edit_folder import edit_into_folder
 from mtransfer.guidance.edit import motionless
+from mtransfer.layouts import EditFolder
 from mtransfer.ui.jobs import Job
 from mtransfer.ui.session import (
     POLL_S, Session, Shared, file_link, job_html, page_error, picture, session_of, shows_problems,
@@ -48,30 +48,27 @@ def edit_work(job: Job, session: Session, settings, spec: str, prompt: str, fold
               use_mask: bool):
     """The job: get the models (kept from the last edit when they match), edit the session's image towards
     ``spec`` (inside the session's mask when ``use_mask``), write the run folder and its zip."""
-    source_path = session.folder / "source.png"
+    source_path = session.folder / EditFolder.SOURCE
     working = settings.model.working_size(session.original_size, source_path)
     source = load_image(source_path, size=working)
     target = resize_flow(session.flow(spec), working)
     mask = read_mask(Path(session.mask), size=working) if use_mask and session.mask else None
     job.begin("loading models", 0)
-    guidance = settings.guidance
     warnings: list[str] = []
     loads = models.loads
     editor = models.editor(settings, source, warn=warnings.append)
     reused = models.loads == loads
-    job.begin(guidance.source_noise, guidance.steps)
-    state = editor.prepare(source, prompt or None, progress=job.tick)
-    job.begin("guide", guidance.steps * guidance.recursions)
-    result = editor.edit(state, target, edit_mask=mask, progress=job.tick, preview=job.show)
-    record = {
-        "command": "ui edit", "image": "source.png", "flow": spec, "drawn_at": list(session.size),
-        "prompt": prompt or settings.model.prompt, "pipeline": settings.name, "size": list(working),
-        "edit_mask": "the Motion tab's mask" if mask is not None else None,
-        "device": str(editor.device), "model": asdict(settings.model), "estimator": asdict(settings.estimator),
-        "guidance": asdict(guidance), "seed": guidance.seed, "versions": versions(), "warnings": warnings,
-    }
-    job.begin("writing", 0)
-    write_edit(folder, source, target, result, record)
+
+    def phase(name: str, total: int):
+        job.begin(name, total)
+        return job.tick
+
+    result, _ = edit_into_folder(
+        folder, editor, source, target, command="ui edit", image=EditFolder.SOURCE, flow=spec,
+        prompt=prompt or settings.model.prompt, edit_mask=mask,
+        mask="the Motion tab's mask" if mask is not None else None, drawn_at=session.size, warnings=warnings,
+        phase=phase, preview=job.show,
+    )
     archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
     return result, Path(archive), reused, mask is not None
 
@@ -115,7 +112,7 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         if job.error is not None:
             raise page_error(job.error)
         result, archive, reused, masked = job.result
-        error = (result.achieved_flow.float().cpu() - read_flow(folder / "target_flow.flo")).norm(dim=0)
+        error = (result.achieved_flow.float().cpu() - read_flow(folder / EditFolder.TARGET_FLOW)).norm(dim=0)
         final = result.losses[-1] if result.losses else {}
         text = (f"done in {time.perf_counter() - job.started:.1f} s "
                 f"({'models kept loaded from the last edit' if reused else 'models loaded'}"
@@ -125,13 +122,13 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
                 + (" — DIVERGED: " + str(result.divergence) if result.diverged else ""))
         yield {
             edit_status: html.escape(text),
-            edit_result: str(folder / "edited.png"),
-            edit_target: str(folder / "target_flow.png"),
-            edit_achieved: str(folder / "achieved_flow.png"),
-            edit_error: str(folder / "flow_error.png"),
-            edit_loss: str(folder / "loss.png"),
+            edit_result: str(folder / EditFolder.EDITED),
+            edit_target: str(folder / EditFolder.TARGET_PICTURE),
+            edit_achieved: str(folder / EditFolder.ACHIEVED_PICTURE),
+            edit_error: str(folder / EditFolder.ERROR_PICTURE),
+            edit_loss: str(folder / EditFolder.LOSS_CURVES),
             edit_zip: str(archive),
-            edit_links: f"{file_link(folder / 'report.html', 'report.html')} · run folder `{folder}`",
+            edit_links: f"{file_link(folder / EditFolder.REPORT, EditFolder.REPORT)} · run folder `{folder}`",
         }
 
     with gr.Row():

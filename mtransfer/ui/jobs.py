@@ -18,11 +18,11 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from mtransfer.errors import Interrupted, MtransferError
+from mtransfer.errors import DeviceError, Interrupted
 
 
-class Busy(MtransferError):
-    """Another job holds the device."""
+class Busy(DeviceError):
+    """Another job holds the device (a device problem: it is not available now)."""
 
 
 @dataclass

@@ -7,7 +7,6 @@ its last term, "add" appends one, and any text the user types is read back into 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,50 +19,26 @@ from mtransfer.flows import (
     move_image,
     parse_flow_spec,
     quiver_overlay,
-    restrict,
     spec_terms,
-    translation,
 )
-from mtransfer.flows.spec import MOTIONS, image_corners
+from mtransfer.flows.spec import MOTIONS, Control, image_corners, motion_controls
 
 CORNERS = ("top-left", "top-right", "bottom-right", "bottom-left")  # homography(x1, y1, ..., x4, y4) order
 MASK_TINT = (0.1, 0.5, 1.0)  # the colour the mask is shown in (the flow's arrows are red)
 
 
-@dataclass(frozen=True)
-class Slider:
-    """One parameter slider: the parameter's name in the spec language, its range, step and start value."""
-
-    name: str
-    minimum: float
-    maximum: float
-    step: float
-    value: float
-
-
-def sliders(kind: str, height: int, width: int) -> list[Slider]:
-    """The sliders for ``kind`` on a ``height`` x ``width`` image (lengths in pixels of that image)."""
-    side = min(height, width)
-    table = {
-        "translate": [Slider("dx", -width / 2, width / 2, 1, 10), Slider("dy", -height / 2, height / 2, 1, 0)],
-        "rotate": [Slider("degrees", -180, 180, 1, 15)],
-        "scale": [Slider("factor", 0.5, 2.0, 0.01, 1.2)],
-        "stretch": [Slider("factor", 0.5, 2.0, 0.01, 1.2), Slider("angle", -90, 90, 1, 0)],
-        "shear": [Slider("shx", -1, 1, 0.01, 0.2), Slider("shy", -1, 1, 0.01, 0)],
-        "twirl": [Slider("degrees", -360, 360, 1, 60), Slider("radius", 1, side, 1, side / 2)],
-        "bulge": [Slider("strength", -1, 1, 0.01, 0.3), Slider("radius", 1, side, 1, side / 2)],
-        "wobble": [Slider("amplitude", 0, side / 8, 0.5, 4), Slider("wavelength", 2, side, 1, side / 2),
-                   Slider("seed", 0, 100, 1, 0)],
-        # where each image corner goes, as an offset in pixels; the top corners start tilted inwards
-        "homography": [
-            Slider(f"{corner} {axis}", -span / 2, span / 2, 1, start)
-            for corner, inward in zip(CORNERS, (1, -1, 0, 0))
-            for axis, span, start in (("dx", width, inward * round(width / 20)), ("dy", height, 0))
-        ],
-    }
-    if kind not in table:
+def sliders(kind: str, height: int, width: int) -> list[Control]:
+    """The sliders for ``kind`` on a ``height`` x ``width`` image (lengths in pixels of that image): the spec
+    language's own (``motion_controls``), and for a homography where each corner goes, as offsets."""
+    if kind in MOTIONS:
+        return motion_controls(kind, height, width)
+    if kind != "homography":
         raise UsageError(f"the controls do not offer '{kind}'; choose one of {', '.join(CONTROL_KINDS)}")
-    return table[kind]
+    return [  # the top corners start tilted inwards
+        Control(f"{corner} {axis}", -span / 2, span / 2, 1, start)
+        for corner, inward in zip(CORNERS, (1, -1, 0, 0))
+        for axis, span, start in (("dx", width, inward * round(width / 20)), ("dy", height, 0))
+    ]
 
 
 CONTROL_KINDS = (*MOTIONS, "homography")  # homography as the four corners' offsets (its matrix form: spec text)
@@ -143,15 +118,6 @@ def parse_arrow(text: str) -> tuple[tuple[float, float], tuple[float, float]]:
     except ValueError:
         raise UsageError(f"a dragged arrow is four numbers 'x0 y0 x1 y1', got '{text[:60]}'") from None
     return (x0, y0), (x1, y1)
-
-
-def arrow_to_flow(
-    start: tuple[float, float], end: tuple[float, float], height: int, width: int, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The ``(2, H, W)`` flow of an arrow: every pixel of the mask ``(1, H, W)`` (default: all) moves by
-    end - start, soft mask values scale the move, pixels outside it stay."""
-    flow = translation(height, width, end[0] - start[0], end[1] - start[1])
-    return flow if mask is None else restrict(flow, mask)
 
 
 def spec_flow(spec: str, height: int, width: int, allowed_folder: Path) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mtransfer.app.report import Plot, Report, ReportFrame, figure_values, write_report
-from mtransfer.evaluation import FIGURES
+from mtransfer.evaluation import FIGURE_TABLE, FIGURES, summary_line
 from mtransfer.files import load_image, save_image
 from mtransfer.flows.io import read_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
@@ -74,30 +74,8 @@ def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
     return F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
-EVALUATION_PLOTS = (
-    Plot("epe_edit", "fidelity: EPE in the edit mask (px); dashed: overall", "epe_all"),
-    Plot("ssim", "preservation: SSIM outside the edit mask (1: untouched)"),
-    Plot("warping_error", "temporal consistency: warping error (lower is steadier); dashed: naive baseline",
-         "baseline_warping_error"),
-)
-"""The report's plots of an evaluation; its other figures (PSNR, shares within 1 px) are in the table."""
-
-
-def _evaluation_line(evaluation: dict[str, Any]) -> str:
-    """One summary line of the evaluation: judge and the means over the moving frames."""
-    mean = evaluation["summary"]
-    judge = evaluation["judge"]
-
-    def shown(key: str, text: str) -> str:
-        value = mean.get(key)
-        return "–" if value is None else "∞" if value == math.inf else text.format(value)
-
-    return (
-        f"Evaluation by {judge['estimator']} (not the guidance estimator {judge['guidance_estimator']}), means over "
-        f"the moving frames: EPE {shown('epe_edit', '{:.2f}')} px in the edit mask ({shown('within_1px_edit', '{:.0%}')} "
-        f"within 1 px); outside it PSNR {shown('psnr', '{:.1f}')} dB, SSIM {shown('ssim', '{:.3f}')}; warping error "
-        f"{shown('warping_error', '{:.4f}')} (naive baseline {shown('baseline_warping_error', '{:.4f}')})."
-    )
+EVALUATION_PLOTS = tuple(Plot(f.key, f.plot, f.reference) for f in FIGURE_TABLE if f.plot)
+"""The report's plots of an evaluation (``FIGURE_TABLE``); its other figures are in the table only."""
 
 
 def _write_report(
@@ -154,7 +132,7 @@ def _write_report(
     if not has_results:
         summary.append("Flow only (--flow-only): no edits were made; the edit masks show where guidance would act.")
     if evaluation is not None:
-        summary.append(_evaluation_line(evaluation))
+        summary.append(summary_line(evaluation))
     files = ([RESULT_MP4, RESULT_GIF, SIDE_BY_SIDE] if has_results else []) + [FLOW_VIDEO, ctx.manifest.path.name]
     files += [EVALUATION] if evaluation is not None else []
     write_report(ctx.folder / REPORT, Report(
