@@ -25,7 +25,7 @@ import mtransfer.pipeline.stages.guide as guide
 from mtransfer.app.frames import FrameEditor
 from mtransfer.app import Editor, load_settings
 from mtransfer.app.executors import RAY_INSTALL_HINT
-from mtransfer.errors import Interrupted, UsageError
+from mtransfer.errors import Interrupted
 from mtransfer.evaluation import read_evaluation
 from mtransfer.pipeline.manifest import Manifest
 from mtransfer.pipeline.runner import RunRequest, run_pipeline

@@ -12,7 +12,6 @@ groups the frames still to do into executor jobs that carry the jobs they wait f
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 

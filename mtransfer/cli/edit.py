@@ -12,7 +12,7 @@ from rich.markup import escape
 from mtransfer.choices import DIFFERENTIABLE
 from mtransfer.cli import app, console
 from mtransfer.cli.options import preset_overrides
-from mtransfer.errors import UsageError, input_error
+from mtransfer.errors import UsageError
 from mtransfer.presets import available_pipelines
 
 if TYPE_CHECKING:
