@@ -1,9 +1,9 @@
 """Diffusion models behind one small interface, and the DDIM math the guided sampler is built from.
 
-- ``ddim``: pure functions (``predict_x0``, ``ddim_step``, ``renoise``, ``forward_noise``, ``ddim_timesteps``,
+- ``ddim``: pure functions (``predict_x0``, ``eps_from_v``, ``ddim_step``, ``renoise``, ``forward_noise``, ``ddim_timesteps``,
   ``alpha_bars``).
 - ``backends``: the ``DiffusionBackend`` protocol.
-- ``stable_diffusion``: ``load_stable_diffusion`` (HF id, local folder, or ``"tiny"``), ``real_config``.
+- ``stable_diffusion``: ``load_stable_diffusion`` (HF id, local folder, single file, ``"tiny"``/``"tiny-sd2"``), ``real_config``.
 - ``exact``: ``FiniteSetBackend`` (exact denoiser over a set of images) and ``motion_family``.
 - ``inversion``: ``ddim_invert``.
 
@@ -18,7 +18,9 @@ import importlib
 from typing import Any
 
 from mtransfer.diffusion.backends import DiffusionBackend, straight_through_clamp
-from mtransfer.diffusion.ddim import alpha_bars, ddim_step, ddim_timesteps, forward_noise, predict_x0, renoise
+from mtransfer.diffusion.ddim import (
+    alpha_bars, ddim_step, ddim_timesteps, eps_from_v, forward_noise, predict_x0, renoise,
+)
 from mtransfer.diffusion.exact import FiniteSetBackend, motion_family
 from mtransfer.diffusion.inversion import ddim_invert
 
@@ -37,6 +39,7 @@ __all__ = [
     "ddim_invert",
     "ddim_step",
     "ddim_timesteps",
+    "eps_from_v",
     "forward_noise",
     "motion_family",
     "predict_x0",
