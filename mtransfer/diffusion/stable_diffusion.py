@@ -272,7 +272,13 @@ def _load_components(
 
 
 def _backend(parts: dict[str, Any], label: str, device: str | torch.device, dtype: torch.dtype) -> StableDiffusionBackend:
-    """The backend over loaded components; a scheduler that predicts neither eps nor v is refused."""
+    """The backend over loaded components; a scheduler that predicts neither eps nor v is refused, and so is
+    a tokenizer without a vocabulary (transformers builds one from nothing when the vocabulary files are
+    missing, which would turn every prompt into the same few ids)."""
+    tokenizer = parts["tokenizer"]
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise InputError(f"Stable Diffusion '{label}': its tokenizer has no vocabulary (vocab.json and merges.txt "
+                         "missing); use a complete model")
     prediction = parts["scheduler"].config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION_TYPES:
         raise InputError(
@@ -373,22 +379,26 @@ def _hub_tokenizer(path: Path, repo: str) -> CLIPTokenizer:
     hub = _hub_options()
     try:
         with _quiet_hub_libraries():
-            return CLIPTokenizer.from_pretrained(repo, subfolder="tokenizer", **hub)
+            tokenizer = CLIPTokenizer.from_pretrained(repo, subfolder="tokenizer", **hub)
+        if len(tokenizer) > len(tokenizer.all_special_tokens):  # not one built from nothing (see _backend)
+            return tokenizer
     except Exception:  # noqa: BLE001 - a missing tokenizer is one line saying where to get it
-        raise input_error(
-            path, f"the checkpoint needs the CLIP tokenizer of {repo}, which is not in the Hugging Face cache; "
-            f"download it with `huggingface-cli download {repo} --include 'tokenizer/*'`"
-        ) from None
+        pass
+    raise input_error(
+        path, f"the checkpoint needs the CLIP tokenizer of {repo}, which is not in the Hugging Face cache; "
+        f"download it with `huggingface-cli download {repo} --include 'tokenizer/*'`"
+    )
 
 
 @contextmanager
 def _quiet_hub_libraries() -> Iterator[None]:
     """Mute diffusers/transformers chatter (progress bars, accelerate hints) while loading; errors still raise."""
     previous = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
-    bars = transformers_logging.is_progress_bar_enabled()
+    bars = transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()  # from_single_file's "Loading pipeline components" bar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # deprecation notes between the HF libraries
@@ -397,8 +407,10 @@ def _quiet_hub_libraries() -> Iterator[None]:
     finally:
         diffusers_logging.set_verbosity(previous[0])
         transformers_logging.set_verbosity(previous[1])
-        if bars:
+        if bars[0]:
             transformers_logging.enable_progress_bar()
+        if bars[1]:
+            diffusers_logging.enable_progress_bar()
 
 
 def _load_error(label: str, component: str, exc: Exception, hub: dict[str, Any]) -> InputError:
