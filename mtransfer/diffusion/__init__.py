@@ -26,6 +26,8 @@ from mtransfer.diffusion.inversion import ddim_invert
 
 _LAZY = {
     "StableDiffusionBackend": "mtransfer.diffusion.stable_diffusion",
+    "backend_from_components": "mtransfer.diffusion.stable_diffusion",
+    "load_components": "mtransfer.diffusion.stable_diffusion",
     "load_stable_diffusion": "mtransfer.diffusion.stable_diffusion",
     "random_stable_diffusion": "mtransfer.diffusion.stable_diffusion",
     "real_config": "mtransfer.diffusion.stable_diffusion",

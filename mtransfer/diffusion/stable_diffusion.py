@@ -180,14 +180,20 @@ def load_stable_diffusion(
     Anything that keeps the model from loading becomes a one-line ``MtransferError`` saying how to
     provide it; there is no fallback to another model.
     """
+    return backend_from_components(load_components(model, dtype=dtype), str(model), device=device, dtype=dtype)
+
+
+def load_components(model: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` of ``model`` (any name
+    ``load_stable_diffusion`` takes), on the CPU; a model that cannot be had is a one-line error."""
     if str(model) in TINY_MODELS:
-        return _load_components(tiny_stable_diffusion_folder(str(model)), str(model), device, dtype, {})
+        return _load_components(tiny_stable_diffusion_folder(str(model)), str(model), dtype, {})
     path = _checked_location(model)
     if path is not None and path.is_file():
-        return _load_single_file(path, device, dtype)
+        return _load_single_file(path, dtype)
     if path is not None:
-        return _load_components(path, str(path), device, dtype, {})
-    return _load_components(str(model), str(model), device, dtype, _hub_options())
+        return _load_components(path, str(path), dtype, {})
+    return _load_components(str(model), str(model), dtype, _hub_options())
 
 
 def check_available(model: str | Path = DEFAULT_MODEL) -> None:
@@ -251,9 +257,7 @@ def _hub_resolves() -> bool:
     return True
 
 
-def _load_components(
-    source: str | Path, label: str, device: str | torch.device, dtype: torch.dtype, hub: dict[str, Any]
-) -> StableDiffusionBackend:
+def _load_components(source: str | Path, label: str, dtype: torch.dtype, hub: dict[str, Any]) -> dict[str, Any]:
     loaders = {
         "unet": lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **hub),
         "vae": lambda: AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **hub),
@@ -268,11 +272,15 @@ def _load_components(
                 parts[name] = load()
             except Exception as exc:  # noqa: BLE001 - every way of failing to get weights must end as one line
                 raise _load_error(label, name, exc, hub) from None
-    return _backend(parts, label, device, dtype)
+    return parts
 
 
-def _backend(parts: dict[str, Any], label: str, device: str | torch.device, dtype: torch.dtype) -> StableDiffusionBackend:
-    """The backend over loaded components; a scheduler that predicts neither eps nor v is refused, and so is
+def backend_from_components(
+    parts: dict[str, Any], label: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> StableDiffusionBackend:
+    """The backend over SD components (``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and a ``scheduler``
+    whose ``alphas_cumprod`` and ``prediction_type`` are the training schedule's), moved to ``device`` and
+    ``dtype``; ``label`` names them in errors. A scheduler that predicts neither eps nor v is refused, and so is
     a tokenizer without a vocabulary (transformers builds one from nothing when the vocabulary files are
     missing, which would turn every prompt into the same few ids)."""
     tokenizer = parts["tokenizer"]
@@ -304,7 +312,7 @@ _FAMILY_TOKENIZERS = {"sd-v1-4": DEFAULT_MODEL, "sd-2-1": "stabilityai/stable-di
 offline): a checkpoint file holds weights only, and CLIP's vocabulary is 2 MB the package does not ship."""
 
 
-def _load_single_file(path: Path, device: str | torch.device, dtype: torch.dtype) -> StableDiffusionBackend:
+def _load_single_file(path: Path, dtype: torch.dtype) -> dict[str, Any]:
     """An original-layout checkpoint through ``StableDiffusionPipeline.from_single_file``, configured
     from the shipped configs (or the tiny model's folder) so that nothing is fetched for the configs."""
     from diffusers import StableDiffusionPipeline
@@ -319,10 +327,8 @@ def _load_single_file(path: Path, device: str | torch.device, dtype: torch.dtype
         except Exception as exc:  # noqa: BLE001 - a checkpoint diffusers cannot convert is one line naming it
             reason = " ".join(str(exc).split())[:160] or type(exc).__name__
             raise input_error(path, f"diffusers could not load this checkpoint ({type(exc).__name__}: {reason})") from None
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    parts = {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-             "scheduler": scheduler}
-    return _backend(parts, str(path), device, dtype)
+    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+            "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)}
 
 
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
