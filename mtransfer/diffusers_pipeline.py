@@ -122,7 +122,9 @@ class MotionGuidancePipeline(DiffusionPipeline):
             raise UsageError(f"flow: expected a motion such as 'translate(8, 0)', a flow file or a (2, H, W) "
                              f"array/tensor in pixels, got {type(flow).__name__}")
         if edit_mask is not None and not isinstance(edit_mask, (PIL.Image.Image, np.ndarray, torch.Tensor)):
-            raise UsageError(f"edit_mask: expected a PIL image, an (H, W) array or tensor, got {type(edit_mask).__name__}")
+            raise UsageError(
+                f"edit_mask: expected a PIL image, an (H, W) array or tensor, got {type(edit_mask).__name__}"
+            )
         if output_type not in OUTPUT_TYPES:
             raise UsageError(f"output_type: must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
@@ -174,7 +176,8 @@ class MotionGuidancePipeline(DiffusionPipeline):
             "guidance.clip_grad": clip_grad, "guidance.cfg_scale": guidance_scale,
             "guidance.seed": None if generator is None else generator.initial_seed(),
         }
-        settings = load_settings(preset, [f"{key}={_toml(value)}" for key, value in overrides.items() if value is not None])
+        given = [f"{key}={_toml(value)}" for key, value in overrides.items() if value is not None]
+        settings = load_settings(preset, given)
         components = {name: getattr(self, name) for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
         device = self._execution_device
         backend = backend_from_components(components, type(self).__name__, device=device, dtype=self.unet.dtype)
@@ -205,7 +208,9 @@ class MotionGuidancePipeline(DiffusionPipeline):
 def _estimator(name: str | None, preset: str) -> Any:
     """The estimator ``name`` (default: the preset's) with the preset's ``[estimator]`` settings, on the CPU."""
     if name is not None and name not in DIFFERENTIABLE:
-        raise UsageError(f"flow_estimator: {name!r} is not a differentiable estimator; use one of {', '.join(DIFFERENTIABLE)}")
+        raise UsageError(
+            f"flow_estimator: {name!r} is not a differentiable estimator; use one of {', '.join(DIFFERENTIABLE)}"
+        )
     settings = load_settings(preset, [] if name is None else [f"estimator.name={_toml(name)}"])
     return load_estimator(settings.estimator, "cpu", for_guidance=True)
 

@@ -11,7 +11,7 @@ SD 2.1 configs (v-prediction).
 
 Epsilon and v-prediction models (the scheduler's ``prediction_type``) both work: the backend turns a
 v-prediction into the noise it implies, so the sampler's x0 estimate, DDIM steps, inversion and guided
-step stay written in the eps form and are exact for both. SDXL is refused (see ``_single_file_family``).
+step stay written in the eps form and are exact for both. SDXL is refused (see ``_single_file_config``).
 
 The tiny model keeps the real VAE downsampling factor of 8 (four VAE blocks), because latent-grid
 arithmetic (image size → latent size, flows resized to the latent grid) must be right for real models.
@@ -229,8 +229,8 @@ def _checked_location(model: str | Path) -> Path | None:
         return path
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(model)):
         raise input_error(
-            path, "no such model folder or file; pass a diffusers folder (model_index.json, unet/, vae/, ...), a .safetensors "
-            f"or .ckpt checkpoint file, or a Hugging Face id such as {DEFAULT_MODEL}"
+            path, "no such model folder or file; pass a diffusers folder (model_index.json, unet/, vae/, ...), "
+            f"a .safetensors or .ckpt checkpoint file, or a Hugging Face id such as {DEFAULT_MODEL}"
         )
     return None
 
@@ -326,7 +326,8 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> dict[str, Any]:
             )
         except Exception as exc:  # noqa: BLE001 - a checkpoint diffusers cannot convert is one line naming it
             reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-            raise input_error(path, f"diffusers could not load this checkpoint ({type(exc).__name__}: {reason})") from None
+            problem = f"diffusers could not load this checkpoint ({type(exc).__name__}: {reason})"
+            raise input_error(path, problem) from None
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
             "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)}
 
@@ -370,7 +371,9 @@ def _single_file_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple
                           "mtransfer needs a plain text-to-image checkpoint with 4")
     family = next((f for key, f in _TEXT_ENCODERS.items() if key in shapes), None)
     if family is None:
-        raise input_error(path, "no CLIP or OpenCLIP text encoder found (cond_stage_model.*); not an SD 1.x/2.x checkpoint")
+        raise input_error(
+            path, "no CLIP or OpenCLIP text encoder found (cond_stage_model.*); not an SD 1.x/2.x checkpoint"
+        )
     if channels == real_config("unet", family)["block_out_channels"][0]:
         return CONFIGS / family, _hub_tokenizer(path, _FAMILY_TOKENIZERS[family])
     tiny = next((name for name, (_, f) in TINY_MODELS.items() if f == family), None)
