@@ -43,7 +43,7 @@ REDONE_ON_CHANGE = ("evaluate", "encode")
 moves their earlier results to ``superseded/`` and redoes them instead of refusing to go on."""
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-OFFLINE_MODELS = ("tiny", "exact")
+OFFLINE_MODELS = ("tiny", "tiny-sd2", "exact")
 MIN_FPS, MAX_FPS = 0.01, 1000.0
 """Frame rates an encoded result may have (``output.fps``): a frame per 100 s up to high-speed footage."""
 
@@ -157,7 +157,8 @@ def _working_size_problem(height: int, width: int) -> str | None:
 class ModelSettings:
     """``[model]``: which diffusion model edits the image, at what size, on what device.
 
-    ``model`` is a Hugging Face id, a local diffusers folder, ``"tiny"`` (random tiny SD, offline) or
+    ``model`` is a Hugging Face id, a local diffusers folder, a ``.safetensors``/``.ckpt`` checkpoint of
+    SD 1.x/2.x, ``"tiny"`` / ``"tiny-sd2"`` (random tiny SD 1.x / 2.x v-prediction, offline) or
     ``"exact"`` (the exact denoiser over the target image under a family of motions, see
     ``mtransfer.diffusion.exact``; its ``family_*`` settings choose the motions). ``size`` is the working
     ``[height, width]``: the target image is resized to it; ``[]`` keeps the image's own size. Stable

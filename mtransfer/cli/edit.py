@@ -59,7 +59,7 @@ def edit(
     ),
     prompt: str | None = typer.Option(None, help="model.prompt: text describing the image.", show_default=False),
     model: str | None = typer.Option(
-        None, help="model.model: Hugging Face id, diffusers folder, 'tiny' (random, offline) or 'exact'.",
+        None, help="model.model: Hugging Face id, diffusers folder, .safetensors/.ckpt file, 'tiny'/'tiny-sd2' (random, offline) or 'exact'.",
         show_default=False,
     ),
     estimator: str | None = typer.Option(

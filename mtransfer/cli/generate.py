@@ -21,7 +21,7 @@ def generate(
     pipeline: str = typer.Option(
         "paper", "--pipeline", "-p", help=f"Preset name ({', '.join(available_pipelines())}) or a .toml path."
     ),
-    model: str | None = typer.Option(None, help="model.model: Hugging Face id, diffusers folder or 'tiny'.",
+    model: str | None = typer.Option(None, help="model.model: Hugging Face id, diffusers folder, .safetensors/.ckpt file or 'tiny'.",
                                      show_default=False),
     steps: int | None = typer.Option(None, min=1, help="guidance.steps (edit with the same number).",
                                      show_default=False),
@@ -57,8 +57,8 @@ def generate(
         pipeline, settings, {"model.model": model, "model.device": device, "guidance.steps": steps, "guidance.seed": seed}, size
     )
     run = load_settings(pipeline, overrides)
-    if run.model.is_offline and run.model.model != "tiny":
-        raise UsageError(f"model '{run.model.model}' cannot generate images; use Stable Diffusion or 'tiny'")
+    if run.model.model == "exact":
+        raise UsageError("model 'exact' cannot generate images; use Stable Diffusion or 'tiny'")
     if not run.model.size:
         raise UsageError("generation needs a size: --size HEIGHTxWIDTH (e.g. 512x512)")
     folder = out or Path("outputs") / "generated" / (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "image")

@@ -2,7 +2,7 @@
 
 A backend owns a latent space and a noise predictor; samplers own the loop (classifier-free guidance,
 guidance gradients, recursion). Two implementations: ``StableDiffusionBackend`` (real or tiny random SD
-v1) and ``ExactBackend`` (an exact denoiser over a handful of images, for offline demos and tests).
+1.x/2.x) and ``ExactBackend`` (an exact denoiser over a handful of images, for offline demos and tests).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import torch
 
 @runtime_checkable
 class DiffusionBackend(Protocol):
-    """An eps-predicting diffusion model with a differentiable decoder.
+    """A diffusion model that gives noise (eps) estimates, with a differentiable decoder.
+
+    A model trained for another target (SD 2.x predicts v) converts inside ``eps``, so samplers see one form.
 
     - ``alphas_cumprod``: 1-D tensor of the training schedule's alpha bars (1000 entries for SD v1).
     - ``latent_size(height, width)``: ``(C, h, w)`` of the latent of an image of that size.

@@ -5,6 +5,9 @@ or 0-d tensors, so samplers stay stateless: the schedule is data, not an object.
 timestep spacing match ``diffusers.DDIMScheduler`` for Stable Diffusion v1 (``timestep_spacing="leading"``,
 ``steps_offset=1``, ``set_alpha_to_one=False``); ``tests/test_ddim.py`` checks that step for step.
 
+Models that predict ``v`` rather than the noise (SD 2.x) are turned into noise predictions by
+``eps_from_v`` before any of this, so every formula here holds for both.
+
 Notation: ``a_t`` is alpha-bar at the current (noisier) level, ``a_prev`` at the next, less noisy one;
 ``z_t = sqrt(a_t) * x0 + sqrt(1 - a_t) * eps``.
 """
@@ -21,6 +24,15 @@ Alpha = Union[float, torch.Tensor]
 def predict_x0(z_t: torch.Tensor, eps: torch.Tensor, a_t: Alpha) -> torch.Tensor:
     """The one-step clean estimate implied by a noise prediction (what the guidance energy looks at)."""
     return (z_t - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+
+
+def eps_from_v(z_t: torch.Tensor, v: torch.Tensor, a_t: Alpha) -> torch.Tensor:
+    """The noise a v-prediction (``v = sqrt(a_t) eps - sqrt(1 - a_t) x0``, as SD 2.x) implies at ``z_t``.
+
+    With it, ``predict_x0`` gives ``sqrt(a_t) z_t - sqrt(1 - a_t) v`` and ``ddim_step`` diffusers'
+    v-prediction DDIM step, so the sampler needs no second form of its formulas.
+    """
+    return a_t**0.5 * v + (1 - a_t) ** 0.5 * z_t
 
 
 def ddim_step(z_t: torch.Tensor, eps: torch.Tensor, a_t: Alpha, a_prev: Alpha) -> torch.Tensor:

@@ -1,10 +1,17 @@
-"""Stable Diffusion v1.x as a ``DiffusionBackend``: real weights, or a tiny random model built offline.
+"""Stable Diffusion 1.x/2.x as a ``DiffusionBackend``: real weights, or a tiny random model built offline.
 
 Real models come from a local diffusers folder (``model_index.json``, ``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``) or a Hugging Face id (cache honoured, ``HF_HUB_OFFLINE``
-respected). ``model="tiny"`` builds a randomly initialised SD whose configs are the real SD v1.4 ones
-(``configs/sd-v1-4/``) scaled down, saves it as a diffusers folder once, and loads it through the very
-same code as a real model, so everything downstream of loading is exercised without any download.
+``text_encoder/``, ``tokenizer/``, ``scheduler/``), a Hugging Face id (cache honoured, ``HF_HUB_OFFLINE``
+respected) or a single ``.safetensors``/``.ckpt`` file in the original layout (read with diffusers'
+single-file loader and the configs shipped in ``configs/``, so no config is fetched). ``model="tiny"``
+builds a randomly initialised SD whose configs are the real SD v1.4 ones (``configs/sd-v1-4/``) scaled
+down, saves it as a diffusers folder once, and loads it through the very same code as a real model, so
+everything downstream of loading is exercised without any download; ``"tiny-sd2"`` is the same from the
+SD 2.1 configs (v-prediction).
+
+Epsilon and v-prediction models (the scheduler's ``prediction_type``) both work: the backend turns a
+v-prediction into the noise it implies, so the sampler's x0 estimate, DDIM steps, inversion and guided
+step stay written in the eps form and are exact for both. SDXL is refused (see ``_single_file_config``).
 
 The tiny model keeps the real VAE downsampling factor of 8 (four VAE blocks), because latent-grid
 arithmetic (image size → latent size, flows resized to the latent grid) must be right for real models.
@@ -31,13 +38,19 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
+from mtransfer.diffusion.ddim import eps_from_v
 from mtransfer.errors import InputError, UsageError, input_error
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
-CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1-4"
+CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = CONFIGS / "sd-v1-4"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 TINY_NAME = "tiny-sd-v1"  # bump when the tiny recipe changes so stale caches are not reused
 TINY_SEED = 0
+TINY_MODELS = {"tiny": (TINY_NAME, "sd-v1-4"), "tiny-sd2": ("tiny-sd-v2", "sd-2-1")}
+"""Model name -> (cache folder name, the shipped configs it is scaled down from)."""
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
 # The real SD v1.4 architecture shrunk until a 64x64 image runs encode/eps/decode in well under a second
 # on a CPU, keeping every block type (cross-attention in the UNet, four VAE stages = factor 8, CLIP text).
@@ -65,17 +78,19 @@ _TINY_OVERRIDES: dict[str, dict[str, Any]] = {
 _TINY_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"), ("o", "n</w>"), ("e", "r</w>")]
 
 
-def real_config(name: str) -> dict[str, Any]:
-    """The published SD v1.4 config of one component: ``unet``, ``vae``, ``text_encoder`` or ``scheduler``."""
-    path = CONFIG_DIR / f"{name}.json"
-    if not path.is_file():
-        raise ValueError(f"no SD v1.4 config named {name!r}; choose one of unet, vae, text_encoder, scheduler")
+def real_config(name: str, family: str = "sd-v1-4") -> dict[str, Any]:
+    """The published config of one component (``unet``, ``vae``, ``text_encoder`` or ``scheduler``) of
+    ``family``: ``sd-v1-4`` or ``sd-2-1`` (folders of ``configs/`` laid out as diffusers saves them)."""
+    file = "scheduler/scheduler_config.json" if name == "scheduler" else f"{name}/config.json"
+    path = CONFIGS / family / file
+    if name not in _TINY_OVERRIDES or not path.is_file():
+        raise ValueError(f"no {family} config named {name!r}; choose one of unet, vae, text_encoder, scheduler")
     return json.loads(path.read_text())
 
 
-def tiny_config(name: str) -> dict[str, Any]:
+def tiny_config(name: str, family: str = "sd-v1-4") -> dict[str, Any]:
     """The tiny model's config of one component: the real one with ``_TINY_OVERRIDES`` applied."""
-    return {**real_config(name), **_TINY_OVERRIDES[name]}
+    return {**real_config(name, family), **_TINY_OVERRIDES[name]}
 
 
 def sd_alphas_cumprod() -> torch.Tensor:
@@ -84,7 +99,11 @@ def sd_alphas_cumprod() -> torch.Tensor:
 
 
 class StableDiffusionBackend:
-    """SD v1.x components behind the ``DiffusionBackend`` interface (weights frozen, eval mode)."""
+    """SD 1.x/2.x components behind the ``DiffusionBackend`` interface (weights frozen, eval mode).
+
+    ``prediction_type`` is what the UNet predicts (the scheduler config's): ``"epsilon"`` or
+    ``"v_prediction"``; ``eps`` returns the noise estimate either way.
+    """
 
     batch_invariant = False  # convolution kernels sum in another order at another batch size
 
@@ -98,7 +117,11 @@ class StableDiffusionBackend:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        prediction_type: str = "epsilon",
     ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
+        self.prediction_type = prediction_type
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet, self.vae, self.text_encoder = (
@@ -142,23 +165,35 @@ class StableDiffusionBackend:
         return self.text_encoder(tokens.input_ids.to(self.device))[0]
 
     def eps(self, z: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(z.to(self.dtype), int(t), encoder_hidden_states=cond.to(self.dtype)).sample
+        out = self.unet(z.to(self.dtype), int(t), encoder_hidden_states=cond.to(self.dtype)).sample
+        if self.prediction_type == "v_prediction":
+            return eps_from_v(z.to(out.dtype), out, float(self.alphas_cumprod[int(t)]))
+        return out
 
 
 def load_stable_diffusion(
     model: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> StableDiffusionBackend:
-    """Load SD v1.x from a diffusers folder, a Hugging Face id, or ``"tiny"`` (random, built offline).
+    """Load SD 1.x/2.x from a diffusers folder, a Hugging Face id, a ``.safetensors``/``.ckpt`` file, or
+    ``"tiny"``/``"tiny-sd2"`` (random, built offline).
 
     Anything that keeps the model from loading becomes a one-line ``MtransferError`` saying how to
     provide it; there is no fallback to another model.
     """
-    if str(model) == "tiny":
-        return _load_components(tiny_stable_diffusion_folder(), "tiny", device, dtype, {})
+    return backend_from_components(load_components(model, dtype=dtype), str(model), device=device, dtype=dtype)
+
+
+def load_components(model: str | Path = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The ``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and ``scheduler`` of ``model`` (any name
+    ``load_stable_diffusion`` takes), on the CPU; a model that cannot be had is a one-line error."""
+    if str(model) in TINY_MODELS:
+        return _load_components(tiny_stable_diffusion_folder(str(model)), str(model), dtype, {})
     path = _checked_location(model)
+    if path is not None and path.is_file():
+        return _load_single_file(path, dtype)
     if path is not None:
-        return _load_components(path, str(path), device, dtype, {})
-    return _load_components(str(model), str(model), device, dtype, _hub_options())
+        return _load_components(path, str(path), dtype, {})
+    return _load_components(str(model), str(model), dtype, _hub_options())
 
 
 def check_available(model: str | Path = DEFAULT_MODEL) -> None:
@@ -167,7 +202,7 @@ def check_available(model: str | Path = DEFAULT_MODEL) -> None:
     Long runs call this before their first stage, so a missing model is not discovered only after
     minutes of flow estimation. A Hub id passes when it is cached or the Hub can be reached.
     """
-    if str(model) == "tiny" or _checked_location(model) is not None:
+    if str(model) in TINY_MODELS or _checked_location(model) is not None:
         return
     hub = _hub_options()
     if hub["local_files_only"]:
@@ -177,8 +212,13 @@ def check_available(model: str | Path = DEFAULT_MODEL) -> None:
 
 
 def _checked_location(model: str | Path) -> Path | None:
-    """A complete local diffusers folder as a Path, None for a Hub id; anything else is a one-line error."""
+    """A complete local diffusers folder or an existing checkpoint file as a Path, None for a Hub id;
+    anything else is a one-line error."""
     path = Path(model).expanduser()
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if not path.is_file():
+            raise input_error(path, "no such checkpoint file")
+        return path
     if path.is_dir():
         missing = [c for c in ("model_index.json", *COMPONENTS) if not (path / c).exists()]
         if missing:
@@ -190,8 +230,8 @@ def _checked_location(model: str | Path) -> Path | None:
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(model)) or path.is_file():
         problem = "is a file, expected a model folder" if path.is_file() else "no such model folder"
         raise input_error(
-            path, f"{problem}; pass a diffusers folder (model_index.json, unet/, vae/, ...) or a "
-            f"Hugging Face id such as {DEFAULT_MODEL}"
+            path, f"{problem}; pass a diffusers folder (model_index.json, unet/, vae/, ...), "
+            f"a .safetensors or .ckpt checkpoint file, or a Hugging Face id such as {DEFAULT_MODEL}"
         )
     return None
 
@@ -218,9 +258,7 @@ def _hub_resolves() -> bool:
     return True
 
 
-def _load_components(
-    source: str | Path, label: str, device: str | torch.device, dtype: torch.dtype, hub: dict[str, Any]
-) -> StableDiffusionBackend:
+def _load_components(source: str | Path, label: str, dtype: torch.dtype, hub: dict[str, Any]) -> dict[str, Any]:
     loaders = {
         "unet": lambda: UNet2DConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype, **hub),
         "vae": lambda: AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **hub),
@@ -235,9 +273,130 @@ def _load_components(
                 parts[name] = load()
             except Exception as exc:  # noqa: BLE001 - every way of failing to get weights must end as one line
                 raise _load_error(label, name, exc, hub) from None
+    return parts
+
+
+def backend_from_components(
+    parts: dict[str, Any], label: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> StableDiffusionBackend:
+    """The backend over SD components (``unet``, ``vae``, ``text_encoder``, ``tokenizer`` and a ``scheduler``
+    whose ``alphas_cumprod`` and ``prediction_type`` are the training schedule's), moved to ``device`` and
+    ``dtype``; ``label`` names them in errors. A scheduler that predicts neither eps nor v is refused, and so is
+    a tokenizer without a vocabulary (transformers builds one from nothing when the vocabulary files are
+    missing, which would turn every prompt into the same few ids)."""
+    tokenizer = parts["tokenizer"]
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise InputError(f"Stable Diffusion '{label}': its tokenizer has no vocabulary (vocab.json and merges.txt "
+                         "missing); use a complete model")
+    prediction = parts["scheduler"].config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTION_TYPES:
+        raise InputError(
+            f"Stable Diffusion '{label}': its scheduler's prediction_type is {prediction!r}; mtransfer's sampler "
+            f"supports {' and '.join(PREDICTION_TYPES)}"
+        )
     return StableDiffusionBackend(
         parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"],
-        parts["scheduler"].alphas_cumprod, device=device, dtype=dtype,
+        parts["scheduler"].alphas_cumprod, device=device, dtype=dtype, prediction_type=prediction,
+    )
+
+
+# --- single-file checkpoints -----------------------------------------------------------------------------
+
+_UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+_TEXT_ENCODERS = {  # the key only that family's text encoder has -> the shipped configs of the family
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": "sd-v1-4",
+    "cond_stage_model.transformer.embeddings.token_embedding.weight": "sd-v1-4",
+    "cond_stage_model.model.token_embedding.weight": "sd-2-1",
+}
+_FAMILY_TOKENIZERS = {"sd-v1-4": DEFAULT_MODEL, "sd-2-1": "stabilityai/stable-diffusion-2-1"}
+"""Where a real checkpoint's tokenizer comes from (``tokenizer/`` of this Hub id, from the cache when
+offline): a checkpoint file holds weights only, and CLIP's vocabulary is 2 MB the package does not ship."""
+
+
+def _load_single_file(path: Path, dtype: torch.dtype) -> dict[str, Any]:
+    """An original-layout checkpoint through ``StableDiffusionPipeline.from_single_file``, configured
+    from the shipped configs (or the tiny model's folder) so that nothing is fetched for the configs."""
+    from diffusers import StableDiffusionPipeline
+
+    config, tokenizer = _single_file_config(path, _checkpoint_shapes(path))
+    with _quiet_hub_libraries():
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(path), config=str(config), tokenizer=tokenizer, torch_dtype=dtype, local_files_only=True,
+                safety_checker=None, feature_extractor=None,
+            )
+        except Exception as exc:  # noqa: BLE001 - a checkpoint diffusers cannot convert is one line naming it
+            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+            problem = f"diffusers could not load this checkpoint ({type(exc).__name__}: {reason})"
+            raise input_error(path, problem) from None
+    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+            "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)}
+
+
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in a checkpoint, read without loading the weights where the format allows."""
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as file:
+                return {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line naming it
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise input_error(path, f"not a readable {path.suffix} checkpoint ({type(exc).__name__}: {reason})") from None
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise input_error(path, f"not a checkpoint: it holds a {type(state).__name__}, not a dict of tensors")
+    return {key: tuple(value.shape) for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def _single_file_config(path: Path, shapes: dict[str, tuple[int, ...]]) -> tuple[Path, CLIPTokenizer]:
+    """The diffusers config folder and the tokenizer for a checkpoint, told apart by its tensors.
+
+    SD 1.x (CLIP text encoder) and 2.x (OpenCLIP) at their real sizes use ``configs/sd-v1-4`` and
+    ``configs/sd-2-1``; a checkpoint with the tiny models' sizes uses the tiny folder. A 2.x file is
+    taken for the 768² v-prediction model, as diffusers does: a file cannot tell 2.x-base (epsilon) from it.
+    """
+    if any(key.startswith("conditioner.embedders.") for key in shapes):
+        raise input_error(
+            path, "an SDXL checkpoint, which mtransfer does not support (two text encoders and size conditioning "
+            "the guided sampler does not feed); use a Stable Diffusion 1.x or 2.x checkpoint"
+        )
+    if _UNET_IN not in shapes:
+        raise input_error(path, f"not a Stable Diffusion checkpoint in the original layout (no {_UNET_IN})")
+    channels, unet_in = shapes[_UNET_IN][0], shapes[_UNET_IN][1]
+    if unet_in != 4:
+        raise input_error(path, f"its UNet takes {unet_in} input channels (an inpainting or depth model); "
+                          "mtransfer needs a plain text-to-image checkpoint with 4")
+    family = next((f for key, f in _TEXT_ENCODERS.items() if key in shapes), None)
+    if family is None:
+        raise input_error(
+            path, "no CLIP or OpenCLIP text encoder found (cond_stage_model.*); not an SD 1.x/2.x checkpoint"
+        )
+    if channels == real_config("unet", family)["block_out_channels"][0]:
+        return CONFIGS / family, _hub_tokenizer(path, _FAMILY_TOKENIZERS[family])
+    tiny = next((name for name, (_, f) in TINY_MODELS.items() if f == family), None)
+    if tiny is not None and channels == tiny_config("unet", family)["block_out_channels"][0]:
+        folder = tiny_stable_diffusion_folder(tiny)
+        return folder, CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    raise input_error(path, f"a {family} checkpoint whose UNet has {channels} base channels, a size mtransfer has "
+                      "no config for; save it as a diffusers folder and pass that")
+
+
+def _hub_tokenizer(path: Path, repo: str) -> CLIPTokenizer:
+    hub = _hub_options()
+    try:
+        with _quiet_hub_libraries():
+            tokenizer = CLIPTokenizer.from_pretrained(repo, subfolder="tokenizer", **hub)
+        if len(tokenizer) > len(tokenizer.all_special_tokens):  # not one built from nothing (see _backend)
+            return tokenizer
+    except Exception:  # noqa: BLE001 - a missing tokenizer is one line saying where to get it
+        pass
+    raise input_error(
+        path, f"the checkpoint needs the CLIP tokenizer of {repo}, which is not in the Hugging Face cache; "
+        f"download it with `huggingface-cli download {repo} --include 'tokenizer/*'`"
     )
 
 
@@ -245,10 +404,11 @@ def _load_components(
 def _quiet_hub_libraries() -> Iterator[None]:
     """Mute diffusers/transformers chatter (progress bars, accelerate hints) while loading; errors still raise."""
     previous = (diffusers_logging.get_verbosity(), transformers_logging.get_verbosity())
-    bars = transformers_logging.is_progress_bar_enabled()
+    bars = transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()  # from_single_file's "Loading pipeline components" bar
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)  # deprecation notes between the HF libraries
@@ -257,15 +417,17 @@ def _quiet_hub_libraries() -> Iterator[None]:
     finally:
         diffusers_logging.set_verbosity(previous[0])
         transformers_logging.set_verbosity(previous[1])
-        if bars:
+        if bars[0]:
             transformers_logging.enable_progress_bar()
+        if bars[1]:
+            diffusers_logging.enable_progress_bar()
 
 
 def _load_error(label: str, component: str, exc: Exception, hub: dict[str, Any]) -> InputError:
     reason = " ".join(str(exc).split())[:160] or type(exc).__name__
     what = f"could not load the {component} of Stable Diffusion '{label}' ({type(exc).__name__}: {reason})"
     if not hub:  # a local folder
-        return InputError(f"{what}; check that the folder is a complete diffusers save of an SD v1.x model")
+        return InputError(f"{what}; check that the folder is a complete diffusers save of an SD 1.x or 2.x model")
     where = "it is not in the Hugging Face cache and the Hub cannot be reached (offline)" if hub[
         "local_files_only"
     ] else "it could not be downloaded and is not in the Hugging Face cache"
@@ -285,19 +447,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("MTRANSFER_CACHE") or "~/.cache/mtransfer").expanduser()
 
 
-def tiny_stable_diffusion_folder() -> Path:
-    """The tiny SD as a diffusers folder, built on first use and then reused.
+def tiny_stable_diffusion_folder(model: str = "tiny") -> Path:
+    """The tiny SD ``model`` (``"tiny"`` or ``"tiny-sd2"``) as a diffusers folder, built on first use and then reused.
 
     It is built in a temporary folder beside its final place and renamed into place, so a crash or a
     concurrent build never leaves a half-written model that later runs would trust.
     """
-    final = cache_root() / TINY_NAME
+    name, family = TINY_MODELS[model]
+    final = cache_root() / name
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_NAME}-", dir=final.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=final.parent))
     try:
-        write_random_stable_diffusion(staging, {name: tiny_config(name) for name in _TINY_OVERRIDES}, TINY_SEED)
+        configs = {part: tiny_config(part, family) for part in _TINY_OVERRIDES}
+        write_random_stable_diffusion(staging, configs, TINY_SEED)
         os.rename(staging, final)
     except OSError:
         if not final.is_dir():  # not just a lost race with another process that built it first
