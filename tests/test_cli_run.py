@@ -193,7 +193,7 @@ def test_the_tiny_stable_diffusion_preset_runs_end_to_end(tmp_path, capsys):
     assert (info.frame_count, info.width, info.height) == (3, 64, 64)
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     guide = stages["guide"]["frames"]
-    assert guide["0000"] == {"still": True} and guide["0002"]["diverged"] is False  # frame 2 went through SD
+    assert guide["0000"] == {"still": True, "role": "still"} and guide["0002"]["diverged"] is False  # frame 2 went through SD
     assert (out / "cache" / "latents" / "0002.pt").exists()
     # judged at the end: the figures in the manifest and evaluation.json, the summary table in the terminal
     evaluation = json.loads((out / "evaluation.json").read_text())
