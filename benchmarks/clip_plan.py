@@ -88,12 +88,13 @@ def _seconds(record: dict[str, Any]) -> float:
     return (finished - started).total_seconds()
 
 
-def run_plan(aligned: Path, folder: Path, video: Path, image: Path, overrides: tuple[str, ...]) -> dict[str, Any]:
+def run_plan(aligned: Path, folder: Path, video: Path, image: Path, world: tuple[str, ...],
+             overrides: tuple[str, ...]) -> dict[str, Any]:
     """One plan on a copy of an aligned run folder: its passes, evaluation and times."""
     shutil.copytree(aligned, folder)
     quiet = Console(file=open(os.devnull, "w"))
     started = time.perf_counter()
-    run_pipeline(RunRequest(video, image, PRESET, (*WORLD, *overrides), folder), quiet)
+    run_pipeline(RunRequest(video, image, PRESET, (*world, *overrides), folder), quiet)
     wall = time.perf_counter() - started
     manifest = read_json(folder / "manifest.json")
     guide = manifest["stages"]["guide"]
@@ -106,7 +107,8 @@ def run_plan(aligned: Path, folder: Path, video: Path, image: Path, overrides: t
     }
 
 
-def measure(clips: list[str], pictures: list[str], plans: list[str], ray: bool, console: Console) -> dict[str, Any]:
+def measure(clips: list[str], pictures: list[str], plans: list[str], ray: bool, world: tuple[str, ...],
+            console: Console) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -116,10 +118,10 @@ def measure(clips: list[str], pictures: list[str], plans: list[str], ray: bool, 
             for clip in clips:
                 video = ROOT / "sample_videos" / f"{clip}.mp4"
                 aligned = work / f"{clip}-{picture_name}" / "aligned"
-                run_pipeline(RunRequest(video, image, PRESET, WORLD, aligned, flow_only=True), quiet)
+                run_pipeline(RunRequest(video, image, PRESET, world, aligned, flow_only=True), quiet)
                 for plan in plans:
                     row = run_plan(aligned, work / f"{clip}-{picture_name}" / plan.replace(" ", "_"), video,
-                                   image, PLANS[plan])
+                                   image, world, PLANS[plan])
                     rows.append({"clip": clip, "picture": picture_name, "plan": plan, **row})
                     console.print(f"{clip} × {picture_name}, {plan}: {row}", highlight=False)
         ray_rows = []
@@ -130,10 +132,10 @@ def measure(clips: list[str], pictures: list[str], plans: list[str], ray: bool, 
             for plan in ("independent", "keys K=4 s=0.5"):
                 for workers in (1, 2):
                     settings = (*PLANS[plan], 'execution.executor="ray"', f"execution.workers={workers}")
-                    row = run_plan(aligned, work / f"ray-{workers}-{plan.replace(' ', '_')}", video, image, settings)
+                    row = run_plan(aligned, work / f"ray-{workers}-{plan.replace(' ', '_')}", video, image, world, settings)
                     ray_rows.append({"clip": clip, "picture": picture_name, "plan": plan, "workers": workers, **row})
                     console.print(f"Ray {workers} worker(s), {plan}: {row}", highlight=False)
-    return {"world": list(WORLD), "preset": PRESET, "rows": rows, "ray": ray_rows, "summary": summarise(rows)}
+    return {"world": list(world), "preset": PRESET, "rows": rows, "ray": ray_rows, "summary": summarise(rows)}
 
 
 def _mean(values: list[float]) -> float:
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pictures", default=",".join(PICTURES))
     parser.add_argument("--plans", default=",".join(PLANS), help="comma-separated names from the plan table")
     parser.add_argument("--ray", action="store_true", help="also time the keyed plan on Ray with 1 and 2 workers")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a further setting of the world, after the defaults (e.g. model.size=[24,32])")
     parser.add_argument("--seconds-per-pass", type=float, default=0.20)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--write-benchmarks", action="store_true", help="replace this section of BENCHMARKS.md")
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     if "independent" not in plans:
         plans.insert(0, "independent")  # every change is measured against it
     console = Console()
-    report = measure(args.clips.split(","), args.pictures.split(","), plans, args.ray, console)
+    report = measure(args.clips.split(","), args.pictures.split(","), plans, args.ray, (*WORLD, *args.set), console)
     report["seconds_per_pass"] = args.seconds_per_pass
     report["projection"] = projections(args.seconds_per_pass)
     table = Table(title="frame plans")

@@ -77,8 +77,9 @@ def run_clip(editor: Editor, state: Any, source: torch.Tensor, flows: list[torch
     batch = settings.video.batch
     for start in range(0, len(inputs), batch):
         group = inputs[start : start + batch]
-        if batch == 1 and outputs and settings.video.warm_start:  # the frame before was edited
-            group = [dataclasses.replace(group[0], previous_latent=outputs[-1].latent)]
+        if batch == 1 and outputs and settings.video.warm_start:  # warm from the frame before (plan "chain")
+            group = [dataclasses.replace(group[0], role="warm", parent=group[0].index - 1,
+                                         parent_flow=flows[group[0].index - 1], parent_latent=outputs[-1].latent)]
         outputs.extend(edit_frames(editor, tuple(group), state, None))
     return [{"image": o.image, "mask": i.mask, **o.record} for o, i in zip(outputs, inputs)]
 
@@ -123,7 +124,8 @@ def run(base: RunSettings, pictures: list[str], clips: list[str], frames: int) -
                 for clip in clips:
                     flows = [CLIPS[clip](height, width, t) for t in range(frames + 1)]
                     for name, (warm, batch) in SETTINGS.items():
-                        video = dataclasses.replace(base.video, warm_start=warm, batch=batch)
+                        video = dataclasses.replace(base.video, warm_start=warm, batch=batch,
+                                                    plan="chain" if warm else "independent")
                         editor = Editor(loaded.backend, loaded.estimator, dataclasses.replace(base, video=video),
                                         loaded.device)
                         edited = run_clip(editor, state, source, flows)
