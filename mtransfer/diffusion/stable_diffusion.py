@@ -102,8 +102,7 @@ class StableDiffusionBackend:
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet, self.vae, self.text_encoder = (
-            (m if m.dtype == dtype else m.to(dtype)).to(self.device).eval().requires_grad_(False)
-            for m in (unet, vae, text_encoder)
+            _placed(m, self.device, dtype).eval().requires_grad_(False) for m in (unet, vae, text_encoder)
         )
         self.tokenizer = tokenizer
         self.alphas_cumprod = alphas_cumprod
@@ -143,6 +142,17 @@ class StableDiffusionBackend:
 
     def eps(self, z: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(z.to(self.dtype), int(t), encoder_hidden_states=cond.to(self.dtype)).sample
+
+
+def _placed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` in ``dtype`` on ``device``, converted only where it is not already (fake-tensor models,
+    used to measure memory, cannot be converted onto the device they are on)."""
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    here = model.device
+    if here.type != device.type or (device.index is not None and here.index != device.index):
+        model = model.to(device)
+    return model
 
 
 def load_stable_diffusion(

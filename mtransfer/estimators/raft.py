@@ -148,7 +148,8 @@ def load_raft(
             state = _read_state_dict(path, name)
         _load_checked(model, state, path, name)
     estimator = RaftEstimator(model, name, DEFAULT_ITERATIONS if iterations is None else iterations, autocast)
-    return estimator.to(device)
+    # Built on the CPU: moved only elsewhere (a fake-tensor model, used to measure memory, cannot be moved).
+    return estimator if torch.device(device).type == "cpu" else estimator.to(device)
 
 
 def has_local_weights(name: str) -> bool:
