@@ -97,26 +97,40 @@ class AllocationTracker(TorchDispatchMode):
         self.live -= size
 
 
-def storage_bytes(modules: Sequence[torch.nn.Module]) -> int:
-    """Bytes of the distinct storages of the modules' parameters and buffers."""
-    seen: dict[int, int] = {}
-    for module in modules:
-        for tensor in (*module.parameters(), *module.buffers()):
-            storage = tensor.untyped_storage()
-            seen[storage._cdata] = -(-storage.nbytes() // BLOCK) * BLOCK
+def storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors``, in allocator blocks."""
+    seen = {t.untyped_storage()._cdata: -(-t.untyped_storage().nbytes() // BLOCK) * BLOCK for t in tensors}
     return sum(seen.values())
+
+
+def resident_tensors(*holders: Any) -> list[torch.Tensor]:
+    """The parameters, buffers and plain tensors a backend or estimator keeps between passes (its weights,
+    or the exact model's images)."""
+    found = []
+    for holder in holders:
+        if isinstance(holder, torch.nn.Module):
+            found += [*holder.parameters(), *holder.buffers()]
+        elif isinstance(holder, torch.Tensor):
+            found.append(holder)
+        elif hasattr(holder, "__dict__") and not isinstance(holder, type):
+            found += resident_tensors(*(value for value in vars(holder).values()
+                                        if isinstance(value, (torch.nn.Module, torch.Tensor))))
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
 class MemoryFigure:
-    """One measured pass: the peak and its three parts, in bytes."""
+    """One measured pass: the peak and its three parts in bytes, and its model FLOPs (guided, and unguided
+    for the steps the schedule leaves unguided)."""
 
     speed: str
     batch: int
-    size: int
+    size: tuple[int, int]
     weights: int
     saved_for_backward: int
     transient: int
+    flops: int
+    plain_flops: int
 
     @property
     def peak(self) -> int:
@@ -124,73 +138,80 @@ class MemoryFigure:
 
 
 @contextmanager
-def fake_models(size: str = "real", raft: str = "raft-large") -> Iterator[tuple[Any, Any]]:
-    """SD v1 (``real`` configs, or ``tiny``) and RAFT built on fake tensors, inside the fake mode."""
+def fake_mode() -> Iterator[None]:
+    """Fake tensors for everything made inside (models included); the random VAE's latent scale, which
+    is calibrated on data, keeps its config's value (it scales values, never shapes)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from mtransfer.bench.guided_step import build_models, BenchSettings
-
-    with FakeTensorMode(allow_non_fake_inputs=True), _uncalibrated():
-        settings = BenchSettings(device="cpu", size=64, variants=("baseline",), model=size, raft=raft)
-        yield build_models(settings)
-
-
-@contextmanager
-def _uncalibrated() -> Iterator[None]:
-    """The random VAE's latent scale is calibrated on data, which fake tensors do not have; it only
-    scales values, never shapes, so it keeps the config's."""
     from mtransfer.diffusion import stable_diffusion
 
     calibrate = stable_diffusion._calibrate_latent_scale
     stable_diffusion._calibrate_latent_scale = lambda vae: None
     try:
-        yield
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            yield
     finally:
         stable_diffusion._calibrate_latent_scale = calibrate
 
 
-def measure_pass(backend: Any, estimator: Any, size: int, batch: int, speed: str) -> MemoryFigure:
-    """Follow the allocations of one guided pass of ``batch`` images at ``size``² with ``speed`` switches.
+@contextmanager
+def fake_models(size: str = "real", raft: str = "raft-large") -> Iterator[tuple[Any, Any]]:
+    """SD v1 (``real`` configs, or ``tiny``) and RAFT (5 iterations, as in guidance) on fake tensors."""
+    from mtransfer.bench.guided_step import BenchSettings, build_models
 
-    Call it on fake models (``fake_models``) for a figure at any size, or on real CPU models to compare
-    the method with the allocator.
+    with fake_mode():
+        yield build_models(BenchSettings(device="cpu", size=64, variants=("baseline",), model=size, raft=raft))
+
+
+def measure_pass(backend: Any, estimator: Any, size: int | tuple[int, int], batch: int, speed: str,
+                 guidance: Any = None) -> MemoryFigure:
+    """Follow the allocations of one guided pass of ``batch`` images at ``size`` with ``speed`` switches
+    (``""``: models as loaded, for any backend) and count its FLOPs; ``guidance`` is a ``GuidanceConfig``
+    (default: the paper's). Call it on fake models for a figure at any size, or on real CPU models to
+    compare the method with the allocator.
     """
+    from torch.utils.flop_counter import FlopCounterMode
+
     from mtransfer.bench.guided_step import PAPER, SCHEDULE_POSITION
     from mtransfer.diffusion import ddim_timesteps
     from mtransfer.flows import reference_occlusion_mask, rotation
     from mtransfer.guidance import MotionTarget, guided_eps
+    from mtransfer.speed import speed_switches
 
-    weights = storage_bytes([backend.unet, backend.vae, backend.text_encoder, *_modules(estimator)])
+    guidance = guidance or PAPER
+    height, width = (size, size) if isinstance(size, int) else size
+    weights = storage_bytes(resident_tensors(backend, estimator))
     schedule = ddim_timesteps(len(backend.alphas_cumprod), PAPER.steps)
     t = schedule[int(SCHEDULE_POSITION * len(schedule))]
-    channels, height, width = backend.latent_size(size, size)
-    text = backend.text_encoder.config
+    channels, latent_height, latent_width = backend.latent_size(height, width)
     # NHWC weights hold the same bytes, and fake parameters cannot be re-laid out in place: layout is left out.
-    switches = dataclasses.replace(parse_fast_path(speed), channels_last=False)
+    switches = dataclasses.replace(parse_fast_path(speed), channels_last=False) if speed else None
+    chosen = fast_path(backend, estimator, switches) if switches else speed_switches(backend, estimator, "")
     tracker = AllocationTracker()
-    with fast_path(backend, estimator, switches) as (fast_backend, fast_estimator), tracker:
+    with chosen as (fast_backend, fast_estimator), tracker:
         with torch.no_grad():
             a_t = float(backend.alphas_cumprod[t])  # a stand-in on fake tensors: values never change memory
-            source = torch.rand(batch, 3, size, size)
-            flow = rotation(size, size, 5.0)[None].expand(batch, -1, -1, -1).contiguous()
+            source = torch.rand(batch, 3, height, width)
+            flow = rotation(height, width, 5.0)[None].expand(batch, -1, -1, -1).contiguous()
             target = MotionTarget(source=source, flow=flow, occlusion=reference_occlusion_mask(flow))
-            cond = torch.randn(batch, text.max_position_embeddings, text.hidden_size)
-            uncond = torch.randn_like(cond)
-            latent = torch.randn(batch, channels, height, width)
-            if switches.cache_source:  # the cache is filled once per edit, not per pass
+            cond, uncond = backend.condition(["a photo"] * batch), backend.condition([""] * batch)
+            latent = torch.randn(batch, channels, latent_height, latent_width)
+            if switches and switches.cache_source:  # the cache is filled once per edit, not per pass
                 fast_estimator(source, source)
+
+        def run(scale: float) -> None:
+            guided_eps(fast_backend, fast_estimator, latent, t, a_t, cond, uncond, target,
+                       cfg_scale=guidance.cfg_scale, guidance_scale=scale, clip_grad=guidance.clip_grad)
+
         tracker.peak, tracker.at_backward = tracker.live, None  # from here on: the pass itself
-        guided_eps(
-            fast_backend, fast_estimator, latent, t, a_t, cond, uncond, target,
-            cfg_scale=PAPER.cfg_scale, guidance_scale=PAPER.guidance_weight, clip_grad=PAPER.clip_grad,
-        )
-    held = tracker.at_backward or 0
-    return MemoryFigure(speed=speed, batch=batch, size=size, weights=weights,
-                        saved_for_backward=held, transient=tracker.peak - held)
-
-
-def _modules(estimator: Any) -> list[torch.nn.Module]:
-    return [estimator] if isinstance(estimator, torch.nn.Module) else []
+        with FlopCounterMode(display=False) as counter:
+            run(guidance.guidance_weight)
+        held, peak = tracker.at_backward or 0, tracker.peak
+        with FlopCounterMode(display=False) as plain:
+            run(0.0)
+    return MemoryFigure(speed=speed or "as loaded", batch=batch, size=(height, width), weights=weights,
+                        saved_for_backward=held, transient=peak - held, flops=counter.get_total_flops(),
+                        plain_flops=plain.get_total_flops())
 
 
 def memory_report(size: int, batches: Sequence[int], speeds: Sequence[str], model: str = "real",
@@ -214,12 +235,13 @@ def memory_table(report: dict[str, Any]) -> Any:
 
     table = Table(title=f"peak memory of one guided pass at {report['size']}px ({report['model']} SD v1 + "
                         f"{report['raft']}, measured on fake tensors), GiB")
-    for column in ("speed", "batch", "weights", "saved for backward", "transient", "peak", "fits 12 GiB"):
+    for column in ("speed", "batch", "weights", "saved for backward", "transient", "peak", "fits 12 GiB",
+                   "TFLOP/pass"):
         table.add_column(column, justify="left" if column == "speed" else "right")
     for row in report["rows"]:
         table.add_row(row["speed"], str(row["batch"]), *(f"{row[key] / GIB:.2f}" for key in
                       ("weights", "saved_for_backward", "transient", "peak")),
-                      "yes" if row["peak"] <= 12 * GIB else "no")
+                      "yes" if row["peak"] <= 12 * GIB else "no", f"{row['flops'] / 1e12:.2f}")
     return table
 
 
