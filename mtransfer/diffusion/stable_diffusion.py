@@ -177,13 +177,32 @@ def check_available(model: str | Path = DEFAULT_MODEL) -> None:
     Long runs call this before their first stage, so a missing model is not discovered only after
     minutes of flow estimation. A Hub id passes when it is cached or the Hub can be reached.
     """
-    if str(model) == "tiny" or _checked_location(model) is not None:
-        return
+    found, _ = model_location(model)
+    if not found:
+        raise _load_error(str(model), "model_index.json", FileNotFoundError("not cached"), _hub_options())
+
+
+def model_location(model: str | Path = DEFAULT_MODEL) -> tuple[bool, str]:
+    """Whether ``load_stable_diffusion(model)`` would find the model, and where (reads no weights).
+
+    A Hub id is found when the Hugging Face cache holds it, or when it is not cached but the Hub can be
+    reached (it is then downloaded on first use); offline (``HF_HUB_OFFLINE`` or no network) only the
+    cache counts. An incomplete local folder raises its one-line error.
+    """
+    if str(model) == "tiny":
+        return True, "built offline (random weights)"
+    path = _checked_location(model)
+    if path is not None:
+        return True, f"local folder {path}"
     hub = _hub_options()
+    cached = try_to_load_from_cache(str(model), "model_index.json", cache_dir=hub["cache_dir"])
+    if isinstance(cached, str):
+        return True, f"Hugging Face cache ({Path(cached).parent})"
     if hub["local_files_only"]:
-        cached = try_to_load_from_cache(str(model), "model_index.json", cache_dir=hub["cache_dir"])
-        if not isinstance(cached, str):
-            raise _load_error(str(model), "model_index.json", FileNotFoundError("not cached"), hub)
+        why = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {
+            "1", "ON", "YES", "TRUE"} else "the Hub cannot be reached"
+        return False, f"not in the Hugging Face cache and {why}"
+    return True, "not cached: downloaded from the Hub on first use (about 4 GB)"
 
 
 def _checked_location(model: str | Path) -> Path | None:
