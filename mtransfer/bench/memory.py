@@ -138,9 +138,11 @@ class MemoryFigure:
 
 
 @contextmanager
-def fake_mode() -> Iterator[None]:
-    """Fake tensors for everything made inside (models included); the random VAE's latent scale, which
-    is calibrated on data, keeps its config's value (it scales values, never shapes)."""
+def fake_mode(mode: Any = None) -> Iterator[None]:
+    """Fake tensors for everything made inside (models included), with stand-ins for reads of values
+    (``AllocationTracker``); the random VAE's latent scale, which is calibrated on data, keeps its
+    config's value (it scales values, never shapes). Models made in one fake mode must be measured in
+    the same ``mode`` (a ``FakeTensorMode``): another would copy their weights into new fake tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from mtransfer.diffusion import stable_diffusion
@@ -148,7 +150,7 @@ def fake_mode() -> Iterator[None]:
     calibrate = stable_diffusion._calibrate_latent_scale
     stable_diffusion._calibrate_latent_scale = lambda vae: None
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True):
+        with mode or FakeTensorMode(allow_non_fake_inputs=True), AllocationTracker():
             yield
     finally:
         stable_diffusion._calibrate_latent_scale = calibrate
@@ -164,10 +166,10 @@ def fake_models(size: str = "real", raft: str = "raft-large") -> Iterator[tuple[
 
 
 def measure_pass(backend: Any, estimator: Any, size: int | tuple[int, int], batch: int, speed: str,
-                 guidance: Any = None) -> MemoryFigure:
+                 guidance: Any = None, plain_flops: bool = True) -> MemoryFigure:
     """Follow the allocations of one guided pass of ``batch`` images at ``size`` with ``speed`` switches
     (``""``: models as loaded, for any backend) and count its FLOPs; ``guidance`` is a ``GuidanceConfig``
-    (default: the paper's). Call it on fake models for a figure at any size, or on real CPU models to
+    (default: the paper's); ``plain_flops`` False skips counting the unguided pass. Call it on fake models for a figure at any size, or on real CPU models to
     compare the method with the allocator.
     """
     from torch.utils.flop_counter import FlopCounterMode
@@ -187,6 +189,8 @@ def measure_pass(backend: Any, estimator: Any, size: int | tuple[int, int], batc
     # NHWC weights hold the same bytes, and fake parameters cannot be re-laid out in place: layout is left out.
     switches = dataclasses.replace(parse_fast_path(speed), channels_last=False) if speed else None
     chosen = fast_path(backend, estimator, switches) if switches else speed_switches(backend, estimator, "")
+    with torch.no_grad():  # the text encoder runs once per edit, not per pass: outside the count
+        cond, uncond = backend.condition(["a photo"] * batch), backend.condition([""] * batch)
     tracker = AllocationTracker()
     with chosen as (fast_backend, fast_estimator), tracker:
         with torch.no_grad():
@@ -194,7 +198,6 @@ def measure_pass(backend: Any, estimator: Any, size: int | tuple[int, int], batc
             source = torch.rand(batch, 3, height, width)
             flow = rotation(height, width, 5.0)[None].expand(batch, -1, -1, -1).contiguous()
             target = MotionTarget(source=source, flow=flow, occlusion=reference_occlusion_mask(flow))
-            cond, uncond = backend.condition(["a photo"] * batch), backend.condition([""] * batch)
             latent = torch.randn(batch, channels, latent_height, latent_width)
             if switches and switches.cache_source:  # the cache is filled once per edit, not per pass
                 fast_estimator(source, source)
@@ -204,11 +207,14 @@ def measure_pass(backend: Any, estimator: Any, size: int | tuple[int, int], batc
                        cfg_scale=guidance.cfg_scale, guidance_scale=scale, clip_grad=guidance.clip_grad)
 
         tracker.peak, tracker.at_backward = tracker.live, None  # from here on: the pass itself
+        run(guidance.guidance_weight)
+        held, peak = tracker.at_backward or 0, tracker.peak
+        # FLOPs in passes of their own: the counter's module hooks keep checkpointed activations alive longer
         with FlopCounterMode(display=False) as counter:
             run(guidance.guidance_weight)
-        held, peak = tracker.at_backward or 0, tracker.peak
         with FlopCounterMode(display=False) as plain:
-            run(0.0)
+            if plain_flops:
+                run(0.0)
     return MemoryFigure(speed=speed or "as loaded", batch=batch, size=(height, width), weights=weights,
                         saved_for_backward=held, transient=peak - held, flops=counter.get_total_flops(),
                         plain_flops=plain.get_total_flops())
