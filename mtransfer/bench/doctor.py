@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from mtransfer.app.models import CPU_ASSUMED_TFLOPS, load_backend, weights_found
 from mtransfer.app.settings import RunSettings, load_settings
 from mtransfer.bench.measure import peak_tflops
 from mtransfer.bench.memory import GIB, MemoryFigure, fake_mode, measure_pass
+from mtransfer.errors import MtransferError
 from mtransfer.presets import available_pipelines
 from mtransfer.speed import parse_fast_path
 
@@ -186,7 +185,7 @@ def check_preset(name: str, here: Machine, models: FakeModels, overrides: tuple[
             check.fix = check.fix or _weights_fix(what, settings)
     if device.startswith("cuda") and not here.gpus:
         check.problems.append(f"model.device = {requested!r} but no CUDA GPU is visible to torch")
-        check.fix = check.fix or f"--set model.device=\"cpu\" (slow for Stable Diffusion) or run it on a GPU machine"
+        check.fix = check.fix or "--set model.device=\"cpu\" (slow for Stable Diffusion) or run it on a GPU machine"
     check.memory = _measure(settings, models, settings.model.speed)
     gpu = max(here.gpus, key=lambda g: g.free) if here.gpus else None
     check.available = gpu.free if device.startswith("cuda") and gpu else here.ram_available
@@ -224,15 +223,14 @@ def _weights_fix(what: str, settings: RunSettings) -> str:
 
 def _memory_fix(settings: RunSettings, models: FakeModels, check: PresetCheck) -> str:
     """The first speed setting that fits (fp32 math first), else the size to halve to."""
-    if settings.model.model not in ("exact",):
+    if settings.model.model != "exact":
         extra = CUDA_CONTEXT if check.device.startswith("cuda") else 0
         for spec in FIXES_TRIED:
             combined = "+".join(part for part in (settings.model.speed, spec) if part)
             try:
-                parse_fast_path(combined)
-            except Exception:  # noqa: BLE001 - a setting that contradicts the preset's own is skipped
+                figure = _measure(settings, models, combined)
+            except MtransferError:  # contradicts the preset's own switches, or needs RAFT: not a fix here
                 continue
-            figure = _measure(settings, models, combined)
             if figure.peak + extra <= check.available:
                 math = "same fp32 math" if "bf16" not in combined else "bf16 autocast: check its drift first"
                 return f"--set model.speed=\"{combined}\" ({figure.peak / GIB:.1f} GiB; {math})"

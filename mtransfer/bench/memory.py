@@ -169,8 +169,8 @@ def measure_pass(backend: Any, estimator: Any, size: int | tuple[int, int], batc
                  guidance: Any = None, plain_flops: bool = True) -> MemoryFigure:
     """Follow the allocations of one guided pass of ``batch`` images at ``size`` with ``speed`` switches
     (``""``: models as loaded, for any backend) and count its FLOPs; ``guidance`` is a ``GuidanceConfig``
-    (default: the paper's); ``plain_flops`` False skips counting the unguided pass. Call it on fake models for a figure at any size, or on real CPU models to
-    compare the method with the allocator.
+    (default: the paper's); ``plain_flops`` False skips counting the unguided pass. Call it on fake
+    models for a figure at any size, or on real CPU models to compare the method with the allocator.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
