@@ -61,3 +61,31 @@ def test_a_preset_that_does_not_fit_gets_the_first_speed_setting_that_fits(model
 def test_this_machine_is_read_from_torch() -> None:
     here = machine()
     assert here.device == ("cuda" if here.gpus else "cpu") and here.cpu_threads >= 1
+
+
+def test_weights_are_looked_up_where_loading_looks_without_reading_them(tmp_path, monkeypatch) -> None:
+    from mtransfer.diffusion import stable_diffusion as sd
+    from mtransfer.estimators import raft
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    assert sd.model_location("someone/sd") == (False, "not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+    cached = tmp_path / "hf" / "hub" / "models--someone--sd" / "snapshots" / "abc"
+    cached.mkdir(parents=True)
+    (cached / "model_index.json").write_text("{}")
+    (cached.parent.parent / "refs").mkdir()
+    (cached.parent.parent / "refs" / "main").write_text("abc")
+    found, where = sd.model_location("someone/sd")
+    assert found and where.startswith("Hugging Face cache") and str(cached) in where
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(raft.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(raft.socket, "getaddrinfo", lambda *args: (_ for _ in ()).throw(OSError("no DNS")))
+    found, where = raft.weights_location("raft-large", "C_T_V1")
+    assert not found and "C_T_V1 not in the torch hub cache" in where and "cannot be reached" in where
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / "raft_large_C_T_V1-22a6c225.pth").write_bytes(b"")
+    assert raft.weights_location("raft-large", "C_T_V1")[0]
+    assert raft.weights_location("raft-small", "random") == (True, "random weights (nothing to find)")
+    assert raft.weights_location("raft-small", str(tmp_path / "none.pth"))[0] is False
