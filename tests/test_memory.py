@@ -43,3 +43,28 @@ def test_method_agrees_with_the_resident_set_on_real_cpu_tensors() -> None:
     check = rss_cross_check(size=128, model="tiny", raft="raft-small", speed="baseline")
     assert check["tracked_bytes"] > 50 * 2**20
     assert abs(check["rss_bytes"] - check["tracked_bytes"]) <= 0.15 * check["tracked_bytes"], check
+
+
+def test_raft_checkpointing_keeps_the_flow_and_its_gradient_and_is_undone() -> None:
+    from mtransfer.diffusion.stable_diffusion import random_stable_diffusion
+    from mtransfer.estimators import load_raft
+    from mtransfer.speed import fast_path, parse_fast_path
+
+    torch.manual_seed(0)
+    estimator = load_raft("raft-small", weights="random", iterations=2)
+    source = torch.rand(1, 3, 128, 128)
+
+    def flow_and_grad(raft):
+        target = source.roll(3, dims=-1).requires_grad_(True)
+        flow = raft(source, target)
+        (grad,) = torch.autograd.grad(flow.square().mean(), target)
+        return flow.detach(), grad
+
+    plain = flow_and_grad(estimator)
+    modules = {name: getattr(estimator.model, name) for name in ("feature_encoder", "update_block")}
+    with fast_path(random_stable_diffusion("tiny"), estimator, parse_fast_path("checkpoint-raft")) as (_, fast):
+        assert type(fast.model.update_block).__name__ == "_Checkpointed"
+        checkpointed = flow_and_grad(fast)
+    torch.testing.assert_close(checkpointed[0], plain[0])
+    torch.testing.assert_close(checkpointed[1], plain[1])
+    assert {name: getattr(estimator.model, name) for name in modules} == modules
