@@ -14,7 +14,9 @@ changes precision, kernels, memory layout or what is recomputed:
 - ``channels_last``: NHWC weights, so cuDNN picks its tensor-core convolution kernels without transposes.
 - ``cache_source``: RAFT's source-side work (the source's feature map and context features) is computed
   once per source image instead of once per pass (``mtransfer.estimators.raft.source_cached``).
-- ``checkpointing``: diffusers' gradient checkpointing in the UNet and the VAE: less memory, more time.
+- ``checkpoint_unet`` / ``checkpoint_vae`` / ``checkpoint_raft``: gradient checkpointing (activations
+  recomputed in the backward pass: less memory, more time) of the UNet and the VAE (diffusers' own) and of
+  RAFT's encoders and update step (``torch.utils.checkpoint`` around each, ``RAFT.forward`` unchanged).
 - ``compile``: ``torch.compile`` of the UNet, the decode call and the estimator.
 
 ``fast_path(backend, estimator, switches)`` applies a set of switches for the duration of a ``with``
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from mtransfer.errors import UsageError
 from mtransfer.estimators.base import FlowEstimator
@@ -48,7 +51,9 @@ class FastPath:
     sdpa: bool = False
     channels_last: bool = False
     cache_source: bool = False
-    checkpointing: bool = False
+    checkpoint_unet: bool = False
+    checkpoint_vae: bool = False
+    checkpoint_raft: bool = False
     compile: bool = False
 
     def __post_init__(self) -> None:
@@ -70,12 +75,16 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "sdpa": {"sdpa": True},
     "channels-last": {"channels_last": True},
     "cache-source": {"cache_source": True},
-    "checkpoint": {"checkpointing": True},
+    "checkpoint-unet": {"checkpoint_unet": True},
+    "checkpoint-vae": {"checkpoint_vae": True},
+    "checkpoint-raft": {"checkpoint_raft": True},
+    "checkpoint": {"checkpoint_unet": True, "checkpoint_vae": True, "checkpoint_raft": True},
     "compile": {"compile": True},
     "fast": {"autocast": "bf16", "sdpa": True, "channels_last": True, "cache_source": True},
 }
 """Names usable in a variant spec. ``fast`` is every switch that pays on a GPU without changing memory
-behaviour or needing a compiler: bf16 autocast, SDPA, channels-last and the RAFT source cache."""
+behaviour or needing a compiler: bf16 autocast, SDPA, channels-last and the RAFT source cache. ``checkpoint``
+is all three checkpointing switches (only the decoder of the VAE runs in a guided pass)."""
 
 
 def _is_on(switches: FastPath, change: dict[str, Any]) -> bool:
@@ -111,10 +120,14 @@ def fast_path(backend: Any, estimator: FlowEstimator, switches: FastPath) -> Ite
         stack.enter_context(_attention(backend, sdpa=switches.sdpa))
         if switches.channels_last:
             stack.enter_context(_channels_last([backend.unet, backend.vae, *_modules(estimator)]))
-        if switches.checkpointing:
-            stack.enter_context(_checkpointing(backend))
+        if switches.checkpoint_unet:
+            stack.enter_context(_checkpointing(backend.unet))
+        if switches.checkpoint_vae:
+            stack.enter_context(_checkpointing(backend.vae))
         if switches.cache_source:
             estimator = source_cached(estimator)
+        if switches.checkpoint_raft:
+            stack.enter_context(_raft_checkpointing(estimator))
         yield _fast_backend(backend, switches), _fast_estimator(estimator, switches)
 
 
@@ -228,12 +241,48 @@ def _channels_last(modules: list[torch.nn.Module]) -> Iterator[None]:
 
 
 @contextmanager
-def _checkpointing(backend: Any) -> Iterator[None]:
-    models = (backend.unet, backend.vae)
-    for model in models:
-        model.enable_gradient_checkpointing()
+def _checkpointing(model: Any) -> Iterator[None]:
+    model.enable_gradient_checkpointing()
     try:
         yield
     finally:
-        for model in models:
-            model.disable_gradient_checkpointing()
+        model.disable_gradient_checkpointing()
+
+
+class _Checkpointed(torch.nn.Module):
+    """One of RAFT's sub-modules whose activations are recomputed in the backward pass instead of kept."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # RAFT.forward reads e.g. update_block.hidden_state_size
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("inner"), name)
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        if not torch.is_grad_enabled():
+            return self.inner(*args)
+        return torch.utils.checkpoint.checkpoint(self.inner, *args, use_reentrant=False)
+
+
+_RAFT_CHECKPOINTED = ("feature_encoder", "context_encoder", "update_block", "mask_predictor")
+
+
+@contextmanager
+def _raft_checkpointing(estimator: FlowEstimator) -> Iterator[None]:
+    """Checkpoint RAFT's encoders, update step and mask predictor (each call its own segment, so one
+    update's activations are alive at a time in the backward pass); restored on exit."""
+    if not isinstance(estimator, RaftEstimator):
+        raise UsageError(f"checkpoint-raft only applies to RAFT, not to the {estimator.name} estimator")
+    model = estimator.model
+    previous = {name: getattr(model, name) for name in _RAFT_CHECKPOINTED if getattr(model, name) is not None}
+    for name, module in previous.items():
+        setattr(model, name, _Checkpointed(module))
+    try:
+        yield
+    finally:
+        for name, module in previous.items():
+            setattr(model, name, module)

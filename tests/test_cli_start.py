@@ -16,7 +16,7 @@ PROBE = (
 
 
 @pytest.mark.parametrize("args", [["--help"], *[[name, "--help"] for name in
-                                               ("run", "edit", "generate", "flow", "eval", "presets", "ui")]])
+                                               ("run", "edit", "generate", "flow", "eval", "presets", "ui", "doctor")]])
 def test_help_imports_no_heavy_library(args):
     done = subprocess.run([sys.executable, "-c", PROBE.format(args=args, heavy=HEAVY)],
                           capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mtransfer.diffusion import DiffusionBackend, ExactBackend, motion_family
-from mtransfer.errors import UsageError
+from mtransfer.errors import MtransferError, UsageError
 from mtransfer.estimators import DIFFERENTIABLE, FlowEstimator
 from mtransfer.estimators import load_named_estimator
 from mtransfer.app.settings import DTYPES, EstimatorSettings, ModelSettings
@@ -18,7 +18,8 @@ from mtransfer.app.settings import DTYPES, EstimatorSettings, ModelSettings
 # Rough CPU cost of one guided pass of real SD v1 at 512x512 (UNet with CFG, VAE decode and RAFT, forward
 # and backward): about 8.1 TFLOP (counted with FlopCounterMode, see BENCHMARKS.md) at an assumed 0.3 TFLOP/s
 # sustained by a desktop CPU. Not a measurement; only used to tell the user what they are in for.
-CPU_SECONDS_PER_SD_PASS = 8.1e12 / 0.3e12
+CPU_ASSUMED_TFLOPS = 0.3
+CPU_SECONDS_PER_SD_PASS = 8.1e12 / (CPU_ASSUMED_TFLOPS * 1e12)
 
 
 def load_estimator(
@@ -50,6 +51,26 @@ def check_models(model: ModelSettings, estimator: EstimatorSettings) -> None:
     from mtransfer.diffusion.stable_diffusion import check_available  # diffusers is slow to import
 
     check_available(model.model)
+
+
+def weights_found(model: ModelSettings, estimators: list[EstimatorSettings]) -> list[tuple[str, bool, str]]:
+    """``(what, found, where)`` for the diffusion model and each RAFT the settings load, looked up the way
+    loading does (local folder, Hugging Face / torch hub cache, ``HF_HUB_OFFLINE``); no weights are read.
+    An unusable location (an incomplete folder) is reported as not found, with its error."""
+    from mtransfer.estimators.raft import weights_location
+
+    rows = []
+    if not model.is_offline:
+        from mtransfer.diffusion.stable_diffusion import model_location  # diffusers is slow to import
+
+        try:
+            rows.append((f"Stable Diffusion {model.model}", *model_location(model.model)))
+        except MtransferError as exc:
+            rows.append((f"Stable Diffusion {model.model}", False, str(exc)))
+    for estimator in dict.fromkeys(e for e in estimators if e.name.startswith("raft-")):
+        label = f"{estimator.name} weights {estimator.weights or 'DEFAULT'}"
+        rows.append((label, *weights_location(estimator.name, estimator.weights or None)))
+    return rows
 
 
 def family_translations(height: int, width: int, settings: ModelSettings) -> list[tuple[float, float]]:

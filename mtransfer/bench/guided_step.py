@@ -530,6 +530,19 @@ def parse_args(
     parser.add_argument(
         "--compile", action="store_true", help="also measure torch.compile on top of the fastest set (slow to warm up)"
     )
+    parser.add_argument(
+        "--memory", action="store_true",
+        help=f"instead of timing: the peak memory of one guided pass, followed allocation by allocation on fake "
+             f"tensors (no GPU, no weights; default --size {GPU_SIZE})",
+    )
+    parser.add_argument("--batch", default="1,2", help="with --memory: comma-separated batch sizes (default 1,2)")
+    parser.add_argument(
+        "--speed", help="with --memory: comma-separated switch sets (default: baseline, bf16, each checkpointing, ...)"
+    )
+    parser.add_argument(
+        "--cross-check", action="store_true",
+        help="with --memory: also run the method on real CPU tensors (tiny models, 128px) against the resident set",
+    )
     parser.add_argument("--json", type=Path, help="write the full report here")
     parser.add_argument("--plot", type=Path, help="write a PNG of the per-variant split here")
     args = parser.parse_args(argv)
@@ -565,6 +578,8 @@ def parse_args(
 def main(argv: Sequence[str] | None = None, prog: str = "mtransfer bench") -> dict[str, Any]:
     """Run from the command line; prints the table to stdout and writes ``--json`` / ``--plot``."""
     settings, args = parse_args(argv, prog)
+    if args.memory:
+        return memory_main(args)
     status = Console(stderr=True)
     if settings.device == "cpu" and args.size is None:
         status.print(
@@ -581,4 +596,34 @@ def main(argv: Sequence[str] | None = None, prog: str = "mtransfer bench") -> di
     if args.plot:
         plot_split(report, args.plot)
         status.print(f"wrote {args.plot}")
+    return report
+
+
+def memory_main(args: argparse.Namespace) -> dict[str, Any]:
+    """``--memory``: the measured peak of one pass per switch set and batch size, printed and ``--json``."""
+    from mtransfer.bench.memory import DEFAULT_SPEEDS, memory_report, memory_table, rss_cross_check
+
+    try:
+        batches = [int(text) for text in args.batch.split(",")]
+    except ValueError:
+        raise UsageError(f"--batch {args.batch}: expected comma-separated whole numbers such as 1,2") from None
+    if min(batches) < 1:
+        raise UsageError(f"--batch {args.batch}: batch sizes must be at least 1")
+    speeds = [spec.strip() for spec in args.speed.split(",")] if args.speed else list(DEFAULT_SPEEDS)
+    model = args.model if args.model in RANDOM_MODELS else "real"
+    size = args.size if args.size is not None else GPU_SIZE
+    report = memory_report(size, batches, speeds, model=model, raft=args.raft)
+    out = Console(width=max(Console().width, 120))
+    out.print(memory_table(report))
+    out.print("note: not counted: the CUDA context (~0.5 GiB), cuDNN/cuBLAS workspaces, allocator fragmentation",
+              highlight=False)
+    if args.cross_check:
+        check = rss_cross_check()
+        report["cross_check"] = check
+        out.print(f"cross-check on real CPU tensors ({check['model']} SD + {check['raft']}, {check['size']}px, "
+                  f"{check['speed']}): tracked {check['tracked_bytes'] / 2**20:.1f} MiB, resident set rose "
+                  f"{check['rss_bytes'] / 2**20:.1f} MiB", highlight=False)
+    if args.json:
+        write_json(args.json, report)
+        Console(stderr=True).print(f"wrote {args.json}")
     return report

@@ -1,3 +1,3 @@
 """Imports each sub-command module so that it registers itself on the app (order = order in --help)."""
 
-from mtransfer.cli import run, edit, generate, motion, flow, bench, eval, presets, ui  # noqa: F401
+from mtransfer.cli import run, edit, generate, motion, flow, bench, doctor, eval, presets, ui  # noqa: F401

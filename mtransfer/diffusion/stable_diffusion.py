@@ -125,8 +125,7 @@ class StableDiffusionBackend:
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet, self.vae, self.text_encoder = (
-            (m if m.dtype == dtype else m.to(dtype)).to(self.device).eval().requires_grad_(False)
-            for m in (unet, vae, text_encoder)
+            _placed(m, self.device, dtype).eval().requires_grad_(False) for m in (unet, vae, text_encoder)
         )
         self.tokenizer = tokenizer
         self.alphas_cumprod = alphas_cumprod
@@ -171,6 +170,17 @@ class StableDiffusionBackend:
         return out
 
 
+def _placed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``model`` in ``dtype`` on ``device``, converted only where it is not already (fake-tensor models,
+    used to measure memory, cannot be converted onto the device they are on)."""
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    here = model.device
+    if here.type != device.type or (device.index is not None and here.index != device.index):
+        model = model.to(device)
+    return model
+
+
 def load_stable_diffusion(
     model: str | Path = DEFAULT_MODEL, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> StableDiffusionBackend:
@@ -202,13 +212,32 @@ def check_available(model: str | Path = DEFAULT_MODEL) -> None:
     Long runs call this before their first stage, so a missing model is not discovered only after
     minutes of flow estimation. A Hub id passes when it is cached or the Hub can be reached.
     """
-    if str(model) in TINY_MODELS or _checked_location(model) is not None:
-        return
+    found, _ = model_location(model)
+    if not found:
+        raise _load_error(str(model), "model_index.json", FileNotFoundError("not cached"), _hub_options())
+
+
+def model_location(model: str | Path = DEFAULT_MODEL) -> tuple[bool, str]:
+    """Whether ``load_stable_diffusion(model)`` would find the model, and where (reads no weights).
+
+    A Hub id is found when the Hugging Face cache holds it, or when it is not cached but the Hub can be
+    reached (it is then downloaded on first use); offline (``HF_HUB_OFFLINE`` or no network) only the
+    cache counts. An incomplete local folder raises its one-line error.
+    """
+    if str(model) in TINY_MODELS:
+        return True, "built offline (random weights)"
+    path = _checked_location(model)
+    if path is not None:
+        return True, f"local {'checkpoint file' if path.is_file() else 'folder'} {path}"
     hub = _hub_options()
+    cached = try_to_load_from_cache(str(model), "model_index.json", cache_dir=hub["cache_dir"])
+    if isinstance(cached, str):
+        return True, f"Hugging Face cache ({Path(cached).parent})"
     if hub["local_files_only"]:
-        cached = try_to_load_from_cache(str(model), "model_index.json", cache_dir=hub["cache_dir"])
-        if not isinstance(cached, str):
-            raise _load_error(str(model), "model_index.json", FileNotFoundError("not cached"), hub)
+        why = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {
+            "1", "ON", "YES", "TRUE"} else "the Hub cannot be reached"
+        return False, f"not in the Hugging Face cache and {why}"
+    return True, "not cached: downloaded from the Hub on first use (about 4 GB)"
 
 
 def _checked_location(model: str | Path) -> Path | None:

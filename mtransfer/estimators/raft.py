@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -132,7 +134,7 @@ def load_raft(
         raise UsageError(f"unknown RAFT variant {name!r}; choose one of {', '.join(_VARIANTS)}")
     build, weights_enum = _VARIANTS[name]
     model = build(weights=None)
-    choice = str(weights) if weights is not None else os.environ.get(WEIGHTS_ENV) or None
+    choice = _weights_choice(weights)
     if choice != RANDOM_WEIGHTS:
         if choice is None or choice in weights_enum.__members__:
             path, state = _hub_state_dict(name, weights_enum[choice or "DEFAULT"])
@@ -149,7 +151,42 @@ def load_raft(
             state = _read_state_dict(path, name)
         _load_checked(model, state, path, name)
     estimator = RaftEstimator(model, name, DEFAULT_ITERATIONS if iterations is None else iterations, autocast)
-    return estimator.to(device)
+    # Built on the CPU: moved only elsewhere (a fake-tensor model, used to measure memory, cannot be moved).
+    return estimator if torch.device(device).type == "cpu" else estimator.to(device)
+
+
+def _weights_choice(weights: str | Path | None) -> str | None:
+    """What ``weights`` means: itself, else ``$MTRANSFER_RAFT_WEIGHTS``, else None (torchvision's DEFAULT)."""
+    return str(weights) if weights is not None else os.environ.get(WEIGHTS_ENV) or None
+
+
+def _hub_cache_file(weights: WeightsEnum) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+
+
+def weights_location(name: str, weights: str | Path | None = None) -> tuple[bool, str]:
+    """Whether ``load_raft(name, weights=weights)`` would find its weights, and where (reads none).
+
+    Named weights not yet in the torch hub cache count as found when their download host resolves.
+    """
+    if name not in _VARIANTS:
+        raise UsageError(f"unknown RAFT variant {name!r}; choose one of {', '.join(_VARIANTS)}")
+    weights_enum = _VARIANTS[name][1]
+    choice = _weights_choice(weights)
+    if choice == RANDOM_WEIGHTS:
+        return True, "random weights (nothing to find)"
+    if choice is not None and choice not in weights_enum.__members__:
+        return Path(choice).is_file(), f"local file {choice}" + ("" if Path(choice).is_file() else " (missing)")
+    member = weights_enum[choice or "DEFAULT"]
+    cached = _hub_cache_file(member)
+    if cached.is_file():
+        return True, f"torch hub cache {cached}"
+    host = urlparse(member.url).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False, f"{member} not in the torch hub cache ({cached}) and {host} cannot be reached"
+    return True, f"{member} not cached: downloaded from {host} on first use"
 
 
 def has_local_weights(name: str) -> bool:
@@ -162,12 +199,12 @@ def has_local_weights(name: str) -> bool:
         return False
     if os.environ.get(WEIGHTS_ENV):
         return Path(os.environ[WEIGHTS_ENV]).is_file()
-    return (Path(torch.hub.get_dir()) / "checkpoints" / Path(_VARIANTS[name][1].DEFAULT.url).name).is_file()
+    return _hub_cache_file(_VARIANTS[name][1].DEFAULT).is_file()
 
 
 def _hub_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[str, torch.Tensor]]:
     """torchvision's named weights from the hub cache; only a missing cache file touches the network."""
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    cached = _hub_cache_file(weights)
     if cached.is_file():
         return cached, _read_state_dict(cached, name, hint="delete it so it is downloaded again")
     try:
