@@ -58,16 +58,16 @@ class GpuProbe:
     settings: RunSettings
 
     def __call__(self):
-        from mtransfer.pipeline import stages
+        from mtransfer.app import frames
 
         visible = [part for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if part]
         torch.cuda.is_available = lambda: bool(visible)
         torch.cuda.device_count = lambda: len(visible)
-        stages.Editor.load = staticmethod(lambda settings, source, device: device)
-        device = stages.FrameEditor(self.settings, torch.zeros(3, 8, 8), 1)().args[0]
+        frames.Editor.load = staticmethod(lambda settings, source, device: device)
+        device = frames.FrameEditor(self.settings, torch.zeros(3, 8, 8), 1)().args[0]
         gpu_ids = [str(i) for i in ray.get_gpu_ids()]
 
-        def report(data, shared, progress):
+        def report(data, shared, progress, parents):
             return {"gpu_ids": gpu_ids, "visible": visible, "device": str(device), "pid": os.getpid()}
 
         return report
