@@ -48,6 +48,7 @@ from typing import Callable
 
 import torch
 
+from mtransfer.choices import HOMOGRAPHY_USAGE, MOTION_ARGUMENTS, motion_usage
 from mtransfer.errors import UsageError, input_error
 from mtransfer.flows import elementary
 from mtransfer.flows.io import FLOW_SUFFIXES, motion_problem, read_flow, read_mask_on
@@ -70,9 +71,6 @@ class _Motion:
     build: Callable[..., torch.Tensor]  # (height, width, **resolved arguments, device=) -> (2, H, W)
 
 
-_CENTER = (_Param("cx", _X, "50%"), _Param("cy", _Y, "50%"))
-
-
 def _centred(function: Callable[..., torch.Tensor], *names: str) -> Callable[..., torch.Tensor]:
     """Adapt an elementary flow whose trailing ``center`` is given as the two arguments ``cx, cy``."""
 
@@ -89,38 +87,22 @@ def _wobble(height: int, width: int, amplitude: float, wavelength: float, seed: 
     return elementary.wobble(height, width, amplitude, wavelength, int(seed), device=device)
 
 
+_BUILDERS: dict[str, Callable[..., torch.Tensor]] = {
+    "translate": elementary.translation,
+    "rotate": _centred(elementary.rotation, "degrees"),
+    "scale": _centred(elementary.scaling, "factor"),
+    "stretch": _centred(elementary.stretch, "factor", "angle"),
+    "shear": _centred(elementary.shear, "shx", "shy"),
+    "twirl": _centred(elementary.twirl, "degrees", "radius"),
+    "bulge": _centred(elementary.bulge, "strength", "radius"),
+    "wobble": _wobble,
+}
 MOTIONS: dict[str, _Motion] = {
-    "translate": _Motion((_Param("dx", _DX), _Param("dy", _DY, "0")), elementary.translation),
-    "rotate": _Motion((_Param("degrees"), *_CENTER), _centred(elementary.rotation, "degrees")),
-    "scale": _Motion((_Param("factor"), *_CENTER), _centred(elementary.scaling, "factor")),
-    "stretch": _Motion(
-        (_Param("factor"), _Param("angle", default="0"), *_CENTER), _centred(elementary.stretch, "factor", "angle")
-    ),
-    "shear": _Motion((_Param("shx"), _Param("shy", default="0"), *_CENTER), _centred(elementary.shear, "shx", "shy")),
-    "twirl": _Motion(
-        (_Param("degrees"), _Param("radius", _SIDE, "50%"), *_CENTER), _centred(elementary.twirl, "degrees", "radius")
-    ),
-    "bulge": _Motion(
-        (_Param("strength"), _Param("radius", _SIDE, "50%"), *_CENTER),
-        _centred(elementary.bulge, "strength", "radius"),
-    ),
-    "wobble": _Motion(
-        (_Param("amplitude", _SIDE), _Param("wavelength", _SIDE, "50%"), _Param("seed", default="0")), _wobble
-    ),
+    name: _Motion(tuple(_Param(*param) for param in MOTION_ARGUMENTS[name]), build) for name, build in _BUILDERS.items()
 }
 ALIASES = {"translation": "translate", "rotation": "rotate", "scaling": "scale"}
-_HOMOGRAPHY_USAGE = "homography(x1, y1, ..., x4, y4) or homography(h11, ..., h33)"
 
 _TERM = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*(?:\*\s*([^()*]+?))?\s*$", re.DOTALL)
-
-
-def motion_usage() -> str:
-    """Every motion with its arguments, for error messages and ``--help`` texts."""
-    signatures = []
-    for name, motion in MOTIONS.items():
-        args = ", ".join(p.name if p.default is None else f"{p.name}={p.default}" for p in motion.params)
-        signatures.append(f"{name}({args})")
-    return ", ".join([*signatures, _HOMOGRAPHY_USAGE])
 
 
 def parse_flow_spec(
@@ -222,7 +204,7 @@ def build_term(
             elif tuple(values) == _MATRIX_NAMES:
                 matrix = [[values[f"h{r}{c}"] for c in range(1, 4)] for r in range(1, 4)]
             else:
-                raise ValueError(f"takes 8 corner coordinates or 9 matrix entries: {_HOMOGRAPHY_USAGE}")
+                raise ValueError(f"takes 8 corner coordinates or 9 matrix entries: {HOMOGRAPHY_USAGE}")
             flow = elementary.homography(height, width, matrix, device=device)
         elif term.name in MOTIONS:
             flow = MOTIONS[term.name].build(height, width, **values, device=device)
@@ -373,7 +355,7 @@ def _homography_arguments(resolve: _Resolver, positional: list[str]) -> dict[str
         }
     if len(positional) == 9:
         return {name: resolve.number(f"entry {i + 1}", text) for i, (name, text) in enumerate(zip(_MATRIX_NAMES, positional))}
-    raise ValueError(f"takes 8 corner coordinates or 9 matrix entries, got {len(positional)}: {_HOMOGRAPHY_USAGE}")
+    raise ValueError(f"takes 8 corner coordinates or 9 matrix entries, got {len(positional)}: {HOMOGRAPHY_USAGE}")
 
 
 class _Resolver:
