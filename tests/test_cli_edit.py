@@ -63,7 +63,9 @@ def test_edit_on_the_tiny_model_writes_every_output(inputs: Path, cache: Path) -
         cwd=inputs, env=environment, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr and "done" in result.stderr
+    assert "Traceback" not in result.stderr and "done" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.split(":")[0] in ("reached", "partial", "missed") and "px target motion" in last
 
     out = inputs / "outputs" / "photo-edit"
     for name in ("edited.png", "source.png", "target_flow.png", "achieved_flow.png"):
@@ -82,6 +84,10 @@ def test_edit_on_the_tiny_model_writes_every_output(inputs: Path, cache: Path) -
 
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "ok" and record["divergence"] is None
+    verdict = record["verdict"]  # the guiding estimator's flow against the target, inside --mask
+    assert verdict["label"] == last.split(":")[0] and verdict["measured_by"] == "the guiding estimator pyramid"
+    assert 0 < verdict["pixels"] < 64 * 64 and verdict["motion_px"] > 0
+    assert f"{verdict['flow_error_px']:.2f} px off a {verdict['motion_px']:.2f} px" in last
     assert record["guidance"]["steps"] == 3 and record["guidance"]["recursions"] == 2
     assert record["guidance"]["guidance_weight"] == 30.0 and record["seed"] == 4
     assert record["model"]["model"] == "tiny" and record["model"]["prompt"] == "a cat"

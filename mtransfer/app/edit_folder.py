@@ -21,6 +21,7 @@ from mtransfer.errors import OutputError
 from mtransfer.files import save_image, staged_folder, to_uint8, write_json
 from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
+from mtransfer.evaluation.verdict import Verdict, motion_verdict
 from mtransfer.guidance.edit import EditResult
 from mtransfer.app.report import Report, ReportFrame, figure_values, write_report
 
@@ -100,22 +101,27 @@ def check_edit_folder(folder: str | Path, option: str = "--out") -> Path:
 
 
 def write_edit(
-    folder: str | Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any]
+    folder: str | Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any],
+    edit_mask: torch.Tensor | None = None,
 ) -> Path:
     """Write an edit's files into ``folder``; ``record`` (settings, versions, ...) goes into ``run.json``.
 
-    ``run.json`` is written last and gains ``status`` (``ok`` or ``diverged``), the final losses and the
-    timings, so a folder with a ``run.json`` is a finished one. The files are written beside ``folder``
-    first (``staged_folder``): a write that fails leaves ``folder`` as it was.
+    ``run.json`` is written last and gains ``status`` (``ok`` or ``diverged``), the ``verdict`` on the
+    achieved flow inside ``edit_mask`` (``motion_verdict``, by the guiding estimator ``record["estimator"]``),
+    the final losses and the timings, so a folder with a ``run.json`` is a finished one. The files are
+    written beside ``folder`` first (``staged_folder``): a write that fails leaves ``folder`` as it was.
     """
     check_edit_folder(folder)
+    measured_by = f"the guiding estimator {(record.get('estimator') or {}).get('name', '')}".rstrip()
+    verdict = motion_verdict(result.achieved_flow, target_flow, edit_mask, measured_by=measured_by)
     with staged_folder(folder) as stage:
-        _write_edit_files(stage, source, target_flow, result, record)
+        _write_edit_files(stage, source, target_flow, result, {**record, "verdict": verdict.record()}, verdict)
     return Path(folder)
 
 
 def _write_edit_files(
-    folder: Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any]
+    folder: Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any],
+    verdict: Verdict,
 ) -> None:
     scale = float(target_flow.norm(dim=0).max()) or None
     target_picture = flow_to_color(target_flow, scale)
@@ -140,7 +146,7 @@ def _write_edit_files(
         save_image(folder / "previews" / f"step_{step:04d}.png", preview)
     write_json(folder / "losses.json", [_finite(h) for h in result.losses])
     final = _finite(result.losses[-1]) if result.losses else {}
-    _write_edit_report(folder, record, result, scale or 0.0, error, top_error, final)
+    _write_edit_report(folder, record, result, scale or 0.0, error, top_error, final, verdict)
     write_json(
         folder / EDIT_RECORD,
         {
@@ -158,7 +164,7 @@ def _write_edit_files(
 
 def _write_edit_report(
     folder: Path, record: dict[str, Any], result: EditResult, scale: float, error: torch.Tensor, top_error: float,
-    final: dict,
+    final: dict, verdict: Verdict,
 ) -> Path:
     """``report.html``: the run report's layout for one frame (source | target flow | edit | achieved flow)."""
     figures = {
@@ -170,7 +176,7 @@ def _write_edit_report(
     frame = ReportFrame(
         index=0, target_flow="target_flow.png", motion_px=scale, still=scale == 0, result="edited.png",
         achieved_flow="achieved_flow.png", flow_error="flow_error.png",
-        status="diverged" if result.diverged else "edited", figures=figure_values(figures),
+        status="diverged" if result.diverged else verdict.label, figures=figure_values(figures),
     )
     size = record.get("size") or list(result.image.shape[-2:])
     summary = [
@@ -178,6 +184,7 @@ def _write_edit_report(
         f"{record.get('flow')!s}; pipeline '{record.get('pipeline')}', "
         + (f"prompt {record['prompt']!r}." if record.get("prompt") else "no prompt."),
         f"{len(result.losses)} guided passes; status {'DIVERGED: ' + str(result.divergence) if result.diverged else 'ok'}.",
+        f"Motion {verdict.describe()}.",
     ]
     files = ["edited.png", "comparison.png", "source.png", "target_flow.png", "achieved_flow.png", "flow_error.png",
              "loss.png", "losses.json", EDIT_RECORD]

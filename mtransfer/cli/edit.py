@@ -183,21 +183,34 @@ def edit(
             "versions": versions(),
             "load_timing": timing,
         }
-        with rescue_on_failure(folder, key, lambda where: write_edit(where, source, target_flow, result, record)):
-            write_edit(folder, source, target_flow, result, record)
-    _check_status(folder, {"status": "diverged" if result.diverged else "ok", "divergence": result.divergence})
-    final = result.losses[-1] if result.losses else {}
-    losses = ", ".join(f"{k} {final[k]:.4g}" for k in ("total", "flow", "color") if k in final)
-    console.print(
-        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): {escape(str(folder))}/edited.png",
-        highlight=False,
-    )
+        with rescue_on_failure(folder, key, lambda where: write_edit(where, source, target_flow, result, record,
+                                                                     edit_mask)):
+            write_edit(folder, source, target_flow, result, record, edit_mask)
+    _check_status(folder, read_json_object(folder / EDIT_RECORD, "an edit record"))
 
 
 def _check_status(folder: Path, record: dict) -> None:
-    """A diverged edit is written (its last good estimate, status 'diverged') but is not a success."""
+    """A diverged edit is written (its last good estimate, status 'diverged') but is not a success; a finished
+    one is reported with its verdict (reached / partial / missed), its time and final losses."""
     if record.get("status") == "diverged":
         raise UsageError(
             f"{record.get('divergence')}; the last good estimate is in {folder} (run.json status 'diverged'); "
             "try a lower --guidance-weight or --clip"
         )
+    console.print(edit_line(folder, record), highlight=False, soft_wrap=True)
+
+
+_VERDICT_STYLE = {"reached": "green", "partial": "yellow", "missed": "bold red"}
+
+
+def edit_line(folder: Path, record: dict) -> str:
+    """The edit's last terminal line: the verdict first (never a bare "done"), then time, losses and the picture."""
+    from mtransfer.evaluation.verdict import Verdict
+
+    if "verdict" not in record:  # a rescue written by a version before verdicts
+        return f"finished without a verdict (run `mtransfer eval {escape(str(folder))}`): {escape(str(folder))}/edited.png"
+    verdict = Verdict.from_record(record["verdict"])
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in (record.get("final_losses") or {}).items()
+                       if k in ("total", "flow", "color") and isinstance(v, (int, float)))
+    return (f"[{_VERDICT_STYLE[verdict.label]}]{verdict.label}[/]: {escape(verdict.figures())}; "
+            f"{record['timing']['sampling_s']:.1f} s ({losses or 'no guidance'}): {escape(str(folder))}/edited.png")

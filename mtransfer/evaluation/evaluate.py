@@ -6,7 +6,8 @@ A run folder has ``manifest.json``, ``source.png``, ``frames/NNNN.png``, ``flow/
 target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The figures are
 written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
 ``evaluate_run`` as its ``evaluate`` stage, keeping each judged frame's figures in its manifest so that
-an interrupted evaluation resumes (``known``, ``on_frame``).
+an interrupted evaluation resumes (``known``, ``on_frame``). Each judged frame gets the judge's
+``verdict`` (``motion_verdict``: reached / partial / missed); ``verdicts`` counts them over the moving frames.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from mtransfer.errors import UsageError, input_error
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
+from mtransfer.evaluation.verdict import VERDICTS, motion_verdict
 from mtransfer.estimators import load_estimator
 from mtransfer.devices import parse_device
 from mtransfer.files import json_ready, load_image, read_json, read_json_object, with_infinities, write_json
@@ -148,11 +150,14 @@ def evaluate_run(
         mask = motion_mask(target)[0] if mask_path is None else _same_size(mask_path, read_mask(mask_path), size, "edit mask")
         measured = judge_motion(judge, source[None].to(device), result[None].to(device), target.to(device),
                                 max_side=max_side).flow[0]
+        motion = float(target.norm(dim=0).max())
         rows.append({
             "frame": index,
-            "max_motion_px": float(target.norm(dim=0).max()),
+            "max_motion_px": motion,
             **fidelity(measured, target, mask),
             **preservation(source, result, mask),
+            "verdict": motion_verdict(measured, target, mask, measured_by=f"the judge {name}").label
+            if motion > MOTIONLESS_PX else None,  # a still frame is the source: nothing to reach
         })
         if on_frame:
             on_frame(index, rows[-1])
@@ -167,6 +172,7 @@ def evaluate_run(
         "kind": kind,
         "judge": {"estimator": name, "guidance_estimator": guidance, "max_side": max_side},
         "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in FIGURES},
+        "verdicts": {label: sum(row.get("verdict") == label for row in moving) for label in VERDICTS},
         "frames": rows,
     }
     write_json(folder / EVALUATION, json_ready(evaluation))

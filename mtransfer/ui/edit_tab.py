@@ -16,8 +16,10 @@ import gradio as gr
 from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings
 from mtransfer.app.versions import versions
 from mtransfer.errors import DeviceError, MtransferError
-from mtransfer.files import load_image
-from mtransfer.flows import read_flow, read_mask, resize_flow
+from mtransfer.evaluation.verdict import Verdict
+from mtransfer.files import load_image, read_json_object
+from mtransfer.layouts import EDIT_RECORD
+from mtransfer.flows import read_mask, resize_flow
 from mtransfer.app.edit_folder import write_edit
 from mtransfer.guidance.edit import motionless
 from mtransfer.ui.jobs import Job
@@ -71,7 +73,7 @@ def edit_work(job: Job, session: Session, settings, spec: str, prompt: str, fold
         "guidance": asdict(guidance), "seed": guidance.seed, "versions": versions(), "warnings": warnings,
     }
     job.begin("writing", 0)
-    write_edit(folder, source, target, result, record)
+    write_edit(folder, source, target, result, record, mask)
     archive = shutil.make_archive(str(folder), "zip", root_dir=folder)
     return result, Path(archive), reused, mask is not None
 
@@ -115,12 +117,11 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         if job.error is not None:
             raise page_error(job.error)
         result, archive, reused, masked = job.result
-        error = (result.achieved_flow.float().cpu() - read_flow(folder / "target_flow.flo")).norm(dim=0)
+        verdict = Verdict.from_record(read_json_object(folder / EDIT_RECORD, "an edit record")["verdict"])
         final = result.losses[-1] if result.losses else {}
-        text = (f"done in {time.perf_counter() - job.started:.1f} s "
+        text = (f"{verdict.describe()}; finished in {time.perf_counter() - job.started:.1f} s "
                 f"({'models kept loaded from the last edit' if reused else 'models loaded'}"
-                f"{', edited inside the mask' if masked else ''}): flow error mean "
-                f"{float(error.mean()):.2f} px, max {float(error.max()):.2f} px"
+                f"{', edited inside the mask' if masked else ''})"
                 + (f", final flow loss {final['flow']:.4g}" if "flow" in final else "")
                 + (" — DIVERGED: " + str(result.divergence) if result.diverged else ""))
         yield {
