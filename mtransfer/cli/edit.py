@@ -98,7 +98,7 @@ def edit(
 ) -> None:
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
     # The heavy stack (torch, diffusers) is imported when an edit runs, never for --help.
-    from mtransfer.app import Editor, load_settings
+    from mtransfer.app import Editor, load_settings, world_warning
     from mtransfer.app.versions import versions
     from mtransfer.app.trajectory import load_trajectory
     from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
@@ -132,6 +132,8 @@ def edit(
     if motionless(target_flow):
         raise UsageError(f"--flow {flow}: moves no pixel, so there is nothing to edit (the result would be the source)")
     edit_mask = None if mask is None else _edit_mask(mask, tuple(original.shape[-2:]), working)
+    if outside := world_warning(run.model, [target_flow], [edit_mask]):
+        console.print(f"[bold yellow]warning:[/] {escape(outside)}", highlight=False, soft_wrap=True)
     generation = None if trajectory is None else load_trajectory(
         trajectory, model=run.model.model, steps=run.guidance.steps, size=working
     )

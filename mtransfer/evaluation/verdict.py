@@ -66,25 +66,33 @@ class Verdict:
         return cls(str(record["label"]), float(record["flow_error_px"]), float(record["motion_px"]),
                    int(record["pixels"]), str(record["measured_by"]))
 
-def motion_verdict(
-    measured: torch.Tensor, target: torch.Tensor, edit_mask: torch.Tensor | None = None, *, measured_by: str
-) -> Verdict:
-    """The verdict on ``measured`` ``(2, H, W)`` against ``target`` inside ``edit_mask`` (None = the whole image).
-
-    Pixels the target moves out of sight are left out; when that leaves none (everything leaves the
-    frame), the whole mask counts. ``measured_by`` names the estimator that measured the flow.
-    """
-    measured, target = measured.detach().float().cpu(), target.detach().float().cpu()
+def counted_pixels(target: torch.Tensor, edit_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``(H, W)`` pixels a verdict averages over: inside ``edit_mask`` (None = everywhere) and still in
+    sight under ``target``; when that leaves none (everything leaves the frame), the whole mask."""
+    target = target.detach().float().cpu()
     inside = _mask(None if edit_mask is None else edit_mask.detach().cpu(), target)
     counted = inside & (occlusion_mask(target)[0, 0] > 0)
-    if not counted.any():
-        counted = inside
-    error = float(end_point_error(measured, target)[counted].mean())
-    motion = float(target.norm(dim=0)[counted].mean())
-    if error <= max(REACHED_SHARE * motion, TOLERANCE_PX):
+    return counted if counted.any() else inside
+
+
+def verdict_of(error_px: float, motion_px: float, pixels: int, measured_by: str) -> Verdict:
+    """The label for a mean error against a mean motion, by ``REACHED_SHARE``, ``MISSED_SHARE`` and ``TOLERANCE_PX``."""
+    if error_px <= max(REACHED_SHARE * motion_px, TOLERANCE_PX):
         label = "reached"
-    elif error < max(MISSED_SHARE * motion, TOLERANCE_PX):
+    elif error_px < max(MISSED_SHARE * motion_px, TOLERANCE_PX):
         label = "partial"
     else:
         label = "missed"
-    return Verdict(label, error, motion, int(counted.sum()), measured_by)
+    return Verdict(label, error_px, motion_px, pixels, measured_by)
+
+
+def motion_verdict(
+    measured: torch.Tensor, target: torch.Tensor, edit_mask: torch.Tensor | None = None, *, measured_by: str
+) -> Verdict:
+    """The verdict on ``measured`` ``(2, H, W)`` against ``target`` over ``counted_pixels(target, edit_mask)``;
+    ``measured_by`` names the estimator that measured the flow."""
+    measured, target = measured.detach().float().cpu(), target.detach().float().cpu()
+    counted = counted_pixels(target, edit_mask)
+    error = float(end_point_error(measured, target)[counted].mean())
+    motion = float(target.norm(dim=0)[counted].mean())
+    return verdict_of(error, motion, int(counted.sum()), measured_by)
