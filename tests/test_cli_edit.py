@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,9 @@ def test_edit_on_the_tiny_model_writes_every_output(inputs: Path, cache: Path) -
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "done" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
+    # stderr is a pipe here, as in a log: plain timestamped progress lines, no bars
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d guide 6/6 finished in ", result.stderr, re.M)
+    assert "━" not in result.stderr
     assert last.split(":")[0] in ("reached", "partial", "missed") and "px target motion" in last
 
     out = inputs / "outputs" / "photo-edit"

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from mtransfer.choices import DIFFERENTIABLE
 from mtransfer.cli import app, console
-from mtransfer.cli.options import preset_overrides
+from mtransfer.cli.options import QUIET_HELP, preset_overrides
 from mtransfer.errors import UsageError, input_error
 from mtransfer.presets import available_pipelines
 
@@ -95,6 +95,7 @@ def edit(
     settings: list[str] = typer.Option(
         [], "--set", help="Override any preset value: section.key=value (TOML value), repeatable.", show_default=False
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
     # The heavy stack (torch, diffusers) is imported when an edit runs, never for --help.
@@ -155,7 +156,7 @@ def edit(
     started = time.perf_counter()
     warn = lambda text: console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)  # noqa: E731
     with stopped_note(folder, "edit"):
-        with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console) as progress:
+        with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console, quiet=quiet) as progress:
             timing["load_s"] = time.perf_counter() - started
             started = time.perf_counter()
             task = progress.add_task("generation" if generation else guidance.source_noise, total=guidance.steps)

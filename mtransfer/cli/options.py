@@ -6,6 +6,9 @@ import json
 
 from mtransfer.errors import UsageError
 
+QUIET_HELP = ("No progress (bars on a terminal, timestamped lines in a log); warnings, errors and the last line "
+              "still print.")
+
 
 def preset_overrides(settings: list[str], flags: dict[str, object], size: str | None = None) -> list[str]:
     """``--set`` values first, then ``--size`` and the dedicated flags, so that flags win over ``--set``.
