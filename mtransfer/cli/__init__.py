@@ -13,7 +13,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mtransfer.errors import INTERRUPT_EXIT, MtransferError
+from mtransfer.cli.hints import weights_hint
+from mtransfer.errors import INTERRUPT_EXIT, MtransferError, WeightsMissing
 
 app = typer.Typer(
     name="mtransfer",
@@ -71,6 +72,11 @@ def _unexpected(exc: BaseException) -> int:
     return 1
 
 
+def _command(arguments: list[str]) -> str | None:
+    """The sub-command's name: the first argument that is not an option (the app itself has none that take values)."""
+    return next((argument for argument in arguments if not argument.startswith("-")), None)
+
+
 def main() -> None:
     """Entry point: every problem becomes one plain line and an exit status, never a traceback.
 
@@ -82,8 +88,11 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except MtransferError as exc:
+        message = str(exc)
+        if isinstance(exc, WeightsMissing) and (hint := weights_hint(_command(sys.argv[1:]), exc.kind)):
+            message += f"; {hint}"
         say("interrupted" if exc.exit_code == INTERRUPT_EXIT else "error",
-            "yellow" if exc.exit_code == INTERRUPT_EXIT else "bold red", str(exc))
+            "yellow" if exc.exit_code == INTERRUPT_EXIT else "bold red", message)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         code = INTERRUPT_EXIT

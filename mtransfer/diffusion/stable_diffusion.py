@@ -31,7 +31,7 @@ from huggingface_hub import try_to_load_from_cache
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
-from mtransfer.errors import InputError, UsageError, input_error
+from mtransfer.errors import InputError, UsageError, WeightsMissing, input_error
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd-v1-4"
@@ -269,10 +269,10 @@ def _load_error(label: str, component: str, exc: Exception, hub: dict[str, Any])
         "local_files_only"
     ] else "it could not be downloaded and is not in the Hugging Face cache"
     login = " after accepting its licence and `huggingface-cli login`" if "gated" in reason.lower() else ""
-    return InputError(
+    return WeightsMissing(
         f"{what}: {where}; download it on a connected machine with "
         f"`huggingface-cli download {label}`{login} and copy the cache (HF_HOME), "
-        "or pass --model /path/to/diffusers-folder"
+        "or set model.model to a local diffusers folder", "diffusion",
     )
 
 
