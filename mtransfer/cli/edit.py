@@ -100,6 +100,7 @@ def edit(
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
     # The heavy stack (torch, diffusers) is imported when an edit runs, never for --help.
     from mtransfer.app import Editor, load_settings, world_warning
+    from mtransfer.app.settings import shape_note
     from mtransfer.app.versions import versions
     from mtransfer.app.trajectory import load_trajectory
     from mtransfer.cli.in_memory import reuse_rescued, stopped_note, tensor_id
@@ -128,6 +129,8 @@ def edit(
     # Everything cheap is checked before the (slow) models are loaded.
     original = load_image(image)
     working = run.model.working_size(tuple(original.shape[-2:]), image)
+    if note := shape_note(tuple(original.shape[-2:]), working, str(image)):
+        console.print(escape(note), highlight=False, soft_wrap=True)
     source = load_image(image, size=working)
     target_flow = load_flow(flow, *working, mask_sizes=[tuple(original.shape[-2:])])
     if motionless(target_flow):
