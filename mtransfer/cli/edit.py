@@ -132,7 +132,8 @@ def edit(
     if note := shape_note(tuple(original.shape[-2:]), working, str(image)):
         console.print(escape(note), highlight=False, soft_wrap=True)
     source = load_image(image, size=working)
-    target_flow = load_flow(flow, *working, mask_sizes=[tuple(original.shape[-2:])])
+    target_flow = load_flow(flow, *working, mask_sizes=[tuple(original.shape[-2:])],
+                            spec_size=tuple(original.shape[-2:]))  # a spec's px are the image's own
     if motionless(target_flow):
         raise UsageError(f"--flow {flow}: moves no pixel, so there is nothing to edit (the result would be the source)")
     edit_mask = None if mask is None else _edit_mask(mask, tuple(original.shape[-2:]), working)

@@ -28,16 +28,16 @@ def evaluation_table(evaluation: dict) -> Table:
     judge = evaluation["judge"]
     table = Table(title=f"{evaluation['folder']}  (judge: {judge['estimator']}, guided by: {judge['guidance_estimator']})")
     table.add_column("frame", justify="right")
-    table.add_column("verdict")
     for _, header, _ in _COLUMNS:
         table.add_column(header, justify="right")
     frames = evaluation["frames"]
     for row in frames[:_MAX_ROWS]:
-        table.add_row(str(row["frame"]), row.get("verdict") or "–",
-                      *(_cell(row.get(key), fmt) for key, _, fmt in _COLUMNS))
+        table.add_row(str(row["frame"]), *(_cell(row.get(key), fmt) for key, _, fmt in _COLUMNS))
     if len(frames) > _MAX_ROWS:
-        table.add_row(f"… {len(frames) - _MAX_ROWS} more", *[""] * (len(_COLUMNS) + 1))
+        table.add_row(f"… {len(frames) - _MAX_ROWS} more", *[""] * len(_COLUMNS))
     summary = evaluation["summary"]
+    table.add_row("mean", "", *(_cell(summary.get(key), fmt) for key, _, fmt in _COLUMNS[1:]), style="bold")
     counts = ", ".join(f"{count} {label}" for label, count in (evaluation.get("verdicts") or {}).items() if count)
-    table.add_row("mean", counts, "", *(_cell(summary.get(key), fmt) for key, _, fmt in _COLUMNS[1:]), style="bold")
+    if counts:  # reached / partial / missed by the judge (mtransfer.evaluation.verdict), one line under the table
+        table.caption = f"judge's verdicts on the moving frames: {counts}"
     return table

@@ -52,7 +52,7 @@ from mtransfer.choices import HOMOGRAPHY_USAGE, MOTION_ARGUMENTS, motion_usage
 from mtransfer.errors import UsageError, input_error
 from mtransfer.flows import elementary
 from mtransfer.flows.io import FLOW_SUFFIXES, motion_problem, read_flow, read_mask_on
-from mtransfer.flows.ops import compose, restrict, scale_motion
+from mtransfer.flows.ops import compose, resize_flow, restrict, scale_motion
 
 # How a percentage is resolved for each kind of argument (see the module docstring).
 _PLAIN, _X, _Y, _DX, _DY, _SIDE = "plain", "x", "y", "dx", "dy", "side"
@@ -221,15 +221,21 @@ def build_term(
 
 def load_flow(
     file_or_spec: str | Path, height: int, width: int, *, device: torch.device | str | None = None,
-    mask_sizes: Collection[tuple[int, int]] = (),
+    mask_sizes: Collection[tuple[int, int]] = (), spec_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """A target flow from a ``.flo``/``.npy``/KITTI ``.png`` file or from a spec, checked to be ``height`` x ``width``.
 
     Anything with parentheses is a spec. Otherwise it is a file, and a name ending in a flow suffix
-    that does not exist is reported as a missing file rather than as a bad spec.
+    that does not exist is reported as a missing file rather than as a bad spec. ``spec_size`` is the
+    grid a spec's pixels mean (the image the user gave, one unit for every command): the spec is built
+    there and resized to ``height`` x ``width`` with its vectors scaled (``resize_flow``); a file is
+    always on the ``height`` x ``width`` grid.
     """
     text = str(file_or_spec).strip()
     if "(" in text:
+        if spec_size is not None and tuple(spec_size) != (height, width):
+            flow = parse_flow_spec(text, *spec_size, mask_sizes=[*mask_sizes, (height, width)])
+            return resize_flow(flow, (height, width)).to(device)
         return parse_flow_spec(text, height, width, device=device, mask_sizes=mask_sizes)
     path = Path(text)
     if path.suffix.lower() not in FLOW_SUFFIXES:
