@@ -86,5 +86,5 @@ def test_edit_warns_before_the_models_load(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(SystemExit):
         main()
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[0].startswith("warning: model 'exact' only holds") and "missed at best" in lines[0]
+    assert lines[0].startswith("warning: model 'exact' at 96x128 (its pixels below) only holds") and "missed at best" in lines[0]
     assert lines[-1] == "error: models not loaded in this test"

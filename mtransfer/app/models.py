@@ -117,7 +117,8 @@ def world_warning(
     where = "the target motion" if len(flows) == 1 else (
         f"{len(outside)} of {len(flows)} target motions (the worst: frame {index})")
     height, width = flows[0].shape[-2:]
-    return (f"model 'exact' only holds {family_words(height, width, settings)}; {where} lies outside it: "
+    return (f"model 'exact' at {height}x{width} (its pixels below) only holds {family_words(height, width, settings)}; "
+            f"{where} lies outside it: "
             f"the closest it holds, {worst.measured_by}, is {worst.error_px:.2f} px off a {worst.motion_px:.2f} px "
             f"motion, so the edit can be {worst.label} at best (a Stable Diffusion preset paints other motions)")
 
