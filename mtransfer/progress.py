@@ -46,6 +46,11 @@ def _clock(seconds: float | None) -> str:
     return f"{hours}:{minute:02d}:{second:02d}"
 
 
+def _complete(task: Task) -> bool:
+    """Done counting; rich's own ``finished`` stays False for a task added already complete (a resumed stage)."""
+    return task.total is not None and task.completed >= task.total
+
+
 class LogProgress(Progress):
     """Progress for a log file or a pipe, where bars would be drawn once at the end: one line per change
     worth telling, ``2026-01-31 12:00:05 guide 3/8 eta 0:04:10 | passes 360/800 eta 0:03:55``, at most
@@ -63,6 +68,8 @@ class LogProgress(Progress):
     def add_task(self, description: str, *args, **kwargs) -> TaskID:  # noqa: ANN002, ANN003  (rich's signature)
         task_id = super().add_task(description, *args, **kwargs)
         self._started[task_id] = (time.monotonic(), self._tasks[task_id].completed)
+        if _complete(self._tasks[task_id]):
+            self._finished.add(task_id)  # resumed: nothing to count, said once as already done
         self._tell(task_id, always=True)
         return task_id
 
@@ -76,23 +83,23 @@ class LogProgress(Progress):
 
     def _tell(self, task_id: TaskID, always: bool = False) -> None:
         with self._say_lock:
-            task = self._tasks[task_id]
-            finished_now = task.finished and task_id not in self._finished
+            finished_now = _complete(self._tasks[task_id]) and task_id not in self._finished
             if finished_now:
                 self._finished.add(task_id)
             now = time.monotonic()
             if not (always or finished_now or now - self._said_at >= self.interval_s):
                 return
             self._said_at = now
-            shown = [t for t in self.tasks if not t.finished or t.id == task_id]
             parts = []
-            for shown_task in shown:
-                count = f"{int(shown_task.completed)}/{int(shown_task.total)}" if shown_task.total else (
-                    f"{int(shown_task.completed)}")
-                if shown_task.finished:
-                    parts.append(f"{shown_task.description.strip()} {count} finished in {_clock(shown_task.elapsed)}")
-                else:
-                    parts.append(f"{shown_task.description.strip()} {count} eta {_clock(self._remaining(shown_task, now))}")
+            for task in self.tasks:
+                count = f"{int(task.completed)}/{int(task.total)}" if task.total else f"{int(task.completed)}"
+                if task.id == task_id and finished_now:
+                    parts.append(f"{task.description.strip()} {count} finished in {_clock(task.elapsed)}")
+                elif not _complete(task):
+                    parts.append(f"{task.description.strip()} {count} eta {_clock(self._remaining(task, now))}")
+            if not parts:  # a task added already complete (a resumed stage): said once, as done
+                task = self._tasks[task_id]
+                parts.append(f"{task.description.strip()} {int(task.completed)}/{int(task.total or 0)} already done")
             stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
             self.console.print(Text(f"{stamp} " + " | ".join(parts)), highlight=False, soft_wrap=True)
 

@@ -51,3 +51,15 @@ def test_a_terminal_gets_bars_and_quiet_gets_nothing():
         task = progress.add_task("guide", total=3)
         progress.advance(task, 3)
     assert out.getvalue() == ""
+
+
+def test_a_resumed_stage_is_said_once_as_done_and_then_left_out():
+    console, out = _log()
+    with progress_bar(console, interval_s=0) as progress:
+        progress.add_task("decode", total=8, completed=8)  # resumed: every frame was decoded before
+        guide = progress.add_task("guide", total=2)
+        progress.advance(guide)
+    lines = out.getvalue().splitlines()
+    assert lines[0].endswith(" decode 8/8 already done")
+    assert all("decode" not in line for line in lines[1:]), lines
+    assert re.search(r" guide 1/2 eta \d+:\d\d:\d\d$", lines[-1]), lines
