@@ -32,6 +32,16 @@ class InputError(MtransferError):
     """An input file that is missing, unreadable or holds something mtransfer cannot use."""
 
 
+class WeightsMissing(InputError):
+    """Weights that are neither on this machine nor downloadable: ``kind`` is ``"raft"`` or ``"diffusion"``.
+    The message says what is missing in terms of settings; the command line adds its own flags that point
+    at local weights or need none (``mtransfer.cli.hints``), which a core module cannot know."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class OutputError(MtransferError):
     """A result that cannot be written: disk full, read-only or forbidden folder, a file where a folder goes."""
 

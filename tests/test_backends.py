@@ -270,7 +270,7 @@ def test_offline_hub_id_is_one_line_error(tmp_path: Path, monkeypatch: pytest.Mo
     message = str(error.value)
     assert "\n" not in message
     assert "CompVis/stable-diffusion-v1-4" in message
-    assert "huggingface-cli download" in message and "--model" in message and "cannot be reached (offline)" in message
+    assert "huggingface-cli download" in message and "model.model" in message and "cannot be reached (offline)" in message
 
 
 def test_unreachable_hub_is_cache_only_without_waiting_for_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

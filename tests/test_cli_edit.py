@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,15 +64,23 @@ def test_edit_on_the_tiny_model_writes_every_output(inputs: Path, cache: Path) -
         cwd=inputs, env=environment, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr and "done" in result.stderr
+    assert "Traceback" not in result.stderr and "done" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    # stderr is a pipe here, as in a log: plain timestamped progress lines, no bars
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d guide 6/6 finished in ", result.stderr, re.M)
+    assert "━" not in result.stderr
+    assert last.split(":")[0] in ("reached", "partial", "missed") and "px target motion" in last
 
     out = inputs / "outputs" / "photo-edit"
     for name in ("edited.png", "source.png", "target_flow.png", "achieved_flow.png"):
         assert read_png(out / name).shape == (64, 64, 3), name
-    from mtransfer.flows import parse_flow_spec, read_flow
+    from mtransfer.flows import parse_flow_spec, read_flow, resize_flow
 
     written = read_flow(out / "target_flow.flo")  # the flow `mtransfer eval` judges the edit against
-    assert torch.allclose(written, parse_flow_spec("translate(3, 1) | rotate(5)", 64, 64), atol=1e-5)
+    # the spec's pixels are the photo's (80x96), brought to the 64x64 working grid with the vectors scaled
+    on_photo = parse_flow_spec("translate(3, 1) | rotate(5)", 80, 96)
+    assert torch.allclose(written, resize_flow(on_photo, (64, 64)), atol=1e-5)
+    assert "note: photo.png is 80x96 (height x width) and is edited at 64x64, which changes its shape" in result.stderr
     comparison = read_png(out / "comparison.png")
     assert comparison.shape[1] > 4 * comparison.shape[0] // 2  # four panels side by side
     curves = read_png(out / "loss.png")
@@ -82,6 +91,12 @@ def test_edit_on_the_tiny_model_writes_every_output(inputs: Path, cache: Path) -
 
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "ok" and record["divergence"] is None
+    verdict = record["verdict"]  # the guiding estimator's flow against the target, inside --mask
+    assert verdict["label"] == last.split(":")[0] and verdict["measured_by"] == "the guiding estimator pyramid"
+    assert 0 < verdict["pixels"] < 64 * 64 and verdict["motion_px"] > 0
+    assert f"{verdict['flow_error_px']:.2f} px off a {verdict['motion_px']:.2f} px" in last
+    report = (out / "report.html").read_text()
+    assert f"<p>Motion {verdict['label']}: achieved flow {verdict['flow_error_px']:.2f} px off" in report
     assert record["guidance"]["steps"] == 3 and record["guidance"]["recursions"] == 2
     assert record["guidance"]["guidance_weight"] == 30.0 and record["seed"] == 4
     assert record["model"]["model"] == "tiny" and record["model"]["prompt"] == "a cat"
@@ -115,7 +130,9 @@ def test_bad_input_is_one_line_and_exit_2(
     code, stderr = run_in_process(monkeypatch, capsys, "edit", *arguments, *tiny)
     assert code == 2
     assert message in stderr and "Traceback" not in stderr
-    assert len(stderr.strip().splitlines()) == 1
+    lines = stderr.strip().splitlines()  # once the photo is read, a note says that --size 64x64 stretches it
+    assert lines[-1].startswith("error: ") and all(line.startswith("note: photo.png is 80x96") for line in lines[:-1])
+    assert len(lines) <= 2
     assert not (inputs / "outputs").exists()  # nothing is written for rejected input
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mtransfer.app.settings import fit_longer_side
 from mtransfer.cli import main
+from mtransfer.files import load_image
 from mtransfer.flows.io import read_flow
 from mtransfer.video import probe_video
 
@@ -190,7 +192,8 @@ def test_the_tiny_stable_diffusion_preset_runs_end_to_end(tmp_path, capsys):
     code, err = cli(capsys, "run", ROOT / "sample_videos" / "rotate.mp4", "--onto", IMAGE, "-p", "tiny", "--out", out)
     assert code == 0, err
     info = probe_video(out / "result.mp4")
-    assert (info.frame_count, info.width, info.height) == (3, 64, 64)
+    height, width = fit_longer_side(tuple(load_image(IMAGE).shape[-2:]), (64, 64))  # the preset keeps its shape
+    assert (info.frame_count, info.width, info.height) == (3, width, height) and (width, height) == (64, 40)
     stages = json.loads((out / "manifest.json").read_text())["stages"]
     guide = stages["guide"]["frames"]
     assert guide["0000"] == {"still": True, "role": "still"} and guide["0002"]["diverged"] is False  # frame 2 went through SD

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_small
 
-from mtransfer.errors import MtransferError
+from mtransfer.errors import MtransferError, WeightsMissing
 from mtransfer.estimators import ESTIMATORS, FlowEstimator, PyramidEstimator, RaftEstimator, load_named_estimator
 from mtransfer.estimators.raft import WEIGHTS_ENV
 from mtransfer.flows import pixel_grid, sample_at, warp
@@ -209,8 +209,10 @@ def test_default_weights_offline_and_uncached_say_how_to_provide_them(offline_hu
     assert "\n" not in message
     assert str(offline_hub / "raft_large_C_T_SKHT_V2-ff5fadd5.pth") in message
     assert "https://download.pytorch.org/models/raft_large_C_T_SKHT_V2-ff5fadd5.pth" in message
-    for hint in ("--weights", WEIGHTS_ENV, "--estimator tvl1", "video.estimator"):
+    for hint in ("estimator.weights", "video.weights", WEIGHTS_ENV, "tvl1"):
         assert hint in message
+    # the settings, not a command's flags: each command adds its own (mtransfer.cli.hints, tests/test_hints.py)
+    assert "--" not in message and isinstance(caught.value, WeightsMissing) and caught.value.kind == "raft"
 
 
 def test_cached_default_weights_load_without_network(offline_hub: Path) -> None:

@@ -140,6 +140,18 @@ def test_mtransfer_eval_on_a_run_folder(tmp_path) -> None:
     direct = evaluate_run(tmp_path)  # the function the report can call; JSON spells infinity "inf"
     assert direct["summary"]["psnr"] == math.inf and read_evaluation(tmp_path)["summary"]["psnr"] == math.inf
     assert direct["frames"][1]["epe_edit"] == evaluation["frames"][1]["epe_edit"]
+    # the judge's verdict per moving frame: moved as asked, so reached (frame 0 is the source: none)
+    assert [row["verdict"] for row in evaluation["frames"]] == [None, "reached", "reached"]
+    assert evaluation["verdicts"] == {"reached": 2, "partial": 0, "missed": 0}
+    assert "judge's verdicts on the moving frames: 2 reached" in done.stdout
+
+
+def test_a_run_that_did_not_move_is_missed_by_the_judge(tmp_path) -> None:
+    source = textured(64, 64)
+    targets = torch.stack([object_motion(64, (16, 16, 40, 40), 6.0 * t, 0.0) for t in range(3)])
+    _run_folder(tmp_path, source, targets, source[None].expand(3, -1, -1, -1))  # every result is the source
+    evaluation = evaluate_run(tmp_path, estimator="tvl1")
+    assert [row["verdict"] for row in evaluation["frames"]] == [None, "missed", "missed"]
 
 
 def test_mtransfer_eval_refuses_a_folder_that_is_no_run_in_one_line(tmp_path) -> None:

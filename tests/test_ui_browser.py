@@ -100,8 +100,8 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     page.get_by_role("tab", name="Edit").click()
     page.click("#run-edit")
     page.wait_for_selector("#edit-result img", timeout=90_000)
-    assert "done in" in page.inner_text("#edit-status")
-    assert "flow error mean" in page.inner_text("#edit-status")
+    assert "finished in" in page.inner_text("#edit-status")
+    assert "px target motion" in page.inner_text("#edit-status")
     shot(page, "3-edit-done")
 
     # Video: flow-only on a sample clip, per-frame previews with a frame slider.

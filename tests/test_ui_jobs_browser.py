@@ -60,7 +60,8 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
                            timeout=90_000)
     shot(page, "jobs-1-edit-running")
     page.wait_for_selector("#edit-result img", timeout=90_000)
-    assert "done in" in status(page) and "models loaded" in status(page) and "flow error mean" in status(page)
+    assert "finished in" in status(page) and "models loaded" in status(page) and "target motion" in status(page)
+    assert status(page).split(":")[0] in ("reached", "partial", "missed")  # the verdict leads, never "done" alone
     assert image_src(page, "#edit-loss")
     shot(page, "jobs-2-edit-done")
 
@@ -89,7 +90,7 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     # The worker is free again: a short edit runs to the end, on the models kept from before.
     set_steps(page, 3)
     page.click("#run-edit")
-    page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('done in')",
+    page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('finished in')",
                            timeout=90_000)
     assert "models kept loaded from the last edit" in status(page)
 

@@ -3,7 +3,8 @@
 - ``settings``: ``load_settings(preset, overrides)`` → ``RunSettings``, every section typed and validated
   once; each setting declares the pipeline stage it shapes (``STAGES``, ``RunSettings.stage_settings``).
 - ``models``: ``load_backend``, ``load_estimator`` (refuses a non-differentiable guidance estimator),
-  ``check_models`` (missing weights before any work), ``cpu_warning``.
+  ``check_models`` (missing weights before any work), ``cpu_warning``, ``world_warning`` (a target motion
+  outside the exact model's world).
 - ``editor``: ``Editor``: load the models once, ``prepare`` a source, ``edit`` it under many flows;
   ``EditorCache`` keeps the last loaded models for the next job that needs the same ones (the web app).
 - ``executors``: where a run's frame edits happen: here (``LocalExecutor``) or on a pool of Ray actors
@@ -20,6 +21,7 @@ from typing import Any
 _HOMES = {
     "Editor": "editor", "EditorCache": "editor",
     "check_models": "models", "cpu_warning": "models", "load_backend": "models", "load_estimator": "models",
+    "world_warning": "models",
     "STAGES": "settings", "EstimatorSettings": "settings", "EvaluationSettings": "settings",
     "ExecutionSettings": "settings", "ModelSettings": "settings", "OutputSettings": "settings",
     "RunSettings": "settings", "VideoSettings": "settings", "load_settings": "settings",
@@ -51,4 +53,5 @@ __all__ = [
     "load_backend",
     "load_estimator",
     "load_settings",
+    "world_warning",
 ]

@@ -32,6 +32,7 @@ from mtransfer.files import (
 )
 from mtransfer.flows.io import write_flow
 from mtransfer.flows.viz import error_scale, error_to_color, flow_to_color
+from mtransfer.evaluation.verdict import Verdict, motion_verdict
 from mtransfer.guidance.edit import EditResult
 from mtransfer.app.editor import Editor
 from mtransfer.app.report import Report, ReportFrame, figure_values, write_report
@@ -214,9 +215,10 @@ def edit_into_folder(
         "versions": versions(), "warnings": list(warnings), "load_timing": timing, "key": key,
     }
     if not rescue:
-        return result, write_edit(folder, source, target_flow, result, record, restart)
-    with rescue_on_failure(folder, key, lambda where: write_edit(where, source, target_flow, result, record)):
-        return result, write_edit(folder, source, target_flow, result, record, restart)
+        return result, write_edit(folder, source, target_flow, result, record, restart, edit_mask)
+    with rescue_on_failure(folder, key, lambda where: write_edit(where, source, target_flow, result, record,
+                                                                 edit_mask=edit_mask)):
+        return result, write_edit(folder, source, target_flow, result, record, restart, edit_mask)
 
 
 def superseding(folder: str | Path, moved: list[Path | None]) -> Callable[[], None]:
@@ -234,24 +236,29 @@ def superseding(folder: str | Path, moved: list[Path | None]) -> Callable[[], No
 def write_edit(
     folder: str | Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any],
     restart: bool = False,
+    edit_mask: torch.Tensor | None = None,
 ) -> Path | None:
     """Write an edit's files into ``folder``; ``record`` (settings, versions, ``key``, ...) goes into ``run.json``.
 
-    ``run.json`` is written last and gains ``status`` (``ok`` or ``diverged``), the final losses and the
-    timings, so a folder with a ``run.json`` is a finished one. The files are written beside ``folder``
-    first (``staged_folder``): a write that fails leaves ``folder`` as it was. With ``restart`` the files
-    already there are moved to ``superseded/<time>/`` just before the new ones move in; returns where to
-    (None when nothing was moved).
+    ``run.json`` is written last and gains ``status`` (``ok`` or ``diverged``), the ``verdict`` on the
+    achieved flow inside ``edit_mask`` (``motion_verdict``, by the guiding estimator ``record["estimator"]``),
+    the final losses and the timings, so a folder with a ``run.json`` is a finished one. The files are
+    written beside ``folder`` first (``staged_folder``): a write that fails leaves ``folder`` as it was. With
+    ``restart`` the files already there are moved to ``superseded/<time>/`` just before the new ones move in;
+    returns where to (None when nothing was moved).
     """
     check_edit_folder(folder, record.get("key"), restart)
+    measured_by = f"the guiding estimator {(record.get('estimator') or {}).get('name', '')}".rstrip()
+    verdict = motion_verdict(result.achieved_flow, target_flow, edit_mask, measured_by=measured_by)
     moved: list[Path | None] = []
     with staged_folder(folder, F.RECORD, superseding(folder, moved) if restart else None) as stage:
-        _write_edit_files(stage, source, target_flow, result, record)
+        _write_edit_files(stage, source, target_flow, result, {**record, "verdict": verdict.record()}, verdict)
     return moved[0] if moved else None
 
 
 def _write_edit_files(
-    folder: Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any]
+    folder: Path, source: torch.Tensor, target_flow: torch.Tensor, result: EditResult, record: dict[str, Any],
+    verdict: Verdict,
 ) -> None:
     scale = float(target_flow.norm(dim=0).max()) or None
     target_picture = flow_to_color(target_flow, scale)
@@ -276,7 +283,7 @@ def _write_edit_files(
         save_image(folder / F.preview(step), preview)
     write_json(folder / F.LOSSES, result.losses)
     final = json_ready(result.losses[-1]) if result.losses else {}
-    _write_edit_report(folder, record, result, scale or 0.0, error, top_error, final)
+    _write_edit_report(folder, record, result, scale or 0.0, error, top_error, final, verdict)
     write_json(
         folder / F.RECORD,
         {
@@ -294,7 +301,7 @@ def _write_edit_files(
 
 def _write_edit_report(
     folder: Path, record: dict[str, Any], result: EditResult, scale: float, error: torch.Tensor, top_error: float,
-    final: dict,
+    final: dict, verdict: Verdict,
 ) -> Path:
     """``report.html``: the run report's layout for one frame (source | target flow | edit | achieved flow)."""
     figures = {
@@ -306,7 +313,7 @@ def _write_edit_report(
     frame = ReportFrame(
         index=0, target_flow=F.TARGET_PICTURE, motion_px=scale, still=scale == 0, result=F.EDITED,
         achieved_flow=F.ACHIEVED_PICTURE, flow_error=F.ERROR_PICTURE,
-        status="diverged" if result.diverged else "edited", figures=figure_values(figures),
+        status="diverged" if result.diverged else verdict.label, figures=figure_values(figures),
     )
     size = record.get("size") or list(result.image.shape[-2:])
     summary = [
@@ -314,6 +321,7 @@ def _write_edit_report(
         f"{record.get('flow')!s}; pipeline '{record.get('pipeline')}', "
         + (f"prompt {record['prompt']!r}." if record.get("prompt") else "no prompt."),
         f"{len(result.losses)} guided passes; status {'DIVERGED: ' + str(result.divergence) if result.diverged else 'ok'}.",
+        f"Motion {verdict.describe()}.",
     ]
     files = [F.EDITED, F.COMPARISON, F.SOURCE, F.TARGET_PICTURE, F.ACHIEVED_PICTURE, F.ERROR_PICTURE, F.LOSS_CURVES,
              F.LOSSES, F.RECORD]

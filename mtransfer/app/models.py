@@ -2,15 +2,20 @@
 
 The one translation of settings into loader calls: ``[model]`` → ``load_backend``, ``[estimator]`` (or
 ``VideoSettings.flow_estimator``) → ``load_estimator``. ``check_models`` finds missing weights before any
-work starts; ``cpu_warning`` says what real Stable Diffusion on a CPU will cost.
+work starts; ``cpu_warning`` says what real Stable Diffusion on a CPU will cost; ``family_words`` and
+``world_warning`` say what the exact model's world holds and when a target motion lies outside it.
 """
 
 from __future__ import annotations
 
 import torch
 
+from collections.abc import Sequence
+
 from mtransfer.diffusion import DiffusionBackend, ExactBackend, motion_family
+from mtransfer.diffusion.exact import similarity_matrix
 from mtransfer.errors import MtransferError, UsageError
+from mtransfer.evaluation.verdict import Verdict, counted_pixels, verdict_of
 from mtransfer.estimators import DIFFERENTIABLE, FlowEstimator
 from mtransfer.estimators import load_named_estimator
 from mtransfer.app.settings import DTYPES, EstimatorSettings, ModelSettings
@@ -78,6 +83,66 @@ def family_translations(height: int, width: int, settings: ModelSettings) -> lis
     step = settings.family_step or max(1, round(min(height, width) / 16))
     radius = settings.family_radius
     return [(dx * step, dy * step) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)]
+
+
+def family_words(height: int, width: int, settings: ModelSettings) -> str:
+    """What the exact model at ``height`` x ``width`` can paint, in words: its shifts, turns and zooms."""
+    step = settings.family_step or max(1, round(min(height, width) / 16))
+    reach = step * settings.family_radius
+    shifts = (f"shifts of whole pixels up to ±{reach} px each way" if step == 1 else
+              f"shifts in steps of {step} px up to ±{reach} px each way") if reach else "no shift"
+    parts = [shifts]
+    if settings.family_rotations != (0.0,):
+        parts.append(f"turns by {', '.join(f'{d:g}' for d in settings.family_rotations)} degrees")
+    if settings.family_scales != (1.0,):
+        parts.append(f"zooms by {', '.join(f'{z:g}' for z in settings.family_scales)}")
+    return "the picture moved as a whole: " + " combined with ".join(parts)
+
+
+def _closest_member(flow: torch.Tensor, mask: torch.Tensor | None, settings: ModelSettings) -> Verdict:
+    """The verdict the best member of the exact model's family would get on ``flow`` (the most it can reach)."""
+    height, width = flow.shape[-2:]
+    flow = flow.detach().float().cpu()
+    counted = counted_pixels(flow, mask)
+    names, matrices = [], []
+    for scale in settings.family_scales:
+        for degrees in settings.family_rotations:
+            for dx, dy in family_translations(height, width, settings):
+                matrices.append(similarity_matrix(height, width, scale, degrees, dx, dy).double())
+                names.append(f"shift ({dx:g}, {dy:g}) px" + (f", turn {degrees:g}" if degrees else "")
+                             + (f", zoom {scale:g}" if scale != 1 else ""))
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    points = torch.stack([xs[counted], ys[counted], torch.ones_like(xs[counted])]).double()  # (3, pixels)
+    moved = torch.stack(matrices) @ points  # the members' motions are affine: no division needed
+    errors = (moved[:, :2] - points[:2]).float().sub_(flow[:, counted]).square_().sum(1).sqrt_().mean(1)
+    best = int(errors.argmin())
+    return verdict_of(float(errors[best]), float(flow.norm(dim=0)[counted].mean()), int(counted.sum()), names[best])
+
+
+def world_warning(
+    settings: ModelSettings, flows: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None] | None = None
+) -> str | None:
+    """A warning, before any work, when a target flow lies outside what the model can paint; None otherwise.
+
+    Only the exact model has a bounded world (its family of moved copies); a flow is outside it when even
+    the closest member would not be ``reached`` by ``motion_verdict`` in the flow's mask (``masks``, None =
+    the whole image). ``flows`` are ``(2, H, W)`` on the working grid, one per frame to edit.
+    """
+    if settings.model != "exact" or not flows:
+        return None
+    masks = list(masks) if masks is not None else [None] * len(flows)
+    closest = [_closest_member(flow, mask, settings) for flow, mask in zip(flows, masks)]
+    outside = [(index, verdict) for index, verdict in enumerate(closest) if verdict.label != "reached"]
+    if not outside:
+        return None
+    index, worst = max(outside, key=lambda item: item[1].error_px)
+    where = "the target motion" if len(flows) == 1 else (
+        f"{len(outside)} of {len(flows)} target motions (the worst: frame {index})")
+    height, width = flows[0].shape[-2:]
+    return (f"model 'exact' at {height}x{width} (its pixels below) only holds {family_words(height, width, settings)}; "
+            f"{where} lies outside it: "
+            f"the closest it holds, {worst.measured_by}, is {worst.error_px:.2f} px off a {worst.motion_px:.2f} px "
+            f"motion, so the edit can be {worst.label} at best (a Stable Diffusion preset paints other motions)")
 
 
 def load_backend(settings: ModelSettings, image: torch.Tensor | None, device: torch.device) -> DiffusionBackend:

@@ -99,6 +99,9 @@ SCRIPT = _asset("report.js")
 
 STATUS_TEXT = {
     "edited": "",
+    "reached": "reached the target motion",
+    "partial": "PARTIAL: part of the target motion",
+    "missed": "MISSED the target motion",
     "still": "no motion to follow: the source is kept",
     "diverged": "DIVERGED: last good estimate",
 }

@@ -31,7 +31,6 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from mtransfer.bench.options import CPU_SIZE, CPU_VARIANTS, GPU_SIZE, GPU_VARIANTS, parse
 from mtransfer.bench.measure import PeakMemory, PhaseTimer, device_info, median, peak_tflops, timed
 from mtransfer.devices import parse_device
 from mtransfer.diffusion import ddim_timesteps, forward_noise
@@ -54,9 +54,6 @@ from mtransfer.flows import reference_occlusion_mask, rotation
 from mtransfer.guidance import GuidanceSettings, MotionTarget, guided_eps, sample_motion_guided
 from mtransfer.speed import FastPath, fast_path, parse_fast_path
 
-GPU_VARIANTS = ("baseline", "tf32", "bf16", "sdpa", "channels-last", "cache-source", "checkpoint", "fast")
-CPU_VARIANTS = ("baseline", "sdpa", "cache-source", "fast")
-GPU_SIZE, CPU_SIZE = 512, 64
 RANDOM_MODELS = ("real", "tiny")
 PAPER = GuidanceSettings()
 SCHEDULE_POSITION = 0.5
@@ -502,50 +499,8 @@ def report_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def parse_args(
-    argv: Sequence[str] | None, prog: str = "mtransfer bench"
-) -> tuple[BenchSettings, argparse.Namespace]:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Time one motion-guided pass (random SD v1.4 + RAFT) for the baseline and fast variants.",
-    )
-    parser.add_argument("--device", default="auto", help="cuda, cuda:N, cpu or auto (default: cuda if available)")
-    parser.add_argument("--size", type=int, help=f"image side in pixels (default {GPU_SIZE} on GPU, {CPU_SIZE} on CPU)")
-    parser.add_argument(
-        "--variants",
-        help=f"comma-separated specs such as bf16+sdpa (default GPU: {','.join(GPU_VARIANTS)}; CPU: {','.join(CPU_VARIANTS)})",
-    )
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per variant (median reported)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes per variant before timing")
-    parser.add_argument(
-        "--model",
-        default="real",
-        help="real (SD v1.4 architecture, random weights), tiny (tests), or a diffusers folder / HF id of trained weights",
-    )
-    parser.add_argument("--raft", default="raft-large", choices=("raft-large", "raft-small"))
-    parser.add_argument("--raft-iterations", type=int, default=5)
-    parser.add_argument("--raft-weights", default="random", help="random, or a local RAFT .pth state dict")
-    parser.add_argument("--run-steps", type=int, default=2, help="DDIM steps of the short run used for latent drift")
-    parser.add_argument("--run-recursions", type=int, default=2)
-    parser.add_argument(
-        "--compile", action="store_true", help="also measure torch.compile on top of the fastest set (slow to warm up)"
-    )
-    parser.add_argument(
-        "--memory", action="store_true",
-        help=f"instead of timing: the peak memory of one guided pass, followed allocation by allocation on fake "
-             f"tensors (no GPU, no weights; default --size {GPU_SIZE})",
-    )
-    parser.add_argument("--batch", default="1,2", help="with --memory: comma-separated batch sizes (default 1,2)")
-    parser.add_argument(
-        "--speed", help="with --memory: comma-separated switch sets (default: baseline, bf16, each checkpointing, ...)"
-    )
-    parser.add_argument(
-        "--cross-check", action="store_true",
-        help="with --memory: also run the method on real CPU tensors (tiny models, 128px) against the resident set",
-    )
-    parser.add_argument("--json", type=Path, help="write the full report here")
-    parser.add_argument("--plot", type=Path, help="write a PNG of the per-variant split here")
-    args = parser.parse_args(argv)
+def settings_from(args: argparse.Namespace) -> BenchSettings:
+    """The benchmark's settings from its parsed command line (``mtransfer.bench.options.parse``)."""
     device = str(parse_device(args.device))
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path is not None:
@@ -559,7 +514,7 @@ def parse_args(
             "[yellow]--compile ignored on the CPU:[/] compiling takes many minutes there and says nothing about "
             "the GPU path (name a variant such as fast+compile in --variants to force it)"
         )
-    settings = BenchSettings(
+    return BenchSettings(
         device=device,
         size=args.size if args.size is not None else (GPU_SIZE if on_gpu else CPU_SIZE),
         variants=tuple(v.strip() for v in variants if v.strip()),
@@ -572,14 +527,18 @@ def parse_args(
         run_steps=args.run_steps,
         run_recursions=args.run_recursions,
     )
-    return settings, args
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "mtransfer bench") -> dict[str, Any]:
     """Run from the command line; prints the table to stdout and writes ``--json`` / ``--plot``."""
-    settings, args = parse_args(argv, prog)
+    return run_parsed(parse(argv, prog))
+
+
+def run_parsed(args: argparse.Namespace) -> dict[str, Any]:
+    """The benchmark for an already parsed command line (``mtransfer bench`` parses before importing torch)."""
     if args.memory:
         return memory_main(args)
+    settings = settings_from(args)
     status = Console(stderr=True)
     if settings.device == "cpu" and args.size is None:
         status.print(

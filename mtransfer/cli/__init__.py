@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from mtransfer.errors import INTERRUPT_EXIT, TERMINATE_EXIT, MtransferError, name_too_long
+from mtransfer.cli.hints import weights_hint
+from mtransfer.errors import INTERRUPT_EXIT, TERMINATE_EXIT, MtransferError, WeightsMissing, name_too_long
 
 app = typer.Typer(
     name="mtransfer",
@@ -77,6 +78,11 @@ def _unexpected(exc: BaseException) -> int:
     return 1
 
 
+def _command(arguments: list[str]) -> str | None:
+    """The sub-command's name: the first argument that is not an option (the app itself has none that take values)."""
+    return next((argument for argument in arguments if not argument.startswith("-")), None)
+
+
 def main() -> None:
     """Entry point: every problem becomes one plain line and an exit status, never a traceback.
 
@@ -112,7 +118,10 @@ def _main() -> int:
         code = app(standalone_mode=False)
     except MtransferError as exc:
         stopped = exc.exit_code == INTERRUPT_EXIT
-        say("interrupted" if stopped else "error", "yellow" if stopped else "bold red", str(exc))
+        message = str(exc)
+        if isinstance(exc, WeightsMissing) and (hint := weights_hint(_command(sys.argv[1:]), exc.kind)):
+            message += f"; {hint}"
+        say("interrupted" if stopped else "error", "yellow" if stopped else "bold red", message)
         return exc.exit_code
     except KeyboardInterrupt:
         code = INTERRUPT_EXIT

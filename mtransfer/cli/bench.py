@@ -19,9 +19,12 @@ def bench(ctx: typer.Context) -> None:
 
     Options are the benchmark's (``mtransfer.bench.guided_step``); see ``mtransfer bench --help`` and BENCHMARKS.md.
     """
-    from mtransfer.bench.guided_step import main  # diffusers is slow to import
+    from mtransfer.bench.options import parse
 
     try:
-        main(ctx.args, prog="mtransfer bench")
+        args = parse(ctx.args, prog="mtransfer bench")
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         raise typer.Exit(exc.code or 0) from None
+    from mtransfer.bench.guided_step import run_parsed  # diffusers is slow to import: only when the bench runs
+
+    run_parsed(args)

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from mtransfer.choices import DIFFERENTIABLE
 from mtransfer.cli import app, console
-from mtransfer.cli.options import preset_overrides
+from mtransfer.cli.options import QUIET_HELP, preset_overrides
 from mtransfer.errors import UsageError
 from mtransfer.presets import available_pipelines
 
@@ -99,11 +99,13 @@ def edit(
     settings: list[str] = typer.Option(
         [], "--set", help="Override any preset value: section.key=value (TOML value), repeatable.", show_default=False
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Edit IMAGE so that its content moves by the target flow (Motion Guidance, Geng & Owens 2024)."""
     # The heavy stack (torch, diffusers) is imported when an edit runs, never for --help.
-    from mtransfer.app import Editor, load_settings
+    from mtransfer.app import Editor, load_settings, world_warning
     from mtransfer.app.edit_folder import check_edit_folder, edit_into_folder, edit_key, superseding
+    from mtransfer.app.settings import shape_note
     from mtransfer.app.trajectory import load_trajectory
     from mtransfer.cli.in_memory import reuse_rescued, stopped_note
     from mtransfer.files import ensure_writable, load_image, read_json_object
@@ -130,11 +132,16 @@ def edit(
     # Everything cheap is checked before the (slow) models are loaded.
     original = load_image(image)
     working = run.model.working_size(tuple(original.shape[-2:]), image)
+    if note := shape_note(tuple(original.shape[-2:]), working, str(image)):
+        console.print(escape(note), highlight=False, soft_wrap=True)
     source = load_image(image, size=working)
-    target_flow = load_flow(flow, *working, mask_sizes=[tuple(original.shape[-2:])])
+    target_flow = load_flow(flow, *working, mask_sizes=[tuple(original.shape[-2:])],
+                            spec_size=tuple(original.shape[-2:]))  # a spec's px are the image's own
     if motionless(target_flow):
         raise UsageError(f"--flow {flow}: moves no pixel, so there is nothing to edit (the result would be the source)")
     edit_mask = None if mask is None else _edit_mask(mask, tuple(original.shape[-2:]), working)
+    if outside := world_warning(run.model, [target_flow], [edit_mask]):
+        console.print(f"[bold yellow]warning:[/] {escape(outside)}", highlight=False, soft_wrap=True)
     generation = None if trajectory is None else load_trajectory(
         trajectory, model=run.model.model, steps=run.guidance.steps, size=working
     )
@@ -158,7 +165,7 @@ def edit(
         console.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
     with stopped_note(folder, "edit"):
-        with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console) as progress:
+        with Editor.load(run, source, torch_device, warn=warn) as editor, progress_bar(console, quiet=quiet) as progress:
             load_timing = {"load_s": time.perf_counter() - started}
             shown: list[tuple[int, int]] = []
 
@@ -181,14 +188,7 @@ def edit(
                 rescue=True,
             )
     _note_moved(earlier)
-    _check_status(folder, {"status": "diverged" if result.diverged else "ok", "divergence": result.divergence})
-    final = result.losses[-1] if result.losses else {}
-    losses = ", ".join(f"{k} {final[k]:.4g}" for k in ("total", "flow", "color") if k in final)
-    console.print(
-        f"[green]done[/] in {result.timing['sampling_s']:.1f} s ({losses or 'no guidance'}): "
-        f"{escape(str(folder / EditFolder.EDITED))}",
-        highlight=False,
-    )
+    _check_status(folder, read_json_object(folder / EditFolder.RECORD, "an edit record"))
 
 
 def _note_moved(moved: Path | None) -> None:
@@ -197,9 +197,27 @@ def _note_moved(moved: Path | None) -> None:
 
 
 def _check_status(folder: Path, record: dict) -> None:
-    """A diverged edit is written (its last good estimate, status 'diverged') but is not a success."""
+    """A diverged edit is written (its last good estimate, status 'diverged') but is not a success; a finished
+    one is reported with its verdict (reached / partial / missed), its time and final losses."""
     if record.get("status") == "diverged":
         raise UsageError(
             f"{record.get('divergence')}; the last good estimate is in {folder} (run.json status 'diverged'); "
             "try a lower --guidance-weight or --clip"
         )
+    console.print(edit_line(folder, record), highlight=False, soft_wrap=True)
+
+
+_VERDICT_STYLE = {"reached": "green", "partial": "yellow", "missed": "bold red"}
+
+
+def edit_line(folder: Path, record: dict) -> str:
+    """The edit's last terminal line: the verdict first (never a bare "done"), then time, losses and the picture."""
+    from mtransfer.evaluation.verdict import Verdict
+
+    if "verdict" not in record:  # a rescue written by a version before verdicts
+        return f"finished without a verdict (run `mtransfer eval {escape(str(folder))}`): {escape(str(folder))}/edited.png"
+    verdict = Verdict.from_record(record["verdict"])
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in (record.get("final_losses") or {}).items()
+                       if k in ("total", "flow", "color") and isinstance(v, (int, float)))
+    return (f"[{_VERDICT_STYLE[verdict.label]}]{verdict.label}[/]: {escape(verdict.figures())}; "
+            f"{record['timing']['sampling_s']:.1f} s ({losses or 'no guidance'}): {escape(str(folder))}/edited.png")

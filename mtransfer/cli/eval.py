@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from mtransfer.cli import app, console
+from mtransfer.cli.options import QUIET_HELP
 
 EXAMPLES = """\
 [bold]Examples[/]
@@ -32,12 +33,13 @@ def eval_command(
         "here and it did not guide the edit, else tvl1]", show_default=False,
     ),
     device: str = typer.Option("cpu", help="Device for the judge: cpu, cuda, ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Judge the edits in FOLDER independently of the estimator that guided them."""
     from mtransfer.evaluation import EVALUATION, evaluate_run, evaluation_table  # torch: not for --help
     from mtransfer.progress import progress_bar
 
-    with progress_bar(console) as progress:
+    with progress_bar(console, quiet=quiet) as progress:
         tasks = []  # the bar appears once the folder has been read and its frames counted
 
         def advance(total: int) -> None:

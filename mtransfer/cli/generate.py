@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from mtransfer.cli import app, console
-from mtransfer.cli.options import preset_overrides
+from mtransfer.cli.options import QUIET_HELP, preset_overrides
 from mtransfer.errors import UsageError
 from mtransfer.presets import available_pipelines
 
@@ -33,6 +33,7 @@ def generate(
     settings: list[str] = typer.Option(
         [], "--set", help="Override any preset value: section.key=value (TOML value), repeatable.", show_default=False
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Generate an image from PROMPT and keep its noise trajectory for `mtransfer edit --trajectory`.
 
@@ -73,7 +74,7 @@ def generate(
         backend = load_backend(run.model, None, torch_device)
         guidance = run.guidance
         started = time.perf_counter()
-        with progress_bar(console) as progress:
+        with progress_bar(console, quiet=quiet) as progress:
             task = progress.add_task("generate", total=guidance.steps)
             with torch.no_grad():
                 image, _, latents = generate_image(

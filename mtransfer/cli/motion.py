@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperCommand
 from rich.markup import escape
 from rich.table import Table
 
+from mtransfer.choices import motion_usage
 from mtransfer.cli import app, console
 from mtransfer.errors import OutputError, UsageError, input_error
 
@@ -20,21 +20,11 @@ EXAMPLES = (
     "Examples:\n\n"
     "  [cyan]mtransfer motion 'rotate(20) | translate(10, 0)' --onto sample_videos/cat.png[/]\n\n"
     "  [cyan]mtransfer motion 'twirl(90, radius=30%)' --size 256x256 --out twirl.flo[/]\n\n"
+    "Motions:\n\n" + motion_usage()
 )
 
 
-class _MotionsInEpilog(TyperCommand):
-    """Lists the motions under the examples when ``motion --help`` is printed; the list comes from the motion
-    registry, which imports torch, so it is read then and not when the command is registered."""
-
-    def format_help(self, ctx, formatter) -> None:  # noqa: ANN001  (click's types)
-        from mtransfer.flows import motion_usage
-
-        self.epilog = EXAMPLES + "Motions:\n\n" + motion_usage().replace("\n", "\n\n")
-        super().format_help(ctx, formatter)
-
-
-@app.command(cls=_MotionsInEpilog, epilog=EXAMPLES)
+@app.command(epilog=EXAMPLES)
 def motion(
     spec: Annotated[str, typer.Argument(help="Inline motion spec (see below) or a flow file to preview.")],
     onto: Annotated[Optional[Path], typer.Option(help="Image to size the flow on and to preview the motion with.")] = None,

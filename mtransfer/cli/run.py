@@ -9,7 +9,7 @@ import typer
 
 from mtransfer.choices import EXECUTORS, FLOW_MODES, INIT_MODES
 from mtransfer.cli import app, console
-from mtransfer.cli.options import preset_overrides
+from mtransfer.cli.options import QUIET_HELP, preset_overrides
 from mtransfer.errors import UsageError
 from mtransfer.presets import available_pipelines
 
@@ -100,6 +100,7 @@ def run(
     restart: bool = typer.Option(
         False, "--restart", help="Recompute results made with other settings (moved to superseded/, not deleted)."
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=QUIET_HELP),
 ) -> None:
     """Transfer the motion of VIDEO onto the image given with --onto (motion-guided diffusion per frame).
 
@@ -107,6 +108,7 @@ def run(
     manifest.json into the run folder.
     """
     from mtransfer.pipeline.runner import RunRequest, run_pipeline  # the heavy stack, only when a run starts
+    from mtransfer.progress import progress_bar
 
     if flow_only and init is not None:
         raise UsageError("--init only affects the guide stage, which --flow-only skips; drop one of them")
@@ -121,4 +123,4 @@ def run(
         video=video, image=onto, pipeline=pipeline, overrides=tuple(overrides), out=out,
         restart=restart, flow_only=flow_only,
     )
-    run_pipeline(request, console)
+    run_pipeline(request, console, progress_bar(console, 18, quiet=quiet))

@@ -39,7 +39,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
 from mtransfer.diffusion.ddim import eps_from_v
-from mtransfer.errors import InputError, UsageError, input_error
+from mtransfer.errors import InputError, UsageError, WeightsMissing, input_error
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -461,10 +461,10 @@ def _load_error(label: str, component: str, exc: Exception, hub: dict[str, Any])
         "local_files_only"
     ] else "it could not be downloaded and is not in the Hugging Face cache"
     login = " after accepting its licence and `huggingface-cli login`" if "gated" in reason.lower() else ""
-    return InputError(
+    return WeightsMissing(
         f"{what}: {where}; download it on a connected machine with "
         f"`huggingface-cli download {label}`{login} and copy the cache (HF_HOME), "
-        "or pass --model /path/to/diffusers-folder"
+        "or set model.model to a local diffusers folder", "diffusion",
     )
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision.models.optical_flow import RAFT, Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 from torchvision.models._api import WeightsEnum
 
-from mtransfer.errors import UsageError, input_error
+from mtransfer.errors import UsageError, WeightsMissing, input_error
 
 WEIGHTS_ENV = "MTRANSFER_RAFT_WEIGHTS"
 """Environment variable naming a local ``.pth`` state dict, used when no ``weights`` option is given."""
@@ -139,7 +139,7 @@ def load_raft(
         if choice is None or choice in weights_enum.__members__:
             path, state = _hub_state_dict(name, weights_enum[choice or "DEFAULT"])
         else:
-            origin = "--weights" if weights is not None else f"${WEIGHTS_ENV}"
+            origin = "the weights setting" if weights is not None else f"${WEIGHTS_ENV}"
             path = Path(choice)
             if not path.is_file():
                 raise input_error(
@@ -211,12 +211,11 @@ def _hub_state_dict(name: str, weights: WeightsEnum) -> tuple[Path, Mapping[str,
         return cached, weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError, http.client.HTTPException) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise input_error(
-            cached,
-            f"{name} weights {weights} missing and download failed ({reason}); on a connected machine fetch "
-            f"{weights.url} into that path, or give a local .pth (`flow --weights PATH`, `edit --raft-weights PATH`, estimator.weights in presets) or ${WEIGHTS_ENV}, "
-            "or use a weight-free estimator: --estimator tvl1 to extract flow, pyramid inside guidance "
-            "(in presets: video.estimator / estimator.name)",
+        raise WeightsMissing(
+            f"{cached}: {name} weights {weights} missing and download failed ({reason}); on a connected machine "
+            f"fetch {weights.url} into that path, or point estimator.weights / video.weights (or ${WEIGHTS_ENV}) "
+            "at a local .pth, or use a weight-free estimator (tvl1 for the video's flow, pyramid inside guidance)",
+            "raft",
         ) from None
 
 

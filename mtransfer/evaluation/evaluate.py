@@ -6,7 +6,8 @@ has ``run.json``, ``source.png``, ``edited.png`` and ``target_flow.flo``; it kee
 region of the target (``motion_mask``: what moves, where it lands, an 8 px margin) stands in for it. The
 figures are written to ``evaluation.json`` in the folder (atomically) and returned. ``mtransfer run`` calls
 ``evaluate_run`` as its ``evaluate`` stage, keeping each judged frame's figures in its manifest so that
-an interrupted evaluation resumes (``known``, ``on_frame``).
+an interrupted evaluation resumes (``known``, ``on_frame``). Each judged frame gets the judge's
+``verdict`` (``motion_verdict``: reached / partial / missed); ``verdicts`` counts them over the moving frames.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from mtransfer.errors import UsageError, input_error
 from mtransfer.evaluation.figures import FIGURES, MOTION_KEY
 from mtransfer.evaluation.judge import judge_estimator_name, judge_motion
 from mtransfer.evaluation.metrics import fidelity, preservation, temporal_consistency
+from mtransfer.evaluation.verdict import VERDICTS, motion_verdict
 from mtransfer.estimators import load_named_estimator
 from mtransfer.devices import parse_device
 from mtransfer.files import load_image, read_json, read_json_object, with_infinities, write_json
@@ -142,11 +144,14 @@ def evaluate_run(
         mask = motion_mask(target)[0] if mask_path is None else _same_size(mask_path, read_mask(mask_path), size, "edit mask")
         measured = judge_motion(judge, source[None].to(device), result[None].to(device), target.to(device),
                                 max_side=max_side).flow[0]
+        motion = float(target.norm(dim=0).max())
         rows.append({
             "frame": index,
-            MOTION_KEY: float(target.norm(dim=0).max()),
+            MOTION_KEY: motion,
             **fidelity(measured, target, mask),
             **preservation(source, result, mask),
+            "verdict": motion_verdict(measured, target, mask, measured_by=f"the judge {name}").label
+            if motion > MOTIONLESS_PX else None,  # a still frame is the source: nothing to reach
         })
         if on_frame:
             on_frame(index, rows[-1])
@@ -161,6 +166,7 @@ def evaluate_run(
         "kind": kind,
         "judge": {"estimator": name, "guidance_estimator": guidance, "max_side": max_side},
         "summary": {key: _mean([row.get(key) for row in moving or rows]) for key in FIGURES},
+        "verdicts": {label: sum(row.get("verdict") == label for row in moving) for label in VERDICTS},
         "frames": rows,
     }
     write_json(folder / EVALUATION, evaluation)

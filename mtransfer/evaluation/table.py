@@ -32,4 +32,7 @@ def evaluation_table(evaluation: dict) -> Table:
         table.add_row(f"… {len(frames) - _MAX_ROWS} more", *[""] * len(_COLUMNS))
     summary = evaluation["summary"]
     table.add_row("mean", "", *(_cell(summary.get(key), fmt) for key, _, fmt in _COLUMNS[1:]), style="bold")
+    counts = ", ".join(f"{count} {label}" for label, count in (evaluation.get("verdicts") or {}).items() if count)
+    if counts:  # reached / partial / missed by the judge (mtransfer.evaluation.verdict), one line under the table
+        table.caption = f"judge's verdicts on the moving frames: {counts}"
     return table

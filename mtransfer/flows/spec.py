@@ -48,10 +48,11 @@ from typing import Callable
 
 import torch
 
+from mtransfer.choices import HOMOGRAPHY_USAGE, MOTION_ARGUMENTS, motion_usage
 from mtransfer.errors import UsageError, input_error
 from mtransfer.flows import elementary
 from mtransfer.flows.io import FLOW_SUFFIXES, motion_problem, read_flow, read_mask_on
-from mtransfer.flows.ops import compose, restrict, scale_motion
+from mtransfer.flows.ops import compose, resize_flow, restrict, scale_motion
 
 # How a percentage is resolved for each kind of argument (see the module docstring).
 _PLAIN, _X, _Y, _DX, _DY, _SIDE = "plain", "x", "y", "dx", "dy", "side"
@@ -84,9 +85,6 @@ class _Motion:
     build: Callable[..., torch.Tensor]  # (height, width, **resolved arguments, device=) -> (2, H, W)
 
 
-_CENTER = (_Param("cx", _X, "50%"), _Param("cy", _Y, "50%"))
-
-
 def _centred(function: Callable[..., torch.Tensor], *names: str) -> Callable[..., torch.Tensor]:
     """Adapt an elementary flow whose trailing ``center`` is given as the two arguments ``cx, cy``."""
 
@@ -103,44 +101,35 @@ def _wobble(height: int, width: int, amplitude: float, wavelength: float, seed: 
     return elementary.wobble(height, width, amplitude, wavelength, int(seed), device=device)
 
 
+_CONTROLS: dict[tuple[str, str], tuple[str, str, float, str]] = {
+    ("translate", "dx"): ("-50%", "50%", 1, "10"), ("translate", "dy"): ("-50%", "50%", 1, "0"),
+    ("rotate", "degrees"): ("-180", "180", 1, "15"),
+    ("scale", "factor"): ("0.5", "2", 0.01, "1.2"),
+    ("stretch", "factor"): ("0.5", "2", 0.01, "1.2"), ("stretch", "angle"): ("-90", "90", 1, "0"),
+    ("shear", "shx"): ("-1", "1", 0.01, "0.2"), ("shear", "shy"): ("-1", "1", 0.01, "0"),
+    ("twirl", "degrees"): ("-360", "360", 1, "60"), ("twirl", "radius"): ("1", "100%", 1, "50%"),
+    ("bulge", "strength"): ("-1", "1", 0.01, "0.3"), ("bulge", "radius"): ("1", "100%", 1, "50%"),
+    ("wobble", "amplitude"): ("0", "12.5%", 0.5, "4"), ("wobble", "wavelength"): ("2", "100%", 1, "50%"),
+    ("wobble", "seed"): ("0", "100", 1, "0"),
+}
+"""A front end's slider per parameter (lowest, highest, step, start; in the spec language): the web app's
+controls are made from these; the centre ``cx, cy`` has none (it is placed on the image)."""
+
+_BUILDERS: dict[str, Callable[..., torch.Tensor]] = {
+    "translate": elementary.translation,
+    "rotate": _centred(elementary.rotation, "degrees"),
+    "scale": _centred(elementary.scaling, "factor"),
+    "stretch": _centred(elementary.stretch, "factor", "angle"),
+    "shear": _centred(elementary.shear, "shx", "shy"),
+    "twirl": _centred(elementary.twirl, "degrees", "radius"),
+    "bulge": _centred(elementary.bulge, "strength", "radius"),
+    "wobble": _wobble,
+}
 MOTIONS: dict[str, _Motion] = {
-    "translate": _Motion(
-        (_Param("dx", _DX, control=("-50%", "50%", 1, "10")), _Param("dy", _DY, "0", ("-50%", "50%", 1, "0"))),
-        elementary.translation,
-    ),
-    "rotate": _Motion((_Param("degrees", control=("-180", "180", 1, "15")), *_CENTER),
-                      _centred(elementary.rotation, "degrees")),
-    "scale": _Motion((_Param("factor", control=("0.5", "2", 0.01, "1.2")), *_CENTER),
-                     _centred(elementary.scaling, "factor")),
-    "stretch": _Motion(
-        (_Param("factor", control=("0.5", "2", 0.01, "1.2")),
-         _Param("angle", default="0", control=("-90", "90", 1, "0")), *_CENTER),
-        _centred(elementary.stretch, "factor", "angle"),
-    ),
-    "shear": _Motion(
-        (_Param("shx", control=("-1", "1", 0.01, "0.2")), _Param("shy", default="0", control=("-1", "1", 0.01, "0")),
-         *_CENTER),
-        _centred(elementary.shear, "shx", "shy"),
-    ),
-    "twirl": _Motion(
-        (_Param("degrees", control=("-360", "360", 1, "60")), _Param("radius", _SIDE, "50%", ("1", "100%", 1, "50%")),
-         *_CENTER),
-        _centred(elementary.twirl, "degrees", "radius"),
-    ),
-    "bulge": _Motion(
-        (_Param("strength", control=("-1", "1", 0.01, "0.3")), _Param("radius", _SIDE, "50%", ("1", "100%", 1, "50%")),
-         *_CENTER),
-        _centred(elementary.bulge, "strength", "radius"),
-    ),
-    "wobble": _Motion(
-        (_Param("amplitude", _SIDE, control=("0", "12.5%", 0.5, "4")),
-         _Param("wavelength", _SIDE, "50%", ("2", "100%", 1, "50%")),
-         _Param("seed", default="0", control=("0", "100", 1, "0"))),
-        _wobble,
-    ),
+    name: _Motion(tuple(_Param(*param, control=_CONTROLS.get((name, param[0]))) for param in MOTION_ARGUMENTS[name]), build)
+    for name, build in _BUILDERS.items()
 }
 ALIASES = {"translation": "translate", "rotation": "rotate", "scaling": "scale"}
-_HOMOGRAPHY_USAGE = "homography(x1, y1, ..., x4, y4) or homography(h11, ..., h33)"
 
 _TERM = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*(?:\*\s*([^()*]+?))?\s*$", re.DOTALL)
 
@@ -154,15 +143,6 @@ def motion_controls(name: str, height: int, width: int) -> list[Control]:
                 param.control[2], resolve.value(param.name, param.kind, param.control[3]))
         for param in MOTIONS[name].params if param.control is not None
     ]
-
-
-def motion_usage() -> str:
-    """Every motion with its arguments, for error messages and ``--help`` texts."""
-    signatures = []
-    for name, motion in MOTIONS.items():
-        args = ", ".join(p.name if p.default is None else f"{p.name}={p.default}" for p in motion.params)
-        signatures.append(f"{name}({args})")
-    return ", ".join([*signatures, _HOMOGRAPHY_USAGE])
 
 
 def parse_flow_spec(
@@ -264,7 +244,7 @@ def build_term(
             elif tuple(values) == _MATRIX_NAMES:
                 matrix = [[values[f"h{r}{c}"] for c in range(1, 4)] for r in range(1, 4)]
             else:
-                raise ValueError(f"takes 8 corner coordinates or 9 matrix entries: {_HOMOGRAPHY_USAGE}")
+                raise ValueError(f"takes 8 corner coordinates or 9 matrix entries: {HOMOGRAPHY_USAGE}")
             flow = elementary.homography(height, width, matrix, device=device)
         elif term.name in MOTIONS:
             flow = MOTIONS[term.name].build(height, width, **values, device=device)
@@ -281,15 +261,21 @@ def build_term(
 
 def load_flow(
     file_or_spec: str | Path, height: int, width: int, *, device: torch.device | str | None = None,
-    mask_sizes: Collection[tuple[int, int]] = (),
+    mask_sizes: Collection[tuple[int, int]] = (), spec_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """A target flow from a ``.flo``/``.npy``/KITTI ``.png`` file or from a spec, checked to be ``height`` x ``width``.
 
     Anything with parentheses is a spec. Otherwise it is a file, and a name ending in a flow suffix
-    that does not exist is reported as a missing file rather than as a bad spec.
+    that does not exist is reported as a missing file rather than as a bad spec. ``spec_size`` is the
+    grid a spec's pixels mean (the image the user gave, one unit for every command): the spec is built
+    there and resized to ``height`` x ``width`` with its vectors scaled (``resize_flow``); a file is
+    always on the ``height`` x ``width`` grid.
     """
     text = str(file_or_spec).strip()
     if "(" in text:
+        if spec_size is not None and tuple(spec_size) != (height, width):
+            flow = parse_flow_spec(text, *spec_size, mask_sizes=[*mask_sizes, (height, width)])
+            return resize_flow(flow, (height, width)).to(device)
         return parse_flow_spec(text, height, width, device=device, mask_sizes=mask_sizes)
     path = Path(text)
     if path.suffix.lower() not in FLOW_SUFFIXES:
@@ -415,7 +401,7 @@ def _homography_arguments(resolve: _Resolver, positional: list[str]) -> dict[str
         }
     if len(positional) == 9:
         return {name: resolve.number(f"entry {i + 1}", text) for i, (name, text) in enumerate(zip(_MATRIX_NAMES, positional))}
-    raise ValueError(f"takes 8 corner coordinates or 9 matrix entries, got {len(positional)}: {_HOMOGRAPHY_USAGE}")
+    raise ValueError(f"takes 8 corner coordinates or 9 matrix entries, got {len(positional)}: {HOMOGRAPHY_USAGE}")
 
 
 class _Resolver:

@@ -15,8 +15,9 @@ import gradio as gr
 
 from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings
 from mtransfer.errors import DeviceError, MtransferError
-from mtransfer.files import load_image
-from mtransfer.flows import read_flow, read_mask, resize_flow
+from mtransfer.evaluation.verdict import Verdict
+from mtransfer.files import load_image, read_json_object
+from mtransfer.flows import read_mask, resize_flow
 from mtransfer.app.edit_folder import edit_into_folder
 from mtransfer.guidance.edit import motionless
 from mtransfer.layouts import EditFolder
@@ -112,12 +113,11 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         if job.error is not None:
             raise page_error(job.error)
         result, archive, reused, masked = job.result
-        error = (result.achieved_flow.float().cpu() - read_flow(folder / EditFolder.TARGET_FLOW)).norm(dim=0)
+        verdict = Verdict.from_record(read_json_object(folder / EditFolder.RECORD, "an edit record")["verdict"])
         final = result.losses[-1] if result.losses else {}
-        text = (f"done in {time.perf_counter() - job.started:.1f} s "
+        text = (f"{verdict.describe()}; finished in {time.perf_counter() - job.started:.1f} s "
                 f"({'models kept loaded from the last edit' if reused else 'models loaded'}"
-                f"{', edited inside the mask' if masked else ''}): flow error mean "
-                f"{float(error.mean()):.2f} px, max {float(error.max()):.2f} px"
+                f"{', edited inside the mask' if masked else ''})"
                 + (f", final flow loss {final['flow']:.4g}" if "flow" in final else "")
                 + (" — DIVERGED: " + str(result.divergence) if result.diverged else ""))
         yield {
