@@ -19,6 +19,7 @@ from mtransfer.app.editor import Editor
 from mtransfer.app.plan import KEY, WARM
 from mtransfer.app.settings import RunSettings
 from mtransfer.devices import parse_device
+from mtransfer.evaluation.verdict import motion_verdict
 from mtransfer.guidance.edit import (
     EditResult,
     SourceState,
@@ -126,15 +127,16 @@ def edit_frames(
 def _frame_output(
     result: EditResult, frame: FrameInput, seconds: float, first_step: int, settings: RunSettings
 ) -> FrameOutput:
-    record = frame_record(result, frame, seconds)
+    record = frame_record(result, frame, seconds, settings.estimator.name)
     record.update(role=frame.role, parent=frame.parent, start_step=first_step, passes=len(result.losses),
                   passes_saved=first_step * settings.guidance.recursions)
     return FrameOutput(frame.index, result.image.cpu(), result.latent.detach().cpu(), result.achieved_flow.cpu(),
                        record, result.divergence if result.diverged else None)
 
 
-def frame_record(result: EditResult, frame: FrameInput, seconds: float) -> dict[str, Any]:
-    """What the manifest and the report keep about one edit: time, final losses, achieved flow error."""
+def frame_record(result: EditResult, frame: FrameInput, seconds: float, estimator: str) -> dict[str, Any]:
+    """What the manifest and the report keep about one edit: time, final losses, achieved flow error and
+    the verdict on it by the guiding ``estimator`` (the judge gives its own in the evaluation)."""
     mask = frame.mask.to(result.achieved_flow.device) > 0
     error = (result.achieved_flow - frame.flow.to(result.achieved_flow)).norm(dim=0, keepdim=True)
     last = result.losses[-1] if result.losses else {}
@@ -143,4 +145,6 @@ def frame_record(result: EditResult, frame: FrameInput, seconds: float) -> dict[
         "flow_error_px": round(float(error[mask].mean()) if mask.any() else 0.0, 4),
         "final_energy": {k: round(float(v), 5) for k, v in last.items() if k in ("flow", "color", "recon", "total")},
         "diverged": result.diverged,
+        "verdict": motion_verdict(result.achieved_flow, frame.flow, frame.mask,
+                                  measured_by=f"the guiding estimator {estimator}").record(),
     }

@@ -127,8 +127,9 @@ def figure_label(key: str, labels: dict[str, str] | None = None) -> str:
     return " ".join(words)
 
 
-IDENTIFIERS = {"pid", "frame"}
-"""Numbers in a frame's record that name something (the worker's process, the frame) rather than measure it."""
+IDENTIFIERS = {"pid", "frame", "parent", "verdict"}
+"""Entries of a frame's record that are not figures to plot: numbers that name something (the worker's
+process, the frame, a warm frame's parent), and the verdict, which the frame's status shows in words."""
 
 
 def figure_values(record: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -27,7 +27,7 @@ from rich.progress import Progress
 from rich.text import Text
 
 from mtransfer.app.executors import import_ray
-from mtransfer.app.models import check_models
+from mtransfer.app.models import check_models, world_warning
 from mtransfer.app.settings import (
     REDONE_ON_CHANGE,
     AlignSettings,
@@ -42,6 +42,7 @@ from mtransfer.app.versions import versions
 from mtransfer.errors import Interrupted, MtransferError, UsageError, input_error, require_file
 from mtransfer.estimators import load_named_estimator
 from mtransfer.evaluation import evaluation_table
+from mtransfer.evaluation.verdict import VERDICTS
 from mtransfer.files import ensure_writable, load_image, read_json_object, remove_stale_temporaries, write_json
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceSettings
@@ -197,6 +198,14 @@ def _resolve_changes(manifest: Manifest, wanted: dict[str, dict[str, Any]], rest
                       highlight=False)
 
 
+def verdict_line(frames: dict[str, Any]) -> str:
+    """How the edited frames came out by the guiding estimator's verdicts, e.g. "edits: 5 reached, 2 partial"."""
+    labels = [record["verdict"]["label"] for record in frames.values()
+              if isinstance(record, dict) and isinstance(record.get("verdict"), dict)]
+    counts = ", ".join(f"{labels.count(label)} {label}" for label in VERDICTS if label in labels)
+    return f"edits (by the guiding estimator): {counts}" if counts else "edits: none made (every frame still)"
+
+
 def _readable_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest's record if it can be read, else ``None``: an interrupt note must not fail on a manifest
     cut short or damaged by the very interruption it reports."""
@@ -272,6 +281,9 @@ def run_pipeline(request: RunRequest, console: Console, progress: Progress | Non
             clip = decode_stage(ctx)                             # the driving frames
             driving = flow_stage(ctx, clip)                      # their motion, on the video's grid
             motion = align_stage(ctx, driving)                   # laid onto the image: target flows, edit masks
+            if not request.flow_only and (outside := world_warning(settings.model, list(motion.flows),
+                                                                   list(motion.masks))):
+                console.print(Text(f"warning: {outside}"), highlight=False, soft_wrap=True)
             results = None if request.flow_only else guide_stage(ctx, motion)  # one edit per target flow
             evaluation = None if request.flow_only else evaluate_stage(ctx)    # judged independently
             encode_stage(ctx, clip, motion, results, evaluation)
@@ -280,7 +292,9 @@ def run_pipeline(request: RunRequest, console: Console, progress: Progress | Non
     elif evaluation is not None:
         console.print(evaluation_table(evaluation))
     done = ", ".join(f"{count} {stage}" for stage, count in ctx.computed.items()) or "nothing (all up to date)"
-    console.print(f"[green]done[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {escape(str(folder / 'report.html'))}",
+    if not request.flow_only:
+        console.print(verdict_line(manifest.stage("guide")["frames"]), highlight=False)
+    console.print(f"[green]finished[/] in {time.perf_counter() - started:.1f} s: computed {done}; see {escape(str(folder / 'report.html'))}",
                   highlight=False)
     return folder
 

@@ -113,7 +113,8 @@ def _write_report(
             achieved_flow=achieved_color,
             flow_error=error_map,
             edit_mask=f"{EDIT_MASK}/{name}.png",
-            status="still" if motion.still[index] else "diverged" if diverged else "edited" if has_results else "",
+            status="still" if motion.still[index] else "diverged" if diverged
+            else guide.get("verdict", {}).get("label", "edited") if has_results else "",
             figures={k: v for record in records.values() for k, v in figure_values(record).items()},
             plan=plan if settings.video.plan != "independent" else "",
         ))
