@@ -64,7 +64,8 @@ def test_the_readme_example_equals_mtransfer_edit(
     printed = capsys.readouterr().out
     device = "cuda" if torch.cuda.is_available() else "cpu"
     code, err = run_main(
-        monkeypatch, capsys, "edit", "sample_videos/cat.png", "--flow", "translate(6, 0)", "--prompt", "a cat",
+        # a spec's pixels are the image's own: 6 px at the 96 px working width is 24 px of the 384 px photo
+        monkeypatch, capsys, "edit", "sample_videos/cat.png", "--flow", "translate(24, 0)", "--prompt", "a cat",
         "--size", "64x96", "--steps", "4", "--recursions", "2", "--seed", "0", "--model", "tiny",
         "--estimator", "pyramid", "--device", device, "--out", "cli",
     )

@@ -381,7 +381,7 @@ def test_presets_lists_base_changes_and_math(tmp_path, monkeypatch, capsys) -> N
         if not line.startswith(" "):
             name = line.split()[0]
         blocks.setdefault(name, []).append(line.strip())
-    assert set(blocks) == {"paper", "preview", "tiny", "offline-demo", "mine"}
+    assert set(blocks) == {"paper", "preview", "sd2", "tiny", "offline-demo", "mine"}
     assert blocks["paper"][1:] == ["base: none (a complete preset)", "math: the paper's"]
     assert blocks["preview"][1:] == ["base: paper", "guidance.steps = 100 (paper: 500)",
                                      "guidance.recursions = 3 (paper: 10)",
@@ -406,11 +406,11 @@ def test_eval_given_a_file_says_it_is_a_file(tmp_path, monkeypatch, capsys) -> N
 
 
 def test_a_file_given_as_the_model_folder_says_it_is_a_file(tmp_path, monkeypatch, capsys) -> None:
-    (tmp_path / "model.safetensors").write_bytes(b"\0" * 16)
+    (tmp_path / "model.bin").write_bytes(b"\0" * 16)  # not a checkpoint suffix: read as a folder
     code, err = cli(monkeypatch, capsys, "edit", IMAGE, "--flow", "translate(2, 0)", "--model",
-                    tmp_path / "model.safetensors", "--estimator", "pyramid", "--size", "32x32", "--device", "cpu",
+                    tmp_path / "model.bin", "--estimator", "pyramid", "--size", "32x32", "--device", "cpu",
                     "--out", tmp_path / "out")
-    assert code == 2 and "model.safetensors: is a file, expected a model folder" in one_plain_line(err)
+    assert code == 2 and "model.bin: is a file, expected a model folder" in one_plain_line(err)
 
 
 @pytest.mark.parametrize("command", [

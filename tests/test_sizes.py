@@ -39,9 +39,9 @@ def test_every_shipped_preset_keeps_the_shape_within_rounding(preset):
 
 
 def test_a_size_the_user_gives_is_kept_as_given():
-    for overrides in (preset_overrides([], {}, "64x64"), preset_overrides(["model.size=[64, 64]"], {})):
+    for overrides in (preset_overrides("tiny", [], {}, "64x64"), preset_overrides("tiny", ["model.size=[64, 64]"], {})):
         assert load_settings("offline-demo", overrides).model.working_size((256, 384)) == (64, 64)
-    kept = preset_overrides(["model.size=[64, 64]", "model.keep_aspect=true"], {})
+    kept = preset_overrides("tiny", ["model.size=[64, 64]", "model.keep_aspect=true"], {})
     assert load_settings("offline-demo", kept).model.working_size((256, 384)) == (40, 64)
 
 
