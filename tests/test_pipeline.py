@@ -27,7 +27,7 @@ from mtransfer.pipeline.manifest import LOCK, Manifest
 from mtransfer.pipeline.runner import RunRequest, check_inputs, run_pipeline, stage_settings
 from mtransfer.guidance.edit import previous_frame_start
 from mtransfer.pipeline.stages import KILL_AFTER_ENV
-from mtransfer.presets import PIPELINES_DIR, available_pipelines
+from mtransfer.presets import PRESETS_DIR, available_pipelines
 
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO = ROOT / "sample_videos" / "translate.mp4"
@@ -93,7 +93,7 @@ def test_every_shipped_preset_is_valid():
         assert settings.video.flow in ("direct", "chained")
     paper = load_settings("paper")
     assert (paper.guidance.steps, paper.guidance.recursions, paper.model.size) == (500, 10, (512, 512))
-    assert "CHANGES THE MATH" in (PIPELINES_DIR / "preview.toml").read_text()
+    assert "CHANGES THE MATH" in (PRESETS_DIR / "preview.toml").read_text()
 
 
 def test_manifest_records_config_inputs_versions_and_every_frame(reference):

@@ -316,13 +316,13 @@ def _record(name_or_path) -> dict:
 
 
 def test_preview_is_paper_with_exactly_its_step_counts_changed() -> None:
-    from mtransfer.presets import PIPELINES_DIR
+    from mtransfer.presets import PRESETS_DIR
 
     paper, preview = _record("paper"), _record("preview")
     assert (preview["guidance"].pop("steps"), preview["guidance"].pop("recursions")) == (100, 3)
     del paper["guidance"]["steps"], paper["guidance"]["recursions"]
     assert preview == paper
-    text = (PIPELINES_DIR / "preview.toml").read_text()
+    text = (PRESETS_DIR / "preview.toml").read_text()
     assert 'extends = "paper"' in text and "[model]" not in text  # inherits, does not copy
 
 

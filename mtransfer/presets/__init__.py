@@ -1,4 +1,4 @@
-"""Named pipeline presets: TOML files shipped in ``mtransfer/pipelines/`` (package data, so an installed
+"""Named pipeline presets: TOML files shipped in ``mtransfer/presets/`` (package data, so an installed
 mtransfer has them), chosen by name or path, overridable per key, and able to inherit.
 
 A preset is a table of sections (``[model]``, ``[estimator]``, ``[guidance]``, ``[video]``, ``[align]``,
@@ -18,7 +18,7 @@ from typing import Any
 
 from mtransfer.errors import UsageError, input_error, require_file
 
-PIPELINES_DIR = Path(__file__).resolve().parent / "pipelines"
+PRESETS_DIR = Path(__file__).resolve().parent
 
 EXTENDS = "extends"
 """The key that names a preset's base."""
@@ -30,7 +30,7 @@ paths: a region box, a torchvision weights name or a Hugging Face id is left as 
 
 def available_pipelines() -> list[str]:
     """Names of the presets shipped with mtransfer."""
-    return sorted(p.stem for p in PIPELINES_DIR.glob("*.toml"))
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
 
 def pipeline_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
@@ -39,7 +39,7 @@ def pipeline_path(name_or_path: str | Path, relative_to: Path | None = None) -> 
     candidate = Path(name_or_path)
     if candidate.suffix == ".toml" or candidate.parent != Path("."):
         return require_file(candidate if relative_to is None else relative_to / candidate, "pipeline file")
-    named = PIPELINES_DIR / f"{name_or_path}.toml"
+    named = PRESETS_DIR / f"{name_or_path}.toml"
     if named.is_file():
         return named
     if relative_to is None and candidate.is_dir():
