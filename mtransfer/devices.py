@@ -42,3 +42,10 @@ def parse_device(name: str, option: str = "--device") -> torch.device:
             raise DeviceError(f"{option} {name}: Apple's MPS is not available on this machine; use --device cpu or auto")
         return device
     raise DeviceError(f"{option} {name}: mtransfer runs on the CPU, CUDA or MPS only (use {DEVICE_HELP})")
+
+
+def release_memory(device: torch.device) -> None:
+    """Hand the caching allocator's free blocks back to the GPU after models were dropped (Ray workers on
+    the same GPUs, or the next variant of a benchmark, then get all of its memory); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

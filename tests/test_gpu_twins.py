@@ -90,3 +90,16 @@ def test_ray_gives_each_actor_one_gpu_and_the_worker_uses_the_one_it_was_given(t
     for report in reports.values():
         assert report["visible"] == report["gpu_ids"]  # Ray shows each actor only its own GPU
         assert report["device"] == "cuda"  # so the worker's "cuda" is that GPU, whatever model.device named
+
+
+def test_models_dropped_on_a_gpu_hand_its_memory_back_and_nowhere_else(monkeypatch) -> None:
+    """``release_memory`` is the one place the guide stage (after preparing the source for Ray workers)
+    and the benchmark (after a failed variant) free the CUDA cache: a CUDA device object needs no GPU."""
+    from mtransfer.devices import release_memory
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(1))
+    release_memory(torch.device("cuda"))
+    release_memory(torch.device("cuda", 1))
+    release_memory(torch.device("cpu"))
+    assert calls == [1, 1]

@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mtransfer.bench.options import CPU_SIZE, CPU_VARIANTS, GPU_SIZE, GPU_VARIANTS, parse
 from mtransfer.bench.measure import PeakMemory, PhaseTimer, device_info, median, peak_tflops, timed
-from mtransfer.devices import parse_device
+from mtransfer.devices import parse_device, release_memory
 from mtransfer.diffusion import ddim_timesteps, forward_noise
 from mtransfer.diffusion.backends import SD_SIZE_MULTIPLE, sd_size_fix
 from mtransfer.diffusion.stable_diffusion import StableDiffusionBackend, load_stable_diffusion, random_stable_diffusion
@@ -420,8 +420,7 @@ def run_benchmark(settings: BenchSettings, console: Console | None = None) -> di
                 if switches.cache_source not in flops_cache:
                     flops_cache[switches.cache_source] = count_flops(backend, estimator, problem, settings, switches)
             except Exception as exc:  # noqa: BLE001 - one broken variant (a compiler bug, OOM, NaN) must not lose the rest
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                release_memory(device)
                 reason = " ".join(str(exc).split())[:300] or type(exc).__name__
                 report["variants"].append(
                     {"variant": spec, "label": switches.label, "status": "failed", "error": reason}

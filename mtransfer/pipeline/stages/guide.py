@@ -25,6 +25,7 @@ from mtransfer.app.executors import Job, make_executor
 from mtransfer.app.frames import FrameEditor, FrameInput, edit_frames
 from mtransfer.app.plan import KEY, STILL, WARM, PlannedFrame, frame_plan, plan_jobs, total_passes
 from mtransfer.app.settings import RunSettings
+from mtransfer.devices import release_memory
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import write_flow
 from mtransfer.guidance.edit import SourceState, warm_start_step
@@ -198,8 +199,7 @@ def _prepare_and_free(ctx: RunContext, source: torch.Tensor, frames: int) -> Sou
     with _load_editor(ctx, source, frames) as editor:
         state = _prepare_source_state(ctx, editor, source).to(torch.device("cpu"))
     del editor
-    if ctx.device.type == "cuda":
-        torch.cuda.empty_cache()
+    release_memory(ctx.device)
     return state
 
 
