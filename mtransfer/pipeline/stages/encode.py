@@ -73,6 +73,9 @@ def _to_height(frames: torch.Tensor, height: int) -> torch.Tensor:
     return F.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
+ENGINEERING_COUNTERS = ("start_step", "passes", "passes_saved", "attempts", "dispatch_s", "worker_seconds")
+"""Per-frame records of how a frame was made rather than how it looks: in the report's table, not plotted."""
+
 EVALUATION_PLOTS = tuple(Plot(f.key, f.plot, f.reference) for f in FIGURE_TABLE if f.plot)
 """The report's plots of an evaluation (``FIGURE_TABLE``); its other figures are in the table only."""
 
@@ -139,5 +142,5 @@ def _write_report(
         title=f"mtransfer: {ctx.video.stem} onto {ctx.image.stem}", summary=summary, source=SOURCE, frames=frames,
         flow_scale_px=motion.max_magnitude, error_scale_px=top_error, settings=settings.as_record(), fps=fps,
         files=files, plots=list(EVALUATION_PLOTS) if evaluation is not None else [],
-        table_only=tuple(FIGURES) if evaluation is not None else (), labels=FIGURES,
+        table_only=(*(FIGURES if evaluation is not None else ()), *ENGINEERING_COUNTERS), labels=FIGURES,
     ))
