@@ -120,3 +120,15 @@ def test_help_shows_examples_a_newcomer_can_follow() -> None:
     assert result.exit_code == 0
     for expected in ("Examples", "mtransfer flow sample_videos/translate.mp4", "--reference", "--max-frames", "--size"):
         assert expected in result.output
+
+
+def test_flow_quiet_prints_no_progress_in_a_log(tmp_path: Path) -> None:
+    """Piped output gets timestamped progress lines; ``--quiet`` none, but still the result."""
+    arguments = ("flow", str(SAMPLE), "--max-frames", "3", "--size", "64")
+    logged = mtransfer(*arguments, "--out", str(tmp_path / "a"), cwd=tmp_path)
+    quiet = mtransfer(*arguments, "--out", str(tmp_path / "b"), "--quiet", cwd=tmp_path)
+    assert logged.returncode == quiet.returncode == 0, logged.stderr + quiet.stderr
+    progress = [line for line in logged.stderr.splitlines() + logged.stdout.splitlines() if line.startswith("20")]
+    assert progress and "flow" in " ".join(progress)  # the log names the stage it is in
+    assert not [line for line in quiet.stderr.splitlines() + quiet.stdout.splitlines() if line.startswith("20")]
+    assert (tmp_path / "b" / "driving_flow" / "0002.flo").is_file()

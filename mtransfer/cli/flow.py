@@ -11,6 +11,7 @@ from rich.table import Table
 
 from mtransfer.choices import DEFAULT_MAX_SIDE, ESTIMATORS, Reference
 from mtransfer.cli import app, console
+from mtransfer.cli.options import QUIET_HELP
 from mtransfer.errors import UsageError
 
 EstimatorName = Literal[ESTIMATORS]  # the names load_named_estimator accepts, as command-line choices
@@ -86,6 +87,7 @@ def flow(
     restart: Annotated[
         bool, typer.Option("--restart", help="Recompute results made with other options (moved to superseded/).")
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Estimate the optical flow of VIDEO and write it as .flo files, colour images and a preview video."""
     # torch and the estimators are imported when the command runs, never for --help.
@@ -104,5 +106,5 @@ def flow(
         flow=REFERENCE_TO_FLOW[reference], estimator=estimator, weights=weights or "", batch_size=batch_size,
         max_side=max_side,
     )
-    summary = extract_flow(FlowRequest(video, settings, device=device, out=out, restart=restart), console)
+    summary = extract_flow(FlowRequest(video, settings, device=device, out=out, restart=restart, quiet=quiet), console)
     console.print(_summary_table(summary))

@@ -308,6 +308,7 @@ class FlowRequest:
     device: str = "cpu"
     out: Path | None = None
     restart: bool = False
+    quiet: bool = False  # no progress (``--quiet``)
 
 
 def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
@@ -334,7 +335,7 @@ def extract_flow(request: FlowRequest, console: Console) -> dict[str, Any]:
               "device": str(device)}
     fps = info.fps / settings.video.stride
     with _run_folder(folder, wanted, request.restart, header, console) as manifest:
-        with progress_bar(console) as progress:
+        with progress_bar(console, quiet=request.quiet) as progress:
             ctx = RunContext(
                 video=request.video, frame_count=frame_count, fps=fps, folder=folder, settings=settings,
                 stage_settings=wanted, manifest=manifest, device=device, progress=progress, console=console,
