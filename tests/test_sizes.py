@@ -4,6 +4,7 @@ gives is kept as given, and a note says when it stretches the picture."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,20 @@ def test_edit_says_when_the_size_changes_the_shape(tmp_path, monkeypatch, capsys
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0] == ("note: photo.png is 96x128 (height x width) and is edited at 96x96, which changes its shape "
                         "(width:height 1.33 → 1.00); --size 72x96 keeps it")
+
+
+def test_run_says_when_the_size_changes_the_shape(tmp_path, monkeypatch, capsys):
+    """The same note before a run's work: the cat (256x384) at a fixed 64x64 is stretched."""
+    from mtransfer.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["mtransfer", "run", str(root / "sample_videos" / "pan.mp4"), "--onto",
+                                      str(root / "sample_videos" / "cat.png"), "--pipeline", "tiny", "--size",
+                                      "64x64", "--flow-only", "--out", str(tmp_path / "run")])
+    try:
+        main()
+    except SystemExit as stopped:  # main exits only on failure
+        assert stopped.code in (0, None)
+    assert "cat.png is 256x384 (height x width) and is edited at 64x64, which changes its shape" in " ".join(
+        capsys.readouterr().err.split())

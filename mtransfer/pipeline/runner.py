@@ -37,6 +37,7 @@ from mtransfer.app.settings import (
     OutputSettings,
     RunSettings,
     VideoSettings,
+    shape_note,
 )
 from mtransfer.app.versions import versions
 from mtransfer.errors import Interrupted, MtransferError, UsageError, input_error, require_file
@@ -89,6 +90,7 @@ class CheckedInputs:
     region_mask: Path | None
     flow_size: tuple[int, int]
     video_size: tuple[int, int]
+    image_size: tuple[int, int] = (0, 0)  # the image as given, before the working size
 
 
 def default_folder(video: Path, image: Path) -> Path:
@@ -114,7 +116,7 @@ def check_inputs(request: RunRequest, settings: RunSettings) -> CheckedInputs:
     if settings.align.source_region is not None:
         source_box(settings.align.source_region, *flow_size)
     return CheckedInputs(prints, frame_count, info.fps / video.stride, size, region_mask, flow_size,
-                         (info.height, info.width))
+                         (info.height, info.width), tuple(image.shape[-2:]))
 
 
 def _probe(path: Path, settings: RunSettings) -> tuple[Any, int]:
@@ -257,6 +259,8 @@ def run_pipeline(request: RunRequest, console: Console, progress: Progress | Non
     inputs = check_inputs(request, settings)
     for note in size_notes(settings.video, *inputs.video_size, inputs.frame_count,
                            "--set video.size=[HEIGHT, WIDTH] (or video.max_side=0: as recorded)"):
+        console.print(Text(note), highlight=False, soft_wrap=True)
+    if note := shape_note(inputs.image_size, inputs.size, str(request.image)):
         console.print(Text(note), highlight=False, soft_wrap=True)
     if not request.flow_only:
         check_models(settings.model, settings.estimator)
