@@ -1,6 +1,6 @@
 """mtransfer: transfer the motion of a video onto still images with motion-guided diffusion.
 
-``mtransfer.MotionGuidancePipeline`` (a diffusers pipeline, see ``mtransfer.diffusers_pipeline``) is
+``mtransfer.MotionGuidancePipeline`` (a diffusers pipeline, see ``mtransfer.pipeline.diffusers_pipeline``) is
 imported on first use, by module name, so ``import mtransfer`` and ``mtransfer --help`` stay free of torch.
 """
 
@@ -14,5 +14,5 @@ _LAZY = {"MotionGuidancePipeline", "MotionGuidancePipelineOutput"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module("mtransfer.diffusers_pipeline"), name)
+        return getattr(importlib.import_module("mtransfer.pipeline.diffusers_pipeline"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ LAYERS = [
     {"flows", "video", "video_flow", "diffusion", "estimators", "speed", "presets"},  # core
     {"guidance", "evaluation"},  # method
     {"app"},  # application
-    {"pipeline", "ui", "cli", "bench", "diffusers_pipeline", "__main__"},  # front ends
+    {"pipeline", "ui", "cli", "bench", "__main__"},  # front ends
 ]
 """Lower layers first; a part may import its own layer's parts (without a cycle) and lower layers only."""
 
