@@ -83,6 +83,12 @@ class FrameEditor:
         return partial(edit_frames, Editor.load(self.settings, self.source, device))
 
 
+def first_warm_step(settings: RunSettings) -> int:
+    """The step warm frames start at: the warm-start tail, or 0 (``init = "previous"`` runs every step)."""
+    guidance = settings.guidance
+    return warm_start_step(guidance.steps, settings.video.warm_start) if settings.video.warm_start else 0
+
+
 def edit_frames(
     editor: Editor, frames: tuple[FrameInput, ...], state: SourceState, progress: Any,
     parents: Sequence[list[FrameOutput]] = (),
@@ -95,16 +101,15 @@ def edit_frames(
     state = state.to(editor.device)
     settings = editor.settings
     latents = {output.index: output.latent for result in parents for output in result}
-    first_step = 0
+    video = settings.video
+    first_step = first_warm_step(settings) if frames[0].role == WARM else 0
     starts = []
     for frame in frames:
         if frame.role != WARM:
             continue
         latent = frame.parent_latent if frame.parent_latent is not None else latents[frame.parent]
         latent = latent.to(editor.device)
-        video = settings.video
         if video.warm_start:
-            first_step = warm_start_step(settings.guidance.steps, video.warm_start)
             moved = warped_start(editor.backend, latent, frame.parent_flow, frame.flow, video.warm_warp)
             starts.append(warm_start_latent(editor.backend, state, moved, first_step,
                                             warm_start_seed(settings.guidance.seed, frame.index)))

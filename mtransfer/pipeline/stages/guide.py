@@ -22,13 +22,13 @@ from rich.markup import escape
 
 from mtransfer.app.editor import Editor
 from mtransfer.app.executors import Job, make_executor
-from mtransfer.app.frames import FrameEditor, FrameInput, edit_frames
+from mtransfer.app.frames import FrameEditor, FrameInput, edit_frames, first_warm_step
 from mtransfer.app.plan import KEY, STILL, WARM, PlannedFrame, frame_plan, plan_jobs, total_passes
 from mtransfer.app.settings import RunSettings
 from mtransfer.devices import release_memory
 from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows.io import write_flow
-from mtransfer.guidance.edit import SourceState, warm_start_step
+from mtransfer.guidance.edit import SourceState
 from mtransfer.layouts import ACHIEVED_FLOW, FRAMES, LATENTS, SOURCE_STATE
 from mtransfer.pipeline.stages.context import Motion, RunContext
 
@@ -47,12 +47,6 @@ def clip_plan(settings: RunSettings, motion: Motion) -> list[PlannedFrame]:
 
     return frame_plan(motion.still, video.plan, key_every=video.key_every, warm_from=video.warm_from,
                       change=change, key_change=video.key_change)
-
-
-def first_warm_step(settings: RunSettings) -> int:
-    """The step warm frames start at: the warm-start tail, or 0 (``init = "previous"`` runs every step)."""
-    guidance = settings.guidance
-    return warm_start_step(guidance.steps, settings.video.warm_start) if settings.video.warm_start else 0
 
 
 def guide_stage(ctx: RunContext, motion: Motion) -> torch.Tensor:
