@@ -98,3 +98,9 @@ def test_run_says_when_the_size_changes_the_shape(tmp_path, monkeypatch, capsys)
         assert stopped.code in (0, None)
     assert "cat.png is 256x384 (height x width) and is edited at 64x64, which changes its shape" in " ".join(
         capsys.readouterr().err.split())
+
+
+def test_no_note_when_the_size_is_already_the_closest_that_keeps_the_shape():
+    """A small picture's multiple-of-8 rounding is not a stretch the user could avoid: 256x384 at 40x64."""
+    assert fit_longer_side((256, 384), (64, 64)) == (40, 64)
+    assert shape_note((256, 384), (40, 64)) is None

@@ -164,9 +164,9 @@ def shape_note(image_size: tuple[int, int], working: tuple[int, int], what: str 
     """A note when editing at ``working`` stretches the picture of ``image_size``, with the size that would not."""
     (height, width), (work_height, work_width) = image_size, working
     before, after = width / height, work_width / work_height
-    if abs(after / before - 1) <= SHAPE_TOLERANCE:
-        return None
     kept = fit_longer_side(image_size, working)
+    if abs(after / before - 1) <= SHAPE_TOLERANCE or kept == tuple(working):
+        return None  # within rounding, or already the closest shape-keeping size (multiples of 8)
     return (f"note: {what} is {height}x{width} (height x width) and is edited at {work_height}x{work_width}, which "
             f"changes its shape (width:height {before:.2f} → {after:.2f}); --size {kept[0]}x{kept[1]} keeps it")
 
