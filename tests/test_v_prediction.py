@@ -3,6 +3,7 @@ exactly as diffusers' DDIMScheduler with ``prediction_type="v_prediction"``, and
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,26 @@ def test_a_scheduler_predicting_the_sample_is_refused(cache: Path, tmp_path: Pat
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "prediction_type": "sample"}))
     with pytest.raises(InputError, match="prediction_type is 'sample'"):
         load_stable_diffusion(folder)
+
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 80},
+         "'text_time' extra conditioning (SDXL)"),
+        ({"in_channels": 9}, "takes 9 input channels"),
+    ],
+)
+def test_sdxl_and_inpainting_unets_are_refused_in_one_line(
+    cache: Path, monkeypatch, change: dict, refused: str
+) -> None:
+    from diffusers import UNet2DConditionModel
+
+    from mtransfer.diffusion.stable_diffusion import backend_from_components, load_components, tiny_config
+
+    monkeypatch.setenv("MTRANSFER_CACHE", str(cache))
+    parts = load_components("tiny-sd2")
+    unet = UNet2DConditionModel.from_config({**tiny_config("unet", "sd-2-1"), **change})
+    with pytest.raises(InputError, match=re.escape(refused)):
+        backend_from_components({**parts, "unet": unet}, "other-model")
