@@ -110,11 +110,56 @@ def test_callbacks_progress_bar_dtype_and_output_types(
                   callback_on_step_end=lambda pipe, step, t, kwargs: calls.append((pipe, step, t, kwargs)))
     assert "it/s" not in capsys.readouterr().err  # the bar was switched off
     assert [(step, t) for _, step, t, _ in calls] == [(0, 667), (1, 334), (2, 1)]
-    assert all(pipe is tiny and kwargs == {} for pipe, _, _, kwargs in calls)
+    assert all(pipe is tiny and list(kwargs) == ["latents"] for pipe, _, _, kwargs in calls)
+    assert all(kwargs["latents"].shape == (1, 4, 8, 8) for _, _, _, kwargs in calls)  # 64 px / the VAE's 8
     assert result.images.shape == (1, 64, 64, 3) and result.images.dtype == np.float32
     tiny.set_progress_bar_config()
     tiny(image, "translate(3, 0)", num_inference_steps=1, recursions=1)
     assert "2/2" in capsys.readouterr().err  # inversion step + guided pass, on diffusers' own bar
+
+
+def test_callback_latents_are_the_steps_own_and_replace_the_next_start(tiny) -> None:
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(1))
+    arguments = dict(num_inference_steps=3, recursions=2, output_type="pt")
+    tiny.set_progress_bar_config(disable=True)
+    plain = tiny(image, "translate(3, 0)", **arguments)
+    seen = []
+
+    def keep(pipe, step, t, kwargs):
+        seen.append(kwargs["latents"].clone())
+        return kwargs  # diffusers' no-op: the latents handed back unchanged
+
+    assert torch.equal(tiny(image, "translate(3, 0)", callback_on_step_end=keep, **arguments).images, plain.images)
+    assert len(seen) == 3 and not torch.equal(seen[0], seen[1])
+    halved = tiny(image, "translate(3, 0)", **arguments,
+                  callback_on_step_end=lambda pipe, step, t, kwargs: {"latents": kwargs["latents"] * 0.5})
+    assert not torch.allclose(halved.images, plain.images, atol=1e-3)
+    assert halved.losses[:2] == plain.losses[:2] and halved.losses[2:] != plain.losses[2:]  # step 1 starts elsewhere
+
+
+def test_interrupting_in_the_callback_decodes_that_steps_latents(tiny) -> None:
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(2))
+    seen = []
+
+    def stop_after_first(pipe, step, t, kwargs):
+        seen.append(kwargs["latents"])
+        pipe._interrupt = True
+
+    tiny.set_progress_bar_config(disable=True)
+    result = tiny(image, "translate(3, 0)", num_inference_steps=3, recursions=2, output_type="pt",
+                  callback_on_step_end=stop_after_first)
+    assert len(seen) == 1 and [record["step"] for record in result.losses] == [0, 0]
+    decoded = (tiny.vae.decode(seen[0] / tiny.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    assert torch.allclose(result.images, decoded, atol=1e-6)
+    again = tiny(image, "translate(3, 0)", num_inference_steps=3, recursions=2, output_type="pt")
+    assert len(again.losses) == 6  # the next call starts uninterrupted
+
+
+def test_callback_returning_latents_of_another_shape_is_refused(tiny) -> None:
+    tiny.set_progress_bar_config(disable=True)
+    with pytest.raises(UsageError, match=r"callback_on_step_end: returned latents \(1, 4, 4, 4\)"):
+        tiny(torch.rand(3, 64, 64), "translate(2, 0)", num_inference_steps=2, recursions=1,
+             callback_on_step_end=lambda pipe, step, t, kwargs: {"latents": torch.zeros(1, 4, 4, 4)})
 
 
 def test_torch_dtype_and_to_move_the_models(cache: Path, workdir: Path) -> None:
@@ -141,6 +186,8 @@ def test_torch_dtype_and_to_move_the_models(cache: Path, workdir: Path) -> None:
         ({"edit_mask": torch.zeros(64, 64)}, "edit_mask: values"),
         ({"output_type": "latent"}, "output_type:"),
         ({"callback_on_step_end": "print"}, "callback_on_step_end:"),
+        ({"callback_on_step_end_tensor_inputs": ["prompt_embeds"]}, "callback_on_step_end_tensor_inputs:"),
+        ({"callback_on_step_end_tensor_inputs": "latents"}, "callback_on_step_end_tensor_inputs:"),
         ({"image": torch.rand(4, 64, 64)}, "image: a tensor must be (3, H, W)"),
         ({"num_inference_steps": 0}, "guidance.steps"),
     ],

@@ -32,6 +32,7 @@ from mtransfer.diffusion import DiffusionBackend
 from mtransfer.estimators import FlowEstimator
 from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.edit import EditResult, Preview, Progress, SourceState, edit_image, edit_images, prepare_source
+from mtransfer.guidance.sampler import StepHook
 from mtransfer.speed import speed_switches
 
 
@@ -109,14 +110,17 @@ class Editor:
         progress: Progress | None = None,
         first_step: int = 0,
         preview: Preview | None = None,
+        step_end: StepHook | None = None,
     ) -> EditResult:
         """Move the prepared source by ``target_flow`` ``(2, H, W)`` (see ``edit_image``); ``edit_mask``
         ``(1, H, W)`` marks where the image may change, ``init_latent`` replaces the shared start (the latent
         at step ``first_step`` for a warm start, which runs only the remaining steps); ``preview`` receives
-        each one-step estimate ``guidance.preview_every`` takes, while the edit runs."""
+        each one-step estimate ``guidance.preview_every`` takes, while the edit runs; ``step_end`` sees (and may
+        replace) the latent after every step (``mtransfer.guidance.sampler.StepHook``)."""
         return edit_image(
             self.backend, self.estimator, state, target_flow.to(self.device), self.guidance,
             edit_mask=edit_mask, init_latent=init_latent, first_step=first_step, progress=progress, preview=preview,
+            step_end=step_end,
         )
 
     def edit_many(

@@ -11,7 +11,8 @@ SD 2.1 configs (v-prediction).
 
 Epsilon and v-prediction models (the scheduler's ``prediction_type``) both work: the backend turns a
 v-prediction into the noise it implies, so the sampler's x0 estimate, DDIM steps, inversion and guided
-step stay written in the eps form and are exact for both. SDXL is refused (see ``_single_file_config``).
+step stay written in the eps form and are exact for both. SDXL is refused, as a file (``_single_file_config``)
+and as a folder or id (``backend_from_components``).
 
 The tiny model keeps the real VAE downsampling factor of 8 (four VAE blocks), because latent-grid
 arithmetic (image size → latent size, flows resized to the latent grid) must be right for real models.
@@ -312,7 +313,18 @@ def backend_from_components(
     whose ``alphas_cumprod`` and ``prediction_type`` are the training schedule's), moved to ``device`` and
     ``dtype``; ``label`` names them in errors. A scheduler that predicts neither eps nor v is refused, and so is
     a tokenizer without a vocabulary (transformers builds one from nothing when the vocabulary files are
-    missing, which would turn every prompt into the same few ids)."""
+    missing, which would turn every prompt into the same few ids). An SDXL UNet (size and pooled-text
+    conditioning, ``addition_embed_type``) and an inpainting/depth UNet (not 4 input channels) are refused:
+    the guided sampler feeds neither."""
+    unet = parts["unet"].config
+    if unet.get("addition_embed_type") is not None:
+        raise InputError(
+            f"Stable Diffusion '{label}': its UNet takes {unet['addition_embed_type']!r} extra conditioning (SDXL), "
+            "which mtransfer does not support; use a Stable Diffusion 1.x or 2.x model"
+        )
+    if unet.get("in_channels") != 4:
+        raise InputError(f"Stable Diffusion '{label}': its UNet takes {unet.get('in_channels')} input channels "
+                         "(an inpainting or depth model); mtransfer needs a plain text-to-image model with 4")
     tokenizer = parts["tokenizer"]
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise InputError(f"Stable Diffusion '{label}': its tokenizer has no vocabulary (vocab.json and merges.txt "

@@ -24,7 +24,9 @@ from mtransfer.flows.ops import compose, invert, resize_flow
 from mtransfer.flows.warp import warp
 from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.guidance.energy import EnergyWeights
-from mtransfer.guidance.sampler import GuidanceDiverged, GuidedEps, MotionTarget, cfg_eps, sample_motion_guided
+from mtransfer.guidance.sampler import (
+    GuidanceDiverged, GuidedEps, MotionTarget, StepHook, cfg_eps, sample_motion_guided,
+)
 
 Progress = Callable[[], None]
 """Called once per unit of work: per inversion/generation step, per guided pass (steps x recursions)."""
@@ -158,6 +160,7 @@ def edit_image(
     first_step: int = 0,
     progress: Progress | None = None,
     preview: Preview | None = None,
+    step_end: StepHook | None = None,
 ) -> EditResult:
     """Move the source by ``target_flow`` ``(2, H, W)`` with motion guidance.
 
@@ -171,7 +174,8 @@ def edit_image(
     are taken every ``config.preview_every`` steps at the first recursion and handed to ``preview`` as they
     are taken. The colour-loss mask, the clamp
     and the warp padding follow ``config.occlusion`` / ``clamp`` / ``padding``; noise comes only from a
-    generator seeded with ``config.seed``. The returned image is clamped to [0, 1].
+    generator seeded with ``config.seed``. ``step_end`` sees the latent after every step and may replace
+    it (``mtransfer.guidance.sampler.StepHook``). The returned image is clamped to [0, 1].
     """
     if target_flow.dim() != 3:
         raise UsageError(f"target flow has shape {tuple(target_flow.shape)}, expected (2, height, width)")
@@ -179,6 +183,7 @@ def edit_image(
         backend, estimator, state, target_flow[None], config,
         edit_masks=None if edit_mask is None else [edit_mask], init_latent=init_latent, first_step=first_step,
         progress=progress, preview=None if preview is None else (lambda step, images: preview(step, images[0])),
+        step_end=step_end,
     )
     return result
 
@@ -195,6 +200,7 @@ def edit_images(
     first_step: int = 0,
     progress: Progress | None = None,
     preview: Preview | None = None,
+    step_end: StepHook | None = None,
 ) -> list[EditResult]:
     """``edit_image`` for a batch of target flows ``(B, 2, H, W)`` (one edit mask each, if any); each result
     is exactly what its edit gives alone.
@@ -207,7 +213,8 @@ def edit_images(
     difference of 1e-7 into a visibly different picture, so a frame would depend on its batch. If any
     batched item diverges, the batch is redone one edit at a time so that only the diverging edit is
     labelled. ``init_latent`` is ``(B, C, h, w)``. ``progress`` is called once per edit and pass;
-    ``preview`` with each step's previews ``(B, 3, H, W)`` (one edit after another: ``(1, 3, H, W)``).
+    ``preview`` with each step's previews ``(B, 3, H, W)`` and ``step_end`` with each step's latents
+    ``(B, C, h, w)`` (one edit after another: one item each).
     """
     height, width = state.image.shape[-2:]
     batch = target_flows.shape[0]
@@ -218,7 +225,7 @@ def edit_images(
                 edit_masks=None if edit_masks is None else [edit_masks[b]],
                 init_latent=None if init_latent is None else init_latent[b : b + 1],
                 first_step=first_step, progress=progress,
-                preview=preview,
+                preview=preview, step_end=step_end,
             )[0]
             for b in range(batch)
         ]
@@ -272,7 +279,7 @@ def edit_images(
             backend, estimator, start, state.timesteps,
             _batched(state.cond, batch), _batched(state.uncond, batch), target, config,
             generator=generators, references=state.references, copy_mask=copy_mask, callback=on_pass,
-            first_step=first_step,
+            step_end=step_end, first_step=first_step,
         )
     except GuidanceDiverged as exc:
         if batch > 1:
@@ -281,7 +288,7 @@ def edit_images(
                     backend, estimator, state, target_flows[b : b + 1], config,
                     edit_masks=None if edit_masks is None else [edit_masks[b]],
                     init_latent=None if init_latent is None else init_latent[b : b + 1],
-                    first_step=first_step, progress=progress,
+                    first_step=first_step, progress=progress, step_end=step_end,
                 )[0]
                 for b in range(batch)
             ]

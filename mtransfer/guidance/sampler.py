@@ -195,6 +195,20 @@ def _noise(z: torch.Tensor, generator: Generators) -> torch.Tensor:
 PassCallback = Callable[[int, int, GuidedEps], None]
 """Called after every guided pass with (step index, recursion index, the pass)."""
 
+StepHook = Callable[[int, int, torch.Tensor], "torch.Tensor | None"]
+"""Called after every DDIM step with (step index, timestep, the step's result ``z_prev``); a returned tensor
+(same shape) is the latent the next step starts from instead, as diffusers' ``callback_on_step_end`` allows.
+Raising ``StopSampling`` ends the run there."""
+
+
+class StopSampling(Exception):
+    """Raised by a step hook to end sampling early (diffusers' ``pipe._interrupt``): ``latent`` is returned
+    as the run's result, with the records of the passes run so far."""
+
+    def __init__(self, latent: torch.Tensor):
+        super().__init__("sampling stopped by a step hook")
+        self.latent = latent
+
 
 def sample_motion_guided(
     backend: DiffusionBackend,
@@ -210,6 +224,7 @@ def sample_motion_guided(
     references: Sequence[torch.Tensor] | None = None,
     copy_mask: torch.Tensor | None = None,
     callback: PassCallback | None = None,
+    step_end: StepHook | None = None,
     first_step: int = 0,
 ) -> tuple[torch.Tensor, list[dict]]:
     """The guided run from ``start`` (at ``timesteps[first_step]``) to a clean latent, plus per-pass records.
@@ -217,7 +232,8 @@ def sample_motion_guided(
     ``references[i]`` is the source latent at the level of ``timesteps[i]`` (needed with ``copy_mask``).
     The guidance scale at step ``i`` is ``config.guidance_weight * config.step_weights()[i]``; the schedule
     is laid over all the ``timesteps`` given, so a run that starts at ``first_step > 0`` (a warm start)
-    runs exactly the tail of the full run's steps, references and schedule. Raises ``GuidanceDiverged`` on NaN/inf energy,
+    runs exactly the tail of the full run's steps, references and schedule. ``step_end`` (see ``StepHook``) sees
+    each step's latent and may replace it. Raises ``GuidanceDiverged`` on NaN/inf energy,
     gradient or latent, or when the latent's standard deviation passes ``config.max_latent_std``.
     """
     if copy_mask is not None and (references is None or len(references) < len(timesteps)):
@@ -246,6 +262,16 @@ def sample_motion_guided(
         if problem:
             raise GuidanceDiverged(i, problem, z, last_x0, history)
         z = z_prev
+        if step_end is not None:
+            try:
+                replaced = step_end(i, int(t), z)
+            except StopSampling as stop:
+                return stop.latent, history
+            if replaced is not None:
+                if replaced.shape != z.shape:
+                    raise ValueError(f"the step hook returned a latent of shape {tuple(replaced.shape)}, "
+                                     f"expected {tuple(z.shape)}")
+                z = replaced.to(z)
     return z, history
 
 

@@ -31,6 +31,7 @@ from mtransfer.estimators import DIFFERENTIABLE
 from mtransfer.files import to_uint8
 from mtransfer.flows.spec import load_flow
 from mtransfer.guidance.edit import motionless
+from mtransfer.guidance.sampler import StopSampling
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -61,6 +62,7 @@ class MotionGuidancePipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["flow_estimator"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class MotionGuidancePipeline(DiffusionPipeline):
         requires_safety_checker: bool = False,
     ) -> None:
         super().__init__()
+        self._interrupt = False
         if flow_estimator is None or isinstance(flow_estimator, str):
             flow_estimator = _estimator(flow_estimator, "paper")
         self.register_modules(
@@ -107,9 +110,14 @@ class MotionGuidancePipeline(DiffusionPipeline):
             raise UsageError(f"from_single_file: {path} is not a {' or '.join(CHECKPOINT_SUFFIXES)} file")
         return cls.from_pretrained(path, flow_estimator=flow_estimator, torch_dtype=torch_dtype)
 
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` in ``callback_on_step_end`` to stop after that step (as diffusers)."""
+        return self._interrupt
+
     def check_inputs(
         self, image: Any, flow: Any, height: int | None, width: int | None, edit_mask: Any, output_type: str,
-        callback_on_step_end: Any,
+        callback_on_step_end: Any, callback_on_step_end_tensor_inputs: Any,
     ) -> None:
         """Refuse what cannot be edited before any model runs; each error names the argument."""
         if not isinstance(image, (PIL.Image.Image, np.ndarray, torch.Tensor)):
@@ -129,6 +137,13 @@ class MotionGuidancePipeline(DiffusionPipeline):
             raise UsageError(f"output_type: must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise UsageError("callback_on_step_end: must be callable (pipe, step, timestep, callback_kwargs)")
+        if not isinstance(callback_on_step_end_tensor_inputs, (list, tuple)) or not all(
+            name in self._callback_tensor_inputs for name in callback_on_step_end_tensor_inputs
+        ):
+            raise UsageError(
+                f"callback_on_step_end_tensor_inputs: must be a list of {', '.join(self._callback_tensor_inputs)}, "
+                f"got {callback_on_step_end_tensor_inputs!r}"
+            )
 
     @torch.no_grad()
     def __call__(
@@ -151,7 +166,8 @@ class MotionGuidancePipeline(DiffusionPipeline):
         preset: str | Path = "paper",
         output_type: str = "pil",
         return_dict: bool = True,
-        callback_on_step_end: Callable[[Any, int, int, dict], Any] | None = None,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | tuple[str, ...] = ("latents",),
     ) -> MotionGuidancePipelineOutput | tuple:
         """Move ``image`` by ``flow`` and return the edit.
 
@@ -161,10 +177,15 @@ class MotionGuidancePipeline(DiffusionPipeline):
         ``None`` arguments keep the ``preset``'s values (the paper's: 500 steps, 10 recursions, guidance
         weight 300, flow weight 3, colour weight 100, clip 200, CFG ``guidance_scale`` 7.5). The recursion
         noise comes from a generator seeded with ``generator.initial_seed()`` (``--seed``; 0 without one).
-        ``callback_on_step_end(pipe, step, timestep, {})`` runs after every DDIM step (its last recursion);
-        the sampler hands out no tensors.
+        ``callback_on_step_end(pipe, step, timestep, callback_kwargs)`` runs after every DDIM step (after its
+        last recursion) with the tensors ``callback_on_step_end_tensor_inputs`` names (``latents``, the step's
+        result ``(1, 4, H/8, W/8)``); a returned dict's ``latents`` is what the next step starts from (the
+        last step's is decoded), and setting ``pipe._interrupt = True`` ends the edit after that step.
         """
-        self.check_inputs(image, flow, height, width, edit_mask, output_type, callback_on_step_end)
+        self.check_inputs(
+            image, flow, height, width, edit_mask, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        self._interrupt = False
         source = _image_tensor(image, height, width)
         size = tuple(source.shape[-2:])
         target_flow = _flow_tensor(flow, size)
@@ -186,16 +207,20 @@ class MotionGuidancePipeline(DiffusionPipeline):
         with self.progress_bar(total=guidance.steps * (1 + guidance.recursions)) as bar:
             state = editor.prepare(source, prompt, progress=bar.update)
             bar.n = guidance.steps  # forward noising ("random") reports no steps
-            passes = [0]
 
-            def on_pass() -> None:
-                bar.update()
-                passes[0] += 1
-                if callback_on_step_end is not None and passes[0] % guidance.recursions == 0:
-                    step = passes[0] // guidance.recursions - 1
-                    callback_on_step_end(self, step, state.timesteps[step], {})
+            def step_end(step: int, timestep: int, latents: torch.Tensor) -> torch.Tensor | None:
+                available = {"latents": latents}
+                tensors = {name: available[name] for name in callback_on_step_end_tensor_inputs}
+                outputs = callback_on_step_end(self, step, timestep, tensors)
+                replaced = _callback_latents(outputs, latents)
+                if self.interrupt:
+                    raise StopSampling(latents if replaced is None else replaced)
+                return replaced
 
-            result = editor.edit(state, target_flow, edit_mask=mask, progress=on_pass)
+            result = editor.edit(
+                state, target_flow, edit_mask=mask, progress=bar.update,
+                step_end=None if callback_on_step_end is None else step_end,
+            )
         images = _output(result.image, output_type)
         if not return_dict:
             return (images,)
@@ -203,6 +228,19 @@ class MotionGuidancePipeline(DiffusionPipeline):
             images=images, achieved_flow=result.achieved_flow.cpu(), losses=result.losses,
             diverged=result.diverged, divergence=result.divergence,
         )
+
+
+def _callback_latents(outputs: Any, latents: torch.Tensor) -> torch.Tensor | None:
+    """The ``latents`` a callback returned (None when it returned none), checked against the step's own."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, dict):
+        raise UsageError(f"callback_on_step_end: must return a dict (or None), got {type(outputs).__name__}")
+    replaced = outputs.get("latents")
+    if replaced is not None and (not isinstance(replaced, torch.Tensor) or replaced.shape != latents.shape):
+        got = tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else type(replaced).__name__
+        raise UsageError(f"callback_on_step_end: returned latents {got}, expected a tensor {tuple(latents.shape)}")
+    return replaced
 
 
 def _estimator(name: str | None, preset: str) -> Any:
