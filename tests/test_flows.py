@@ -307,3 +307,23 @@ def test_quiver_overlay_draws_arrows_along_the_motion() -> None:
     assert torch.allclose(moving[0][drawn], torch.ones(int(drawn.sum())))  # red arrows by default
     batch = quiver_overlay(image[None].repeat(2, 1, 1, 1), translation(64, 64, 6.0, 0.0), step=16)
     assert torch.equal(batch[1], moving)
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.0, 2.5])
+@pytest.mark.parametrize("length", [5, 40, 600])  # 600: past MATRIX_BLUR_MAX, the shifted-copies path
+def test_gaussian_blur_is_scipys_nearest_mode_gaussian_with_radius_ceil_3_sigma(sigma, length):
+    """Rule: along each axis, out[i] = sum_k w_k x[clamp(i + k, 0, n - 1)] with w the normalised Gaussian
+    over k = -r..r, r = ceil(3 sigma) — scipy's gaussian_filter1d with mode="nearest" and that radius."""
+    from scipy.ndimage import gaussian_filter1d
+
+    from mtransfer.flows.ops import MATRIX_BLUR_MAX, gaussian_blur
+
+    assert (length > MATRIX_BLUR_MAX) == (length == 600)
+    values = torch.rand(2, 3, length, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(length))
+    radius = math.ceil(3 * sigma)
+    expected = gaussian_filter1d(values.numpy(), sigma, axis=2, mode="nearest", radius=radius)
+    expected = gaussian_filter1d(expected, sigma, axis=3, mode="nearest", radius=radius)
+    blurred = gaussian_blur(values, sigma)
+    np.testing.assert_allclose(blurred.numpy(), expected, atol=1e-12)
+    gradient, = torch.autograd.grad(gaussian_blur(values.requires_grad_(), sigma).sum(), values)
+    assert torch.isfinite(gradient).all() and gradient.sum().item() == pytest.approx(values.numel())

@@ -118,27 +118,51 @@ def move_image(image: torch.Tensor, flow: torch.Tensor, iterations: int = 20) ->
     return warp(image, invert(flow, iterations))
 
 
+MATRIX_BLUR_MAX = 512
+"""Axes up to this many samples are blurred by one matrix product, longer ones by a sum of shifted copies."""
+
+
 def gaussian_blur(values: torch.Tensor, sigma: float, axes: Sequence[int] = (-2, -1)) -> torch.Tensor:
-    """Separable Gaussian blur of any tensor along ``axes`` (sigma in samples), edge values repeated.
+    """Separable Gaussian blur of any tensor along ``axes`` (sigma in samples, radius ``ceil(3 sigma)``),
+    edge values repeated.
 
     The one blur of mtransfer: flows over space, flows over time, and the images and products inside
-    the pyramid estimator. Differentiable; ``sigma <= 0`` returns ``values`` unchanged. Written as a
-    weighted sum of shifted copies rather than a 1-channel ``conv1d``: on a CPU the convolution's backward
-    pass on such shapes took 10-50x longer (it was most of a guided pass in the exact world), and the
-    sum runs in the tensor's own dtype, autocast included.
+    the pyramid estimator. Differentiable; ``sigma <= 0`` returns ``values`` unchanged. Not a 1-channel
+    ``conv1d``: on a CPU its backward pass on such shapes took 10-50x longer and was most of a guided
+    pass in the exact world. An axis of ``MATRIX_BLUR_MAX`` samples or fewer is one product with the
+    banded blur matrix (edges folded in); a longer one, a weighted sum of shifted copies, whose cost
+    does not grow with the length. Both run in the tensor's own dtype, autocast included.
     """
     if sigma <= 0:
         return values
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    weights = (kernel / kernel.sum()).tolist()
+    kernel = kernel / kernel.sum()
     for axis in axes:
-        length = values.shape[axis]
-        repeated_edges = torch.arange(-radius, length + radius, device=values.device).clamp(0, length - 1)
-        padded = values.index_select(axis, repeated_edges)
-        blurred = padded.narrow(axis, 0, length) * weights[0]
-        for shift in range(1, 2 * radius + 1):
-            blurred = blurred + padded.narrow(axis, shift, length) * weights[shift]
-        values = blurred
+        if values.shape[axis] <= MATRIX_BLUR_MAX:
+            values = _blur_by_matrix(values, kernel, axis)
+        else:
+            values = _blur_by_shifts(values, kernel, axis)
     return values
+
+
+def _blur_by_matrix(values: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
+    length, radius = values.shape[axis], len(kernel) // 2
+    rows = torch.arange(length).unsqueeze(1).expand(length, len(kernel))
+    taps = (rows + torch.arange(-radius, radius + 1)).clamp(0, length - 1)  # repeated edges
+    matrix = torch.zeros(length, length, dtype=torch.float64)
+    matrix.index_put_((rows, taps), kernel.expand(length, -1), accumulate=True)
+    matrix = matrix.to(values.device, values.dtype)
+    return (values.movedim(axis, -1) @ matrix.T).movedim(-1, axis)
+
+
+def _blur_by_shifts(values: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch.Tensor:
+    length, radius = values.shape[axis], len(kernel) // 2
+    repeated_edges = torch.arange(-radius, length + radius, device=values.device).clamp(0, length - 1)
+    padded = values.index_select(axis, repeated_edges)
+    weights = kernel.tolist()
+    blurred = padded.narrow(axis, 0, length) * weights[0]
+    for shift in range(1, len(weights)):
+        blurred = blurred + padded.narrow(axis, shift, length) * weights[shift]
+    return blurred
