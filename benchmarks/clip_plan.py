@@ -63,6 +63,8 @@ def _plans() -> dict[str, tuple[str, ...]]:
         for share in (0.5, 0.3):
             plans[f"keys K={every} s={share}"] = ('video.plan="keys"', f"video.key_every={every}",
                                                    f"video.warm_start={share}")
+            plans[f"keys K={every} s={share} from key"] = (*plans[f"keys K={every} s={share}"],
+                                                            'video.warm_from="key"')
     # Beyond the issue's grid: the shortest warm runs, the only ones whose pass count can reach a third of
     # independent's on a 12-frame clip.
     plans["chain s=0.2"] = ('video.plan="chain"', "video.warm_start=0.2")
@@ -173,6 +175,21 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def combine(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several reports of one world as one: their rows (the first of each clip, picture and plan) summarised
+    together, so a grid can be measured in parts."""
+    worlds = {tuple(report["world"]) for report in reports}
+    if len(worlds) != 1:
+        raise SystemExit(f"--from-json: the reports measured different worlds: {sorted(worlds)}")
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for report in reports:
+        for row in report["rows"]:
+            rows.setdefault((row["clip"], row["picture"], row["plan"]), row)
+    kept = list(rows.values())
+    return {"world": reports[0]["world"], "preset": reports[0]["preset"], "rows": kept,
+            "ray": [row for report in reports for row in report["ray"]], "summary": summarise(kept)}
+
+
 def project(planned: list[PlannedFrame], gpus: int, seconds: dict[str, float]) -> float:
     """Wall time of a plan on ``gpus`` workers when every frame starts as soon as its parent is done and a
     worker is free (keys first in frame order): list scheduling over the plan's forest."""
@@ -202,7 +219,8 @@ def projections(seconds_per_pass: float, frames: int = 48) -> list[dict[str, Any
         values = dict(setting.split("=", 1) for setting in overrides)
         plan = values.get("video.plan", '"independent"').strip('"')
         share = float(values.get("video.warm_start", 0))
-        planned = frame_plan(still, plan, key_every=int(values.get("video.key_every", 0)))
+        planned = frame_plan(still, plan, key_every=int(values.get("video.key_every", 0)),
+                             warm_from=values.get("video.warm_from", '"previous"').strip('"'))
         warm_passes = (steps - warm_start_step(steps, share)) * recursions if share else steps * recursions
         seconds = {KEY: steps * recursions * seconds_per_pass, "warm": warm_passes * seconds_per_pass}
         passes = sum(steps * recursions if f.role == KEY else warm_passes for f in planned if f.role != STILL)
@@ -251,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads per process (Ray workers too): small tensors run fastest on one, and "
                              "1 vs 2 Ray workers then compare one core against two")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="REPORT",
+                        help="measure nothing: tabulate the rows of earlier --json reports of the same world "
+                             "(a run and plan measured twice keeps its first)")
     parser.add_argument("--write-benchmarks", action="store_true", help="replace this section of BENCHMARKS.md")
     args = parser.parse_args(argv)
     plans = [name.strip() for name in args.plans.split(",") if name.strip()]
@@ -262,7 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by Ray's worker processes
     console = Console()
-    report = measure(args.clips.split(","), args.pictures.split(","), plans, args.ray, (*WORLD, *args.set), console)
+    if args.from_json:
+        report = combine([read_json(path) for path in args.from_json])
+    else:
+        report = measure(args.clips.split(","), args.pictures.split(","), plans, args.ray, (*WORLD, *args.set),
+                         console)
     report["seconds_per_pass"] = args.seconds_per_pass
     report["projection"] = projections(args.seconds_per_pass)
     table = Table(title="frame plans")
