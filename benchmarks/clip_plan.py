@@ -69,6 +69,7 @@ def _plans() -> dict[str, tuple[str, ...]]:
     # independent's on a 12-frame clip.
     plans["chain s=0.2"] = ('video.plan="chain"', "video.warm_start=0.2")
     plans["keys K=8 s=0.2"] = ('video.plan="keys"', "video.key_every=8", "video.warm_start=0.2")
+    plans["keys K=8 s=0.2 from key"] = (*plans["keys K=8 s=0.2"], 'video.warm_from="key"')
     for name in [name for name in plans if name != "independent"]:
         plans[f"{name} +warp"] = (*plans[name], 'video.warm_warp="image"')
     return plans
