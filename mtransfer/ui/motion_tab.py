@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -82,8 +83,9 @@ def render(session: Session, spec: str, note: str = "") -> tuple:
     """Canvas with arrows (and the mask), flow colours, the moved image and a status line for ``spec``."""
     flow = session.flow(spec)
     arrows, color, moved = motion.previews(session.image, flow, session.mask_image)
-    peak = float(flow.norm(dim=0).max())
-    status = note or (f"motion up to {peak:.1f} px on the {session.size[1]}x{session.size[0]} canvas"
+    peak = float(flow.norm(dim=0).max()) * session.scale
+    height, width = session.original_size
+    status = note or (f"motion up to {peak:.1f} px of the {width}x{height} image"
                       if spec.strip() else "no motion yet: pick one and press Add motion, drag on the image, "
                                            "or type a spec")
     return picture(arrows), picture(color), picture(moved), status
@@ -122,11 +124,11 @@ def build(shared: Shared) -> MotionTab:
         folder = new_run_folder(shared.root, "session")
         try:
             accept_image(upload, folder, shared.limits)
-            session = Session(folder)
+            session = Session(folder, Path(upload).name)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return (session, "", *render(session, ""), *slider_updates("translate", session.size), "translate", None, None,
+        return (session, "", *render(session, ""), *slider_updates("translate", session.original_size), "translate", None, None,
                 painter_value(session))
 
     @shows_problems
@@ -135,7 +137,7 @@ def build(shared: Shared) -> MotionTab:
         if upload is None:
             session.set_mask(None)
             return render(session, spec, "mask removed")
-        session.set_mask(accept_mask(upload, session.folder, session.size, shared.limits))
+        session.set_mask(accept_mask(upload, session.folder, session.original_size, shared.limits))
         return render(session, spec, "mask set: 'keep to mask' motions and arrows move only the white part")
 
     @shows_problems
@@ -144,7 +146,7 @@ def build(shared: Shared) -> MotionTab:
         if session is None or painted is None:
             return (gr.skip(),) * 4
         layers = [layer for layer in painted.get("layers") or [] if layer is not None]
-        path = accept_painted_mask(layers[0], session.folder, session.size) if layers else None
+        path = accept_painted_mask(layers[0], session.folder, session.original_size) if layers else None
         if path is None:
             if not session.mask_painted:
                 return (gr.skip(),) * 4
@@ -153,35 +155,36 @@ def build(shared: Shared) -> MotionTab:
         session.set_mask(path, painted=True)
         return render(session, spec, "mask painted: 'keep to mask' motions and arrows move only the painted part")
 
+    @shows_problems
     def on_kind(session, kind):
         session = session_of(session)
-        return slider_updates(kind, session.size)
+        return slider_updates(kind, session.original_size)
 
     def controls_term(session: Session, kind, cx, cy, keep_to_mask, values):
         center = None if cx is None or cy is None else (cx, cy)
         mask = session.mask if keep_to_mask and session.mask else None
-        return motion.controls_to_term(kind, list(values), center, *session.size, mask=mask)
+        return motion.controls_to_term(kind, list(values), center, *session.original_size, mask=mask)
 
     @shows_problems
     def on_controls(session, spec, kind, cx, cy, keep_to_mask, *values):
         """A control moved: edit the last term when it is of the same kind, else add one."""
         session = session_of(session)
         term = controls_term(session, kind, cx, cy, keep_to_mask, values)
-        terms = spec_terms(spec, *session.size) if spec.strip() else []
+        terms = spec_terms(spec, *session.original_size) if spec.strip() else []
         same = terms and terms[-1].name == kind and terms[-1].strength is None
-        spec = (motion.replace_last if same else motion.append_term)(spec, term, *session.size)
+        spec = (motion.replace_last if same else motion.append_term)(spec, term, *session.original_size)
         return (spec, *render(session, spec))
 
     @shows_problems
     def on_add(session, spec, kind, cx, cy, keep_to_mask, *values):
         session = session_of(session)
-        spec = motion.append_term(spec, controls_term(session, kind, cx, cy, keep_to_mask, values), *session.size)
+        spec = motion.append_term(spec, controls_term(session, kind, cx, cy, keep_to_mask, values), *session.original_size)
         return (spec, *render(session, spec))
 
     @shows_problems
     def on_remove_last(session, spec):
         session = session_of(session)
-        terms = spec_terms(spec, *session.size) if spec.strip() else []
+        terms = spec_terms(spec, *session.original_size) if spec.strip() else []
         spec = motion.format_spec(terms[:-1]) if len(terms) > 1 else ""
         return (spec, *render(session, spec))
 
@@ -190,28 +193,29 @@ def build(shared: Shared) -> MotionTab:
         """Typed spec text: preview it and show its last term in the controls (when they can)."""
         session = session_of(session)
         shown = render(session, spec)
-        terms = spec_terms(spec, *session.size) if spec.strip() else []
+        terms = spec_terms(spec, *session.original_size) if spec.strip() else []
         try:
-            kind, values, center = motion.term_to_controls(terms[-1], *session.size)
+            kind, values, center = motion.term_to_controls(terms[-1], *session.original_size)
         except (IndexError, MtransferError):
             return (*shown, *[gr.skip()] * (motion.SLIDER_COUNT + 3))
         values = values + [0.0] * (motion.SLIDER_COUNT - len(values))
         cx, cy = center if center is not None else (gr.skip(), gr.skip())
-        return (*shown, *slider_updates(kind, session.size, values), kind, cx, cy)
+        return (*shown, *slider_updates(kind, session.original_size, values), kind, cx, cy)
 
     def add_arrow(session: Session, spec: str, start, end) -> tuple:
-        spec = motion.append_term(spec, motion.arrow_to_term(start, end, session.mask), *session.size)
+        spec = motion.append_term(spec, motion.arrow_to_term(start, end, session.mask), *session.original_size)
         return (spec, *render(session, spec))
 
     @shows_problems
     def on_drag(session, spec, dragged):
         session = session_of(session)
-        return add_arrow(session, spec, *motion.parse_arrow(dragged))
+        start, end = motion.parse_arrow(dragged)
+        return add_arrow(session, spec, session.to_image(*start), session.to_image(*end))
 
     @shows_problems
     def on_click(session, spec, mode, kind, cx, cy, keep_to_mask, evt: gr.SelectData, *values):
         session = session_of(session)
-        x, y = (float(v) for v in evt.index)
+        x, y = session.to_image(*(float(v) for v in evt.index))
         if mode.startswith("arrow"):
             if session.arrow_start is None:
                 session.arrow_start = (x, y)
@@ -251,8 +255,8 @@ def build(shared: Shared) -> MotionTab:
             kind = gr.Dropdown(list(motion.CONTROL_KINDS), value="translate", label="Motion", elem_id="motion-kind")
             sliders = [gr.Slider(label=f"p{i}", elem_id=f"slider-{i}") for i in range(motion.SLIDER_COUNT)]
             with gr.Row():
-                cx = gr.Number(label="centre x (px)", elem_id="cx")
-                cy = gr.Number(label="centre y (px)", elem_id="cy")
+                cx = gr.Number(label="centre x (px of the image)", info="cx", elem_id="cx")
+                cy = gr.Number(label="centre y (px of the image)", info="cy", elem_id="cy")
             keep_to_mask = gr.Checkbox(label="keep to mask", value=False)
             with gr.Row():
                 add = gr.Button("Add motion", elem_id="add-motion", variant="primary")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,15 +20,18 @@ import numpy as np
 import torch
 
 from mtransfer.app.editor import EditorCache
-from mtransfer.errors import MtransferError
+from mtransfer.errors import MtransferError, UsageError
 from mtransfer.files import load_image, to_uint8
-from mtransfer.flows import read_mask
+from mtransfer.flows import color_wheel, read_mask, resize_flow
 from mtransfer.ui import motion
 from mtransfer.ui.jobs import Job, JobQueue
 from mtransfer.ui.uploads import UploadLimits
 
 CANVAS_LONGEST = 512  # the motion is drawn on the image fitted into this many pixels
 POLL_S = 0.3  # how often a running job's status is sent to the page
+RESULT_PX = 360  # the height of a result picture and its source
+FLOW_PX = 200  # the height of a flow picture and of the flow-colour legend
+LEGEND = "Flow colours: direction is the hue, speed the strength (white = still)"
 
 
 def canvas_size(height: int, width: int, longest: int = CANVAS_LONGEST) -> tuple[int, int]:
@@ -36,10 +41,17 @@ def canvas_size(height: int, width: int, longest: int = CANVAS_LONGEST) -> tuple
 
 class Session:
     """What one browser tab has built: its run folder, the image on the motion canvas, the mask (its file,
-    named in spec terms, and its picture, shown on the canvas; ``mask_painted``: it came from the brush)."""
+    named in spec terms, and its picture, shown on the canvas; ``mask_painted``: it came from the brush).
 
-    def __init__(self, folder: Path) -> None:
+    Motion specs are in pixels of the uploaded image (``original_size``), as ``motion --onto``, ``edit``
+    and ``run`` read them, so a spec copied from the page moves the same content the same amount there;
+    the canvas (``size``, at most ``CANVAS_LONGEST`` px) shows them scaled. ``name`` is the upload's file
+    name, for titles only (the file is stored as ``source.png``).
+    """
+
+    def __init__(self, folder: Path, name: str = "the image") -> None:
         self.folder = folder
+        self.name = name
         original = load_image(folder / "source.png")
         self.original_size = tuple(original.shape[-2:])
         self.size = canvas_size(*self.original_size)
@@ -50,15 +62,32 @@ class Session:
         self.arrow_start: tuple[float, float] | None = None
         self.edits = 0
 
+    @property
+    def scale(self) -> float:
+        """Image pixels per canvas pixel."""
+        return self.original_size[1] / self.size[1]
+
+    def to_image(self, x: float, y: float) -> tuple[float, float]:
+        """A point clicked on the canvas (x, y canvas pixels) in pixels of the image."""
+        return x * self.original_size[1] / self.size[1], y * self.original_size[0] / self.size[0]
+
     def set_mask(self, path: Path | None, painted: bool = False) -> None:
         self.mask = None if path is None else str(path)
         self.mask_image = None if path is None else read_mask(path, size=self.size)
         self.mask_painted = painted and path is not None
 
+    def image_flow(self, spec: str) -> torch.Tensor:
+        """The spec's flow on the uploaded image's grid, in its pixels."""
+        if not spec.strip():
+            return torch.zeros(2, *self.original_size)
+        return motion.spec_flow(spec, *self.original_size, allowed_folder=self.folder)
+
     def flow(self, spec: str) -> torch.Tensor:
+        """The spec's flow on the canvas, in canvas pixels (what the previews draw)."""
         if not spec.strip():
             return torch.zeros(2, *self.size)
-        return motion.spec_flow(spec, *self.size, allowed_folder=self.folder)
+        flow = self.image_flow(spec)
+        return flow if tuple(flow.shape[-2:]) == self.size else resize_flow(flow, self.size)
 
 
 @dataclass
@@ -76,10 +105,25 @@ class Shared:
     models: EditorCache = field(default_factory=EditorCache)
 
 
+def log_problem(exc: BaseException) -> None:
+    """One line on the server's terminal for a problem the page shows (no traceback: the user can fix it)."""
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} web app: {exc}" if isinstance(exc, MtransferError) else f"{stamp} web app: unexpected "
+          f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+
+
+def problem_html(exc: BaseException) -> str:
+    """A problem as one message in the page (a status line), instead of Gradio's error on every output."""
+    return f'<strong style="color: #b91c1c">problem:</strong> {html.escape(str(exc))}'
+
+
 def page_error(exc: BaseException) -> gr.Error:
-    """What the page shows: the one-line message of a problem the user can fix, else the exception's name."""
-    text = str(exc) if isinstance(exc, MtransferError) else f"unexpected {type(exc).__name__}: {exc}"
-    return gr.Error(text, duration=None)
+    """What the page shows: the one-line message of a problem the user can fix, else the exception's name;
+    only the latter's traceback is printed on the server."""
+    log_problem(exc)
+    user = isinstance(exc, MtransferError)
+    text = str(exc) if user else f"unexpected {type(exc).__name__}: {exc}"
+    return gr.Error(text, duration=None, print_exception=not user)
 
 
 def shows_problems(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,8 +156,13 @@ def shows_problems(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 def session_of(session: Session | None) -> Session:
     if session is None:
-        raise gr.Error("upload an image first (Motion tab)", duration=None)
+        raise UsageError("upload an image first (Motion tab)")
     return session
+
+
+def flow_legend() -> np.ndarray:
+    """The flow-colour legend shown beside every flow picture."""
+    return to_uint8(color_wheel(FLOW_PX))
 
 
 def picture(image: torch.Tensor | None) -> np.ndarray | None:
@@ -125,6 +174,6 @@ def file_link(path: Path, label: str) -> str:
 
 
 def job_html(job: Job) -> str:
-    """A running job as the page shows it: a progress bar over its current phase and its status line."""
+    """A running job as the page shows it: a progress bar over its current phase and its progress in words."""
     bar = f'<progress value="{job.done}" max="{job.total}"></progress>' if job.total else "<progress></progress>"
     return f"{bar} {html.escape(job.status())}"
