@@ -79,7 +79,7 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     set_steps(page, 400)
     page.click("#run-edit")
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('models kept loaded')"
-                           " || document.querySelector('#edit-status').innerText.includes('edit: guide')",
+                           " || document.querySelector('#edit-status').innerText.includes('guiding: pass')",
                            timeout=60_000)
     page.click("#cancel-edit")
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('cancelled')",

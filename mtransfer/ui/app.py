@@ -19,6 +19,13 @@ from mtransfer.ui.session import Shared
 from mtransfer.ui.uploads import UploadLimits
 
 
+CSS = """
+.mtransfer-shown img, .mtransfer-shown video { width: 100%; height: 100%; object-fit: contain;
+                                               image-rendering: pixelated; }
+"""
+"""Results and flows fill their frame whatever their working size (a 48x32 result is readable too)."""
+
+
 def build_app(pipeline: str = "tiny", root: Path = Path("outputs/ui"), limits: UploadLimits = UploadLimits(),
               queue: JobQueue | None = None) -> gr.Blocks:
     """The page; ``pipeline`` is the preset (name or .toml) selected at start, ``root`` the outputs folder,
@@ -57,7 +64,7 @@ def launch(pipeline: str, host: str, port: int, root: Path = Path("outputs/ui"),
     demo.queue(default_concurrency_limit=4)
     return demo, demo.launch(
         server_name=host, server_port=port, share=False, max_file_size=limits.largest_bytes,
-        allowed_paths=[str(root.resolve())], ssr_mode=False, footer_links=[], show_error=True,
+        allowed_paths=[str(root.resolve())], ssr_mode=False, footer_links=[], show_error=True, css=CSS,
         theme=gr.themes.Base(font=["ui-sans-serif", "system-ui", "sans-serif"],
                              font_mono=["ui-monospace", "monospace"]),
         **kwargs,

@@ -23,7 +23,7 @@ from mtransfer.guidance.edit import motionless
 from mtransfer.layouts import EditFolder
 from mtransfer.ui.jobs import Job, Outputs
 from mtransfer.ui.session import (
-    FLOW_PX, LEGEND, POLL_S, RESULT_PX, Session, Shared, file_link, flow_legend, job_html, page_error, picture,
+    FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, page_error, picture,
     session_of, shows_problems,
 )
 
@@ -145,18 +145,17 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         cancel_edit = gr.Button("Cancel", elem_id="cancel-edit")
     edit_status = gr.HTML(elem_id="edit-status")
     with gr.Row(equal_height=True):
-        edit_source = gr.Image(label="Source", interactive=False, height=RESULT_PX, elem_id="edit-source",
+        edit_source = gr.Image(elem_classes=SHOWN, label="Source", interactive=False, height=RESULT_PX, elem_id="edit-source",
                                format="png")
-        edit_preview = gr.Image(label="One-step estimate (while the edit runs)", interactive=False, height=RESULT_PX,
+        edit_preview = gr.Image(elem_classes=SHOWN, label="One-step estimate (while the edit runs)", interactive=False, height=RESULT_PX,
                                 elem_id="edit-preview", format="png")
-        edit_result = gr.Image(label="Edited image", interactive=False, height=RESULT_PX, elem_id="edit-result")
+        edit_result = gr.Image(elem_classes=SHOWN, label="Edited image", interactive=False, height=RESULT_PX, elem_id="edit-result")
     with gr.Row(equal_height=True):
-        edit_target = gr.Image(label="Target flow", interactive=False, height=FLOW_PX, elem_id="edit-target")
-        edit_achieved = gr.Image(label="Achieved flow", interactive=False, height=FLOW_PX)
-        edit_error = gr.Image(label="Flow error (achieved − target; bright = far off)", interactive=False,
+        edit_target = gr.Image(elem_classes=SHOWN, label="Target flow", interactive=False, height=FLOW_PX, elem_id="edit-target")
+        edit_achieved = gr.Image(elem_classes=SHOWN, label="Achieved flow", interactive=False, height=FLOW_PX)
+        edit_error = gr.Image(elem_classes=SHOWN, label="Flow error (achieved − target; bright = far off)", interactive=False,
                               height=FLOW_PX)
-        gr.Image(flow_legend(), label=LEGEND, interactive=False, height=FLOW_PX, elem_id="edit-legend",
-                 format="png", scale=0, min_width=FLOW_PX)
+        legend(elem_id="edit-legend")
     with gr.Row():
         edit_loss = gr.Image(label="Losses", interactive=False, elem_id="edit-loss")
         with gr.Column():

@@ -14,6 +14,8 @@ from mtransfer.ui.jobs import Job, JobQueue
 from mtransfer.ui.session import RESULT_PX, Shared, job_html
 
 REFRESH_S = 1.0
+RESULT_STYLE = f"height: {RESULT_PX}px; max-width: 100%; object-fit: contain; image-rendering: pixelated"
+"""How a result is shown: at a readable height whatever its working size (small ones pixel for pixel)."""
 
 
 def file_url(path: Path) -> str:
@@ -45,10 +47,9 @@ def _ended(job: Job) -> str:
     outputs = job.outputs
     if outputs is not None and outputs.picture is not None and outputs.picture.exists():
         parts.append(f'<br><img src="{file_url(outputs.picture)}" alt="result of job {job.number}" '
-                     f'style="max-height: {RESULT_PX}px; max-width: 100%">')
+                     f'style="{RESULT_STYLE}">')
     if outputs is not None and outputs.video is not None and outputs.video.exists():
-        parts.append(f'<br><video src="{file_url(outputs.video)}" controls loop '
-                     f'style="max-height: {RESULT_PX}px; max-width: 100%"></video>')
+        parts.append(f'<br><video src="{file_url(outputs.video)}" controls loop muted style="{RESULT_STYLE}"></video>')
     links = []
     if outputs is not None and outputs.report is not None and outputs.report.exists():
         links.append(f'<a href="{file_url(outputs.report)}" target="_blank">report.html</a>')

@@ -31,7 +31,7 @@ CANVAS_LONGEST = 512  # the motion is drawn on the image fitted into this many p
 POLL_S = 0.3  # how often a running job's status is sent to the page
 RESULT_PX = 360  # the height of a result picture and its source
 FLOW_PX = 200  # the height of a flow picture and of the flow-colour legend
-LEGEND = "Flow colours: direction is the hue, speed the strength (white = still)"
+SHOWN = ["mtransfer-shown"]  # the class of pictures that fill their frame (``app.CSS``)
 
 
 def canvas_size(height: int, width: int, longest: int = CANVAS_LONGEST) -> tuple[int, int]:
@@ -160,9 +160,13 @@ def session_of(session: Session | None) -> Session:
     return session
 
 
-def flow_legend() -> np.ndarray:
-    """The flow-colour legend shown beside every flow picture."""
-    return to_uint8(color_wheel(FLOW_PX))
+def legend(elem_id: str) -> gr.Image:
+    """The flow-colour legend beside the flow pictures, in the current layout context."""
+    with gr.Column(scale=0, min_width=FLOW_PX):
+        shown = gr.Image(to_uint8(color_wheel(FLOW_PX)), label="Flow colours", interactive=False, height=FLOW_PX,
+                         elem_id=elem_id, format="png", show_label=True)
+        gr.Markdown("hue: the direction of motion; strength: its speed; white: still")
+    return shown
 
 
 def picture(image: torch.Tensor | None) -> np.ndarray | None:

@@ -25,7 +25,7 @@ from mtransfer.layouts import REPORT, RESULT_MP4, SIDE_BY_SIDE
 from mtransfer.ui.jobs import Job, JobProgress, Outputs
 from mtransfer.ui.runs import resume_request, unfinished_runs
 from mtransfer.ui.session import (
-    FLOW_PX, LEGEND, POLL_S, RESULT_PX, Session, Shared, file_link, flow_legend, job_html, log_problem, page_error,
+    FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, log_problem, page_error,
     problem_html, session_of, shows_problems,
 )
 from mtransfer.ui.uploads import accept_video, new_run_folder
@@ -40,12 +40,13 @@ def video_work(job: Job, request: RunRequest):
     log = io.StringIO()
     folder = run_pipeline(request, Console(file=log, width=120, force_terminal=False), JobProgress(job))
     count = len(list((folder / "flow_color").glob("*.png")))
-    result = folder / RESULT_MP4
-    finished = not request.flow_only and result.exists()
+    side = folder / SIDE_BY_SIDE
+    finished = not request.flow_only and side.exists()
     last = folder / "flow_color" / f"{count - 1:04d}.png"
-    summary = (f"done in {job.seconds:.1f} s: {count} frames" + (", result below" if finished else " (flow only)"))
+    summary = f"done in {job.seconds:.1f} s: " + (f"{count} frames edited; source | result side by side"
+                                                   if finished else f"the motion of {count} frames (flow only)")
     job.outputs = Outputs(summary, folder, picture=None if finished or not last.exists() else last,
-                          video=result if finished else None, report=folder / REPORT)
+                          video=side if finished else None, report=folder / REPORT)
     return folder
 
 
@@ -156,6 +157,13 @@ def build(shared: Shared) -> None:
             resume_choice: gr.update(choices=choices()),
         }
 
+    def on_preset(preset):
+        """Another preset chosen: the frame count shows its ``video.max_frames``."""
+        try:
+            return load_settings(preset).video.max_frames
+        except MtransferError:  # a preset name being typed: its problem is said when a job starts
+            return gr.skip()
+
     def on_clip(session, clip_upload):
         """A clip uploaded: checked now (one message when it is not a usable clip), copied to the session."""
         if clip_upload is None:
@@ -231,14 +239,14 @@ def build(shared: Shared) -> None:
     video_state_box = gr.State(None)
     corner = gr.State(None)
     shown_folder = gr.State(None)
-    video = load_settings(shared.pipeline).video
     with gr.Row():
         with gr.Column():
             clip_upload = gr.File(label="Driving clip (mp4, gif, ...)", elem_id="clip-upload")
             clip_status = gr.HTML(elem_id="clip-status")
         video_preset = gr.Dropdown(shared.presets, value=shared.pipeline, label="Preset", allow_custom_value=True)
-        frames = gr.Number(video.max_frames, label="Frames of the clip to use (0 = all)", info="video.max_frames",
-                           minimum=0, precision=0, elem_id="video-frames")
+        frames = gr.Number(load_settings(shared.pipeline).video.max_frames, label="Frames of the clip to use "
+                           "(0 = all; follows the preset)", info="video.max_frames", minimum=0, precision=0,
+                           elem_id="video-frames")
     gr.Markdown("The clip's motion is laid onto the Motion tab's image. **Alignment**: where on the image the "
                 "motion goes (click two opposite corners on the image, or type the box), how the clip is fitted "
                 "into it, how strong, and how much it is smoothed. Each control's settings key (`[align]`) is "
@@ -280,18 +288,19 @@ def build(shared: Shared) -> None:
     frame_slider = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="frame-slider")
     with gr.Row(equal_height=True):
         frame_panel_image = gr.Image(label="driving frame | its motion on the image (flow colours) | edit mask",
-                                     interactive=False, height=FLOW_PX, elem_id="frame-panel", scale=4)
-        gr.Image(flow_legend(), label=LEGEND, interactive=False, height=FLOW_PX, format="png", scale=0,
-                 min_width=FLOW_PX)
+                                     interactive=False, height=FLOW_PX, elem_id="frame-panel", scale=4,
+                                     elem_classes=SHOWN)
+        legend(elem_id="video-legend")
     with gr.Row():
-        video_result = gr.Video(label="Result", interactive=False, height=RESULT_PX, elem_id="video-result")
-        video_side = gr.Video(label="Side by side", interactive=False, height=RESULT_PX, elem_id="video-side")
+        video_result = gr.Video(label="Result", elem_classes=SHOWN, interactive=False, height=RESULT_PX, elem_id="video-result")
+        video_side = gr.Video(label="Source | result, side by side", elem_classes=SHOWN, interactive=False, height=RESULT_PX, elem_id="video-side")
     video_links = gr.Markdown(elem_id="video-links")
 
     outputs = [video_status, video_state_box, frame_slider, frame_panel_image, shown_folder, video_result, video_side,
                video_links, resume_choice]
     video_in = [shared.session, video_state_box, clip_upload, video_preset, frames, fit, strength, region,
                 mask_region, spatial_sigma, temporal, temporal_amount]
+    video_preset.change(on_preset, video_preset, frames)
     clip_upload.change(on_clip, [shared.session, clip_upload], [video_state_box, clip_status])
     flow_only.click(lambda *a: (yield from on_video(*a, True)), video_in, outputs, concurrency_limit=1)
     run_clip.click(lambda *a: (yield from on_video(*a, False)), video_in, outputs, concurrency_limit=1)

@@ -1,0 +1,67 @@
+"""Jobs that outlive the page, in a real headless Chromium: a clip started in one page goes on when that
+page is closed, and a page opened later shows it running (progress in words, Cancel) and then finished
+with its result video and report. Screenshots go to outputs/ui-test/."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio", reason="browser test of the web app skipped: gradio not installed (pip install '.[ui]')")
+
+from test_ui_browser import PRESET, SAMPLES, free_port, shot, wait_for_upload  # noqa: E402
+from test_ui_jobs_browser import open_with_motion  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def slow_clip_app(tmp_path_factory):
+    """The app with the test preset at 25 guidance steps (a clip of some seconds, long enough to close
+    the page while it runs); yields its address, outputs folder and the preset's path."""
+    from mtransfer.ui.app import launch
+
+    root = tmp_path_factory.mktemp("ui-outlive")
+    preset = root / "slow-test.toml"
+    text = Path(PRESET).read_text()
+    assert tomllib.loads(text)["guidance"]["steps"] == 3
+    preset.write_text(text.replace("steps = 3", "steps = 25"))
+    demo, (_, url, _) = launch(str(preset), "127.0.0.1", free_port(), root, prevent_thread_lock=True, quiet=True)
+    yield url, root
+    demo.close()
+
+
+def test_a_clip_goes_on_when_its_page_closes_and_a_new_page_shows_it_running_then_finished(browser_page,
+                                                                                          slow_clip_app):
+    url, root = slow_clip_app
+    first = browser_page.page
+    open_with_motion(first, url)
+    first.get_by_role("tab", name="Video").click()
+    first.set_input_files("#clip-upload input[type=file]", str(SAMPLES / "pan.mp4"))
+    wait_for_upload(first, "#clip-upload", "pan.mp4")
+    first.wait_for_function("() => document.querySelector('#clip-status').innerText.includes('frames')")
+    first.click("#run-clip")
+    first.wait_for_function("() => document.querySelector('#video-status').innerText.includes('editing the frames')",
+                            timeout=120_000)
+    assert "guide" not in first.inner_text("#video-status")  # words, not the progress bar's counters
+    first.close()  # the page goes; the clip does not
+
+    page = first.context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    running = page.locator("#jobs-running")
+    running.wait_for()  # a page opened while a job runs opens on the Jobs tab
+    assert "running" in running.inner_text() and "clip pan.mp4 onto cat.png" in running.inner_text()
+    assert " of 4" in running.inner_text()  # "frame 2 of 4, pass 30 of 150"
+    shot(page, "outlive-1-new-page-running")
+    page.wait_for_function("() => document.querySelector('#jobs-finished video') !== null", timeout=300_000)
+    finished = page.inner_text("#jobs-finished")
+    assert "#1 clip pan.mp4 onto cat.png — finished" in finished and "done in" in finished
+    assert page.locator("#jobs-finished a", has_text="report.html").count() == 1
+    assert "No job is running" in page.inner_text("#jobs-running")
+    video = page.locator("#jobs-finished video").get_attribute("src")
+    assert page.request.get(page.url.rstrip("/") + video if video.startswith("/") else video).ok
+    shot(page, "outlive-2-new-page-finished")
+    (manifest,) = root.glob("session-*/video/manifest.json")
+    assert '"encode"' in manifest.read_text()
+    assert browser_page.blocked == []
