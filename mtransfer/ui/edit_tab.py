@@ -23,7 +23,7 @@ from mtransfer.guidance.edit import motionless
 from mtransfer.layouts import EditFolder
 from mtransfer.ui.jobs import Job, Outputs
 from mtransfer.ui.session import (
-    FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, page_error, picture,
+    QUIET, FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, page_error, picture,
     session_of, shows_problems,
 )
 
@@ -165,7 +165,7 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
     results = [edit_preview, edit_result, edit_target, edit_achieved, edit_error, edit_loss]
     edit_outputs = [edit_status, *results, edit_zip, edit_links]
     run_edit.click(on_edit, [shared.session, spec, preset, prompt, steps, use_mask], edit_outputs,
-                   concurrency_limit=1)
-    cancel_edit.click(lambda: shared.queue.cancel("edit"), None, edit_status)
+                   concurrency_limit=1, **QUIET)
+    cancel_edit.click(lambda: shared.queue.cancel("edit"), None, edit_status, **QUIET)
     shared.session.change(lambda session: None if session is None else picture(session.image), shared.session,
-                          edit_source)
+                          edit_source, **QUIET)

@@ -12,7 +12,7 @@ import gradio as gr
 from mtransfer.errors import MtransferError
 from mtransfer.flows import spec_terms, write_flow
 from mtransfer.ui import motion
-from mtransfer.ui.session import Session, Shared, picture, session_of, shows_problems
+from mtransfer.ui.session import QUIET, Session, Shared, log_problem, picture, problem_html, session_of, shows_problems
 from mtransfer.ui.uploads import accept_image, accept_mask, accept_painted_mask, new_run_folder
 
 
@@ -117,28 +117,38 @@ def build(shared: Shared) -> MotionTab:
     The sliders come last among a handler's inputs (``*values``), as many as the motion with the most.
     """
 
-    @shows_problems
+    image_outputs = 10 + motion.SLIDER_COUNT  # what on_image updates besides its note
+
     def on_image(upload):
+        """An uploaded image: a new session on it, or one message under the upload (nothing else changes)."""
         if upload is None:
-            return gr.skip()
+            return (*[gr.skip()] * image_outputs, "")
         folder = new_run_folder(shared.root, "session")
         try:
             accept_image(upload, folder, shared.limits)
             session = Session(folder, Path(upload).name)
+        except MtransferError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            log_problem(exc)
+            return (*[gr.skip()] * image_outputs, problem_html(exc))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return (session, "", *render(session, ""), *slider_updates("translate", session.original_size), "translate", None, None,
-                painter_value(session))
+        return (session, "", *render(session, ""), *slider_updates("translate", session.original_size), "translate",
+                None, None, painter_value(session), "")
 
-    @shows_problems
     def on_mask(session, upload, spec):
-        session = session_of(session)
-        if upload is None:
-            session.set_mask(None)
-            return render(session, spec, "mask removed")
-        session.set_mask(accept_mask(upload, session.folder, session.original_size, shared.limits))
-        return render(session, spec, "mask set: 'keep to mask' motions and arrows move only the white part")
+        """An uploaded mask (or its removal); a bad one is one message under the upload."""
+        try:
+            session = session_of(session)
+            if upload is None:
+                session.set_mask(None)
+                return (*render(session, spec, "mask removed"), "")
+            session.set_mask(accept_mask(upload, session.folder, session.original_size, shared.limits))
+        except MtransferError as exc:
+            log_problem(exc)
+            return (*[gr.skip()] * 4, problem_html(exc))
+        return (*render(session, spec, "mask set: 'keep to mask' motions and arrows move only the white part"), "")
 
     @shows_problems
     def on_paint(session, painted, spec):
@@ -237,6 +247,7 @@ def build(shared: Shared) -> MotionTab:
     with gr.Row():
         with gr.Column(scale=3):
             image_upload = gr.File(label="Image (png, jpg, ...)", elem_id="image-upload")
+            image_note = gr.HTML(elem_id="image-note")
             canvas = gr.Image(label="The motion's arrows over the image (mask in blue) — drag an arrow to translate "
                                     "the masked region, click to place a centre", interactive=False,
                               elem_id="canvas", format="png")
@@ -251,6 +262,7 @@ def build(shared: Shared) -> MotionTab:
                     eraser=gr.Eraser(default_size=24),
                 )
                 mask_upload = gr.File(label="or upload a mask", elem_id="mask-upload")
+                mask_note = gr.HTML(elem_id="mask-note")
         with gr.Column(scale=2):
             kind = gr.Dropdown(list(motion.CONTROL_KINDS), value="translate", label="Motion", elem_id="motion-kind")
             sliders = [gr.Slider(label=f"p{i}", elem_id=f"slider-{i}") for i in range(motion.SLIDER_COUNT)]
@@ -279,22 +291,22 @@ def build(shared: Shared) -> MotionTab:
     previews_out = [canvas, color, moved, status]
     controls_in = [session_state, spec, kind, cx, cy, keep_to_mask, *sliders]
     image_upload.upload(on_image, [image_upload],
-                        [session_state, spec, *previews_out, *sliders, kind, cx, cy, painter])
-    mask_upload.change(on_mask, [session_state, mask_upload, spec], previews_out)
-    painter.change(on_paint, [session_state, painter, spec], previews_out)
-    kind.input(on_kind, [session_state, kind], sliders)
+                        [session_state, spec, *previews_out, *sliders, kind, cx, cy, painter, image_note], **QUIET)
+    mask_upload.change(on_mask, [session_state, mask_upload, spec], [*previews_out, mask_note], **QUIET)
+    painter.change(on_paint, [session_state, painter, spec], previews_out, **QUIET)
+    kind.input(on_kind, [session_state, kind], sliders, **QUIET)
     for control in [*sliders, keep_to_mask]:
         (control.release if isinstance(control, gr.Slider) else control.input)(
-            on_controls, controls_in, [spec, *previews_out])
+            on_controls, controls_in, [spec, *previews_out], **QUIET)
     for number in (cx, cy):
-        number.submit(on_controls, controls_in, [spec, *previews_out])
-    add.click(on_add, controls_in, [spec, *previews_out])
-    remove.click(on_remove_last, [session_state, spec], [spec, *previews_out])
+        number.submit(on_controls, controls_in, [spec, *previews_out], **QUIET)
+    add.click(on_add, controls_in, [spec, *previews_out], **QUIET)
+    remove.click(on_remove_last, [session_state, spec], [spec, *previews_out], **QUIET)
     spec_out = [*previews_out, *sliders, kind, cx, cy]
-    spec.submit(on_spec, [session_state, spec], spec_out)
-    apply.click(on_spec, [session_state, spec], spec_out)
-    dragged.change(on_drag, [session_state, spec, dragged], [spec, *previews_out])
-    canvas.select(on_click, [session_state, spec, click_mode, *controls_in[2:]], [spec, *previews_out, cx, cy])
-    save_flo.click(lambda s, t: on_download(s, t, ".flo"), [session_state, spec], flow_file)
-    save_npy.click(lambda s, t: on_download(s, t, ".npy"), [session_state, spec], flow_file)
+    spec.submit(on_spec, [session_state, spec], spec_out, **QUIET)
+    apply.click(on_spec, [session_state, spec], spec_out, **QUIET)
+    dragged.change(on_drag, [session_state, spec, dragged], [spec, *previews_out], **QUIET)
+    canvas.select(on_click, [session_state, spec, click_mode, *controls_in[2:]], [spec, *previews_out, cx, cy], **QUIET)
+    save_flo.click(lambda s, t: on_download(s, t, ".flo"), [session_state, spec], flow_file, **QUIET)
+    save_npy.click(lambda s, t: on_download(s, t, ".npy"), [session_state, spec], flow_file, **QUIET)
     return MotionTab(spec=spec)

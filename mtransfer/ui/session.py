@@ -31,6 +31,9 @@ CANVAS_LONGEST = 512  # the motion is drawn on the image fitted into this many p
 POLL_S = 0.3  # how often a running job's status is sent to the page
 RESULT_PX = 360  # the height of a result picture and its source
 FLOW_PX = 200  # the height of a flow picture and of the flow-colour legend
+QUIET = {"show_progress": "hidden"}
+"""For every event: a failed one shows its one message, not Gradio's "Error" over each output (progress
+is the page's own status line)."""
 SHOWN = ["mtransfer-shown"]  # the class of pictures that fill their frame (``app.CSS``)
 
 

@@ -25,7 +25,7 @@ from mtransfer.layouts import REPORT, RESULT_MP4, SIDE_BY_SIDE
 from mtransfer.ui.jobs import Job, JobProgress, Outputs
 from mtransfer.ui.runs import resume_request, unfinished_runs
 from mtransfer.ui.session import (
-    FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, log_problem, page_error,
+    QUIET, FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, log_problem, page_error,
     problem_html, session_of, shows_problems,
 )
 from mtransfer.ui.uploads import accept_video, new_run_folder
@@ -300,14 +300,14 @@ def build(shared: Shared) -> None:
                video_links, resume_choice]
     video_in = [shared.session, video_state_box, clip_upload, video_preset, frames, fit, strength, region,
                 mask_region, spatial_sigma, temporal, temporal_amount]
-    video_preset.change(on_preset, video_preset, frames)
-    clip_upload.change(on_clip, [shared.session, clip_upload], [video_state_box, clip_status])
-    flow_only.click(lambda *a: (yield from on_video(*a, True)), video_in, outputs, concurrency_limit=1)
-    run_clip.click(lambda *a: (yield from on_video(*a, False)), video_in, outputs, concurrency_limit=1)
-    resume.click(on_resume, [resume_choice], outputs, concurrency_limit=1)
-    refresh.click(on_refresh, None, resume_choice)
-    cancel_video.click(lambda: shared.queue.cancel("video"), None, video_status)
-    frame_slider.change(on_frame, [shown_folder, frame_slider], frame_panel_image, trigger_mode="always_last")
-    shared.session.change(on_session, [shared.session], region_image)
-    region_image.select(on_pick, [shared.session, region, corner], [region, region_image, corner])
-    region.submit(on_region_text, [shared.session, region], [region_image, corner])
+    video_preset.change(on_preset, video_preset, frames, **QUIET)
+    clip_upload.change(on_clip, [shared.session, clip_upload], [video_state_box, clip_status], **QUIET)
+    flow_only.click(lambda *a: (yield from on_video(*a, True)), video_in, outputs, concurrency_limit=1, **QUIET)
+    run_clip.click(lambda *a: (yield from on_video(*a, False)), video_in, outputs, concurrency_limit=1, **QUIET)
+    resume.click(on_resume, [resume_choice], outputs, concurrency_limit=1, **QUIET)
+    refresh.click(on_refresh, None, resume_choice, **QUIET)
+    cancel_video.click(lambda: shared.queue.cancel("video"), None, video_status, **QUIET)
+    frame_slider.change(on_frame, [shown_folder, frame_slider], frame_panel_image, trigger_mode="always_last", **QUIET)
+    shared.session.change(on_session, [shared.session], region_image, **QUIET)
+    region_image.select(on_pick, [shared.session, region, corner], [region, region_image, corner], **QUIET)
+    region.submit(on_region_text, [shared.session, region], [region_image, corner], **QUIET)
