@@ -313,3 +313,30 @@ def test_server_shutdown_stops_a_running_clip_as_ctrl_c_stops_the_cli(tmp_path, 
     assert not (folder / LOCK).exists()
     with pytest.raises(MtransferError, match="stopping"):
         jobs.submit("video", work)
+
+
+def test_an_edit_job_leaves_its_outputs_for_any_page_and_its_report_is_titled_from_the_upload(tmp_path):
+    """The outputs a page opened later shows (summary with the verdict first, picture, report), and the
+    report's title names the uploaded file, not the app's copy (source.png)."""
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.files import read_json, save_image
+    from mtransfer.ui.edit_tab import edit_work
+    from mtransfer.ui.jobs import JobQueue
+    from mtransfer.ui.session import Session
+
+    save_image(tmp_path / "source.png", torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0)))
+    session = Session(tmp_path, "my cat.png")
+    models = EditorCache()
+    queue = JobQueue()
+    folder = tmp_path / "edit-01"
+    try:
+        job = queue.submit("edit", lambda job: edit_work(job, session, load_settings(TEST_PRESET), "translate(2, 0)",
+                                                         "", folder, models, use_mask=False), folder=folder)
+        assert job.finished.wait(120) and job.error is None
+    finally:
+        models.close_models()
+    outputs = job.outputs
+    assert outputs.summary.split(":")[0] in ("reached", "partial", "missed") and "finished in" in outputs.summary
+    assert outputs.picture == folder / "edited.png" and outputs.picture.is_file() and outputs.folder == folder
+    assert read_json(folder / "run.json")["image"] == "my cat.png"
+    assert "<title>mtransfer edit: my cat.png</title>" in outputs.report.read_text()

@@ -167,5 +167,5 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
     run_edit.click(on_edit, [shared.session, spec, preset, prompt, steps, use_mask], edit_outputs,
                    concurrency_limit=1, **QUIET)
     cancel_edit.click(lambda: shared.queue.cancel("edit"), None, edit_status, **QUIET)
-    shared.session.change(lambda session: None if session is None else picture(session.image), shared.session,
-                          edit_source, **QUIET)
+    shared.session.change(lambda session: None if session is None else str(session.folder / EditFolder.SOURCE),
+                          shared.session, edit_source, **QUIET)  # the file: the painter shows the same pixels

@@ -295,9 +295,8 @@ def build(shared: Shared) -> MotionTab:
     mask_upload.change(on_mask, [session_state, mask_upload, spec], [*previews_out, mask_note], **QUIET)
     painter.change(on_paint, [session_state, painter, spec], previews_out, **QUIET)
     kind.input(on_kind, [session_state, kind], sliders, **QUIET)
-    for control in [*sliders, keep_to_mask]:
-        (control.release if isinstance(control, gr.Slider) else control.input)(
-            on_controls, controls_in, [spec, *previews_out], **QUIET)
+    for control in [*sliders, keep_to_mask]:  # a user's change only (a drag, a number typed): always the last one
+        control.input(on_controls, controls_in, [spec, *previews_out], trigger_mode="always_last", **QUIET)
     for number in (cx, cy):
         number.submit(on_controls, controls_in, [spec, *previews_out], **QUIET)
     add.click(on_add, controls_in, [spec, *previews_out], **QUIET)

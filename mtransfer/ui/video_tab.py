@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import io
+import shutil
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from mtransfer.ui.session import (
     QUIET, FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, log_problem, page_error,
     problem_html, session_of, shows_problems,
 )
-from mtransfer.ui.uploads import accept_video, new_run_folder
+from mtransfer.ui.uploads import accept_video, new_run_folder, safe_stem
 from mtransfer.video import probe_video
 
 
@@ -47,6 +48,14 @@ def video_work(job: Job, request: RunRequest):
                                                    if finished else f"the motion of {count} frames (flow only)")
     job.outputs = Outputs(summary, folder, picture=None if finished or not last.exists() else last,
                           video=side if finished else None, report=folder / REPORT)
+    return folder
+
+
+def clips_folder(session: Session) -> Path:
+    """Where a session's clip and a copy of its image go, named after the uploads (so that the clip's report
+    is titled "pan onto cat", from ``run``'s file names)."""
+    folder = session.folder / "clips"
+    folder.mkdir(exist_ok=True)
     return folder
 
 
@@ -169,8 +178,8 @@ def build(shared: Shared) -> None:
         if clip_upload is None:
             return None, ""
         try:
-            folder = session.folder if session is not None else new_run_folder(shared.root, "clip")
-            clip = accept_video(clip_upload, folder, shared.limits)
+            folder = clips_folder(session) if session is not None else new_run_folder(shared.root, "clip")
+            clip = accept_video(clip_upload, folder, shared.limits, safe_stem(Path(clip_upload).name, "driving"))
         except MtransferError as exc:
             log_problem(exc)
             return None, problem_html(exc)
@@ -184,14 +193,16 @@ def build(shared: Shared) -> None:
         session = session_of(session)
         if clip_upload is None or video_state is None or video_state.get("upload") != clip_upload:
             raise UsageError("upload a usable clip first (Driving clip)")
-        if Path(video_state["clip"]).parent != session.folder:  # uploaded before the image: move it along
-            video_state = {**video_state, "clip": str(accept_video(video_state["clip"], session.folder, shared.limits))}
+        clip = Path(video_state["clip"])
+        if clip.parent != clips_folder(session):  # uploaded before the image
+            clip = accept_video(clip, clips_folder(session), shared.limits, clip.stem)
+        image = clips_folder(session) / f"{safe_stem(session.name, 'image')}.png"
+        if not image.exists():
+            shutil.copyfile(session.folder / "source.png", image)
         overrides = (*align_overrides(fit, strength, region, mask_region, session, spatial_sigma, temporal,
                                       temporal_amount), f"video.max_frames={int(frames or 0)}")
-        request = RunRequest(
-            video=Path(video_state["clip"]), image=session.folder / "source.png", pipeline=preset,
-            overrides=overrides, out=session.folder / "video", flow_only=flow_only,
-        )
+        request = RunRequest(video=clip, image=image, pipeline=preset, overrides=overrides,
+                             out=session.folder / "video", flow_only=flow_only)
         title = f"{'flow-only preview' if flow_only else 'clip'} {video_state['name']} onto {session.name}"
         job = shared.queue.submit("video", lambda job: video_work(job, request), title=title, folder=request.out)
         yield from follow(job, request.out, flow_only, {video_state_box: video_state})
