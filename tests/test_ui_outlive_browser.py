@@ -15,6 +15,11 @@ from test_ui_browser import PRESET, SAMPLES, free_port, shot, wait_for_upload  #
 from test_ui_jobs_browser import open_with_motion  # noqa: E402
 
 
+def wait_text(page, selector: str, text: str, timeout_ms: int = 30_000) -> None:
+    page.wait_for_function("([sel, text]) => { const e = document.querySelector(sel); "
+                           "return !!e && e.innerText.includes(text); }", arg=[selector, text], timeout=timeout_ms)
+
+
 @pytest.fixture(scope="module")
 def slow_clip_app(tmp_path_factory):
     """The app with the test preset at 25 guidance steps (a clip of some seconds, long enough to close
@@ -63,5 +68,22 @@ def test_a_clip_goes_on_when_its_page_closes_and_a_new_page_shows_it_running_the
     assert page.request.get(page.url.rstrip("/") + video if video.startswith("/") else video).ok
     shot(page, "outlive-2-new-page-finished")
     (manifest,) = root.glob("session-*/video/manifest.json")
-    assert '"encode"' in manifest.read_text()
+    assert "<title>mtransfer: pan onto cat</title>" in (manifest.parent / "report.html").read_text()
+
+    # An edit started in this page, the page closed: a third page opens on it and cancels it.
+    open_with_motion(page, url)
+    page.get_by_role("tab", name="Edit").click()
+    page.fill("#edit-steps input", "400")
+    page.click("#run-edit")
+    page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('guiding: pass')",
+                           timeout=120_000)
+    page.close()
+    third = first.context.new_page()
+    third.set_default_timeout(30_000)
+    third.goto(url)
+    wait_text(third, "#jobs-running", "#2 edit of cat.png")
+    third.click("#jobs-cancel")
+    wait_text(third, "#jobs-finished", "#2 edit of cat.png (translate(6, 0)) — cancelled", 60_000)
+    assert "No job is running" in third.inner_text("#jobs-running")
+    shot(third, "outlive-3-edit-cancelled-from-another-page")
     assert browser_page.blocked == []

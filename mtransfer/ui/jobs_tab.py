@@ -38,7 +38,7 @@ def _ended(job: Job) -> str:
     if job.outputs is not None:
         words = job.outputs.summary
     elif job.cancelled:
-        words = f"{job.state()}: {job.error}"
+        words = str(job.error)
     else:
         words = f"{job.state()}: " + (str(job.error) if isinstance(job.error, MtransferError)
                                       else f"unexpected {type(job.error).__name__}: {job.error}")
