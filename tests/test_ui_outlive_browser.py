@@ -87,3 +87,61 @@ def test_a_clip_goes_on_when_its_page_closes_and_a_new_page_shows_it_running_the
     assert "No job is running" in third.inner_text("#jobs-running")
     shot(third, "outlive-3-edit-cancelled-from-another-page")
     assert browser_page.blocked == []
+
+
+def test_sigterm_to_the_server_stops_its_running_clip_as_the_cli_stops_a_run(browser_page, tmp_path):
+    """`mtransfer ui` gets SIGTERM while a clip runs: the clip stops at its next step and its run folder is
+    left as SIGTERM leaves a `run` (finished frames in the manifest, the guide stage not done, no lock, no
+    temporaries); exit 143 with one `interrupted:` line that says what was kept and how to go on."""
+    import json
+    import signal
+    import urllib.request
+
+    from mtransfer.files import is_temporary
+    from test_reliability4 import _mtransfer, _stopped_within, _wait_for
+
+    preset = tmp_path / "slow-test.toml"
+    preset.write_text(Path(PRESET).read_text().replace("steps = 3", "steps = 40"))
+    port = free_port()
+    server = _mtransfer("ui", "--port", port, "--pipeline", preset, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}/"
+
+    def serving() -> bool:
+        try:
+            return urllib.request.urlopen(url, timeout=1).status == 200
+        except OSError:
+            return False
+
+    _wait_for(serving, server, 120, "page served")
+    page = browser_page.page
+    open_with_motion(page, url)
+    page.get_by_role("tab", name="Video").click()
+    page.set_input_files("#clip-upload input[type=file]", str(SAMPLES / "pan.mp4"))
+    wait_for_upload(page, "#clip-upload", "pan.mp4")
+    page.wait_for_function("() => document.querySelector('#clip-status').innerText.includes('frames')")
+    page.click("#run-clip")
+
+    def a_frame_guided() -> bool:
+        found = list((tmp_path / "outputs" / "ui").glob("session-*/video/manifest.json"))
+        try:
+            record = json.loads(found[0].read_text()) if found else {}
+        except (OSError, ValueError):
+            return False
+        return len(record.get("stages", {}).get("guide", {}).get("frames", {})) >= 2
+
+    _wait_for(a_frame_guided, server, 240, "guided frame")
+    server.send_signal(signal.SIGTERM)
+    code, err = _stopped_within(server, 60)
+    lines = [line for line in " ".join(err.split()).split("interrupted:")]
+    assert code == 143 and len(lines) == 2, err
+    said = lines[1].strip()
+    assert said.startswith("the web app stopped; 'clip pan.mp4 onto cat.png' stopped: ") and " kept " in said
+    assert said.endswith("; Resume in the Video tab continues it; results already written are kept in outputs/ui/")
+    assert "stopping: 'clip pan.mp4 onto cat.png' stops at its next step" in " ".join(err.split())
+    (manifest,) = (tmp_path / "outputs" / "ui").glob("session-*/video/manifest.json")
+    out = manifest.parent
+    record = json.loads(manifest.read_text())
+    assert record["stages"]["guide"]["status"] != "done" and len(record["stages"]["guide"]["frames"]) >= 2
+    assert f"guide {len(record['stages']['guide']['frames'])} of 4 frames" in said
+    assert not (out / "run.lock").exists()
+    assert [path for path in out.rglob(".*") if is_temporary(path)] == []
