@@ -78,6 +78,8 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     # The same preset again: the models stay loaded. Cancel it while it guides: it stops and says so.
     set_steps(page, 400)
     page.click("#run-edit")
+    page.wait_for_selector("#edit-result img", state="detached")  # the last edit's results go when one starts
+    assert page.locator("#edit-zip a").count() == 0 and image_src(page, "#edit-loss") is None
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('models kept loaded')"
                            " || document.querySelector('#edit-status').innerText.includes('guiding: pass')",
                            timeout=60_000)
@@ -128,6 +130,7 @@ def test_video_region_flow_only_and_resume_an_interrupted_run(browser_page, jobs
     picture = page.locator("#region-image img")
     box = picture.bounding_box()
     picture.click(position={"x": box["width"] * 0.2, "y": box["height"] * 0.25})
+    page.wait_for_function("() => document.querySelector('#region-image').innerText.includes('First corner')")
     marked = wait_for_new_src(page, "#region-image", before)  # the first corner is marked
     page.locator("#region-image img").click(position={"x": box["width"] * 0.7, "y": box["height"] * 0.8})
     page.wait_for_function("() => document.querySelector('#align-region textarea').value.split(',').length == 4")

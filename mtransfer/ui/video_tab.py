@@ -51,6 +51,10 @@ def video_work(job: Job, request: RunRequest):
     return folder
 
 
+PICK_REGION = "Region of the image that moves: click two opposite corners"
+FIRST_CORNER = "First corner placed: now click the opposite corner"
+
+
 def clips_folder(session: Session) -> Path:
     """Where a session's clip and a copy of its image go, named after the uploads (so that the clip's report
     is titled "pan onto cat", from ``run``'s file names)."""
@@ -234,9 +238,9 @@ def build(shared: Shared) -> None:
         session = session_of(session)
         x, y = (float(v) for v in evt.index)
         if corner is None:
-            return region, region_picture(session, region, (x, y)), (x, y)
+            return region, gr.update(value=region_picture(session, region, (x, y)), label=FIRST_CORNER), (x, y)
         region = corners_region(tuple(corner), (x, y), session.size)
-        return region, region_picture(session, region), None
+        return region, gr.update(value=region_picture(session, region), label=PICK_REGION), None
 
     def on_session(session):
         return None if session is None else region_picture(session, "")
@@ -264,7 +268,7 @@ def build(shared: Shared) -> None:
                 "written under it.")
     with gr.Row():
         with gr.Column(scale=2):
-            region_image = gr.Image(label="Region of the image that moves: click two opposite corners",
+            region_image = gr.Image(label=PICK_REGION,
                                     interactive=False, height=260, elem_id="region-image", format="png")
         with gr.Column(scale=3):
             region = gr.Textbox(label="Region that moves: x0, y0, x1, y1 (fractions of width and height; "
