@@ -145,16 +145,16 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         cancel_edit = gr.Button("Cancel", elem_id="cancel-edit")
     edit_status = gr.HTML(elem_id="edit-status")
     with gr.Row(equal_height=True):
-        edit_source = gr.Image(elem_classes=SHOWN, label="Source", interactive=False, height=RESULT_PX, elem_id="edit-source",
-                               format="png")
-        edit_preview = gr.Image(elem_classes=SHOWN, label="One-step estimate (while the edit runs)", interactive=False, height=RESULT_PX,
-                                elem_id="edit-preview", format="png")
-        edit_result = gr.Image(elem_classes=SHOWN, label="Edited image", interactive=False, height=RESULT_PX, elem_id="edit-result")
+        shown = {"interactive": False, "height": RESULT_PX, "elem_classes": SHOWN}
+        edit_source = gr.Image(label="Source", elem_id="edit-source", format="png", **shown)
+        edit_preview = gr.Image(label="One-step estimate (while the edit runs)", elem_id="edit-preview", format="png",
+                                **shown)
+        edit_result = gr.Image(label="Edited image", elem_id="edit-result", **shown)
     with gr.Row(equal_height=True):
-        edit_target = gr.Image(elem_classes=SHOWN, label="Target flow", interactive=False, height=FLOW_PX, elem_id="edit-target")
-        edit_achieved = gr.Image(elem_classes=SHOWN, label="Achieved flow", interactive=False, height=FLOW_PX)
-        edit_error = gr.Image(elem_classes=SHOWN, label="Flow error (achieved − target; bright = far off)", interactive=False,
-                              height=FLOW_PX)
+        shown = {"interactive": False, "height": FLOW_PX, "elem_classes": SHOWN}
+        edit_target = gr.Image(label="Target flow", elem_id="edit-target", **shown)
+        edit_achieved = gr.Image(label="Achieved flow", **shown)
+        edit_error = gr.Image(label="Flow error (achieved − target; bright = far off)", **shown)
         legend(elem_id="edit-legend")
     with gr.Row():
         edit_loss = gr.Image(label="Losses", interactive=False, elem_id="edit-loss")

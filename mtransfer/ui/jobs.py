@@ -221,7 +221,8 @@ class JobProgress(Progress):
         name = stage.description.split()[0]
         unit = UNITS.get(name, "frame")
         parts = [f"{STAGES.get(name, name)}: {unit} {int(stage.completed)} of {int(stage.total)}"]
-        subs = [task for task in tasks[tasks.index(stage) + 1:] if task.description.startswith(" ") and not task.finished]
+        subs = [task for task in tasks[tasks.index(stage) + 1:]
+                if task.description.startswith(" ") and not task.finished]
         parts += [f"{SUB_TASKS.get(task.description.split()[0], task.description.strip())} "
                   f"{int(task.completed)} of {int(task.total)}" for task in subs]
         text = ", ".join(parts)

@@ -188,7 +188,8 @@ def build(shared: Shared) -> MotionTab:
     @shows_problems
     def on_add(session, spec, kind, cx, cy, keep_to_mask, *values):
         session = session_of(session)
-        spec = motion.append_term(spec, controls_term(session, kind, cx, cy, keep_to_mask, values), *session.original_size)
+        term = controls_term(session, kind, cx, cy, keep_to_mask, values)
+        spec = motion.append_term(spec, term, *session.original_size)
         return (spec, *render(session, spec))
 
     @shows_problems

@@ -116,7 +116,8 @@ def safe_stem(name: str, fallback: str) -> str:
     return stem or fallback
 
 
-def accept_video(upload: str | Path, folder: Path, limits: UploadLimits = UploadLimits(), stem: str = "driving") -> Path:
+def accept_video(upload: str | Path, folder: Path, limits: UploadLimits = UploadLimits(),
+                 stem: str = "driving") -> Path:
     """Check an uploaded clip (size, a readable video, at most ``limits.video_frames`` frames) and copy it
     to ``folder/<stem><suffix>`` (the suffix kept only when it is a known video suffix)."""
     path = _check_size(upload, limits.video_bytes, "video")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 import io
 import shutil
-import time
 from pathlib import Path
 
 import gradio as gr
@@ -277,7 +276,8 @@ def build(shared: Shared) -> None:
                                 else "", elem_id="align-region")
             mask_region = gr.Checkbox(False, label="Use the Motion tab's mask as the region instead")
             with gr.Row():
-                fit = gr.Dropdown(["cover", "contain", "stretch"], value=align.fit, label="How the clip fits the region",
+                fit = gr.Dropdown(["cover", "contain", "stretch"], value=align.fit,
+                                  label="How the clip fits the region",
                                   info="align.fit")
                 strength = gr.Slider(0, 3, value=align.strength, step=0.05, label="Strength (1 = as filmed)",
                                      info="align.strength")
@@ -307,8 +307,9 @@ def build(shared: Shared) -> None:
                                      elem_classes=SHOWN)
         legend(elem_id="video-legend")
     with gr.Row():
-        video_result = gr.Video(label="Result", elem_classes=SHOWN, interactive=False, height=RESULT_PX, elem_id="video-result")
-        video_side = gr.Video(label="Source | result, side by side", elem_classes=SHOWN, interactive=False, height=RESULT_PX, elem_id="video-side")
+        shown = {"interactive": False, "height": RESULT_PX, "elem_classes": SHOWN}
+        video_result = gr.Video(label="Result", elem_id="video-result", **shown)
+        video_side = gr.Video(label="Source | result, side by side", elem_id="video-side", **shown)
     video_links = gr.Markdown(elem_id="video-links")
 
     outputs = [video_status, video_state_box, frame_slider, frame_panel_image, shown_folder, video_result, video_side,
@@ -322,7 +323,8 @@ def build(shared: Shared) -> None:
     resume.click(on_resume, [resume_choice], outputs, concurrency_limit=1, **QUIET)
     refresh.click(on_refresh, None, resume_choice, **QUIET)
     cancel_video.click(lambda: shared.queue.cancel("video"), None, video_status, **QUIET)
-    frame_slider.change(on_frame, [shown_folder, frame_slider], frame_panel_image, trigger_mode="always_last", **QUIET)
+    frame_slider.change(on_frame, [shown_folder, frame_slider], frame_panel_image, trigger_mode="always_last",
+                        **QUIET)
     shared.session.change(on_session, [shared.session], region_image, **QUIET)
     region_image.select(on_pick, [shared.session, region, corner], [region, region_image, corner], **QUIET)
     region.submit(on_region_text, [shared.session, region], [region_image, corner], **QUIET)
