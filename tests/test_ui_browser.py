@@ -107,6 +107,10 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     page.wait_for_selector("#edit-result img", timeout=90_000)
     assert "finished in" in page.inner_text("#edit-status")
     assert "px target motion" in page.inner_text("#edit-status")
+    # Source and result side by side at a readable size (the test preset edits at 48x32), and the legend.
+    source, result = (page.locator(f"{box} img").bounding_box() for box in ("#edit-source", "#edit-result"))
+    assert result["height"] >= 250 and abs(source["y"] - result["y"]) < 5 and source["x"] < result["x"]
+    assert image_src(page, "#edit-legend") and "direction of motion" in page.inner_text("#edit-legend-words")
     shot(page, "3-edit-done")
 
     # Video: flow-only on a sample clip, per-frame previews with a frame slider.

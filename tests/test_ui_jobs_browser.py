@@ -145,13 +145,16 @@ def test_video_region_flow_only_and_resume_an_interrupted_run(browser_page, jobs
     # Flow-only with those settings: per-frame previews, and the run records them as [align].
     page.set_input_files("#clip-upload input[type=file]", str(SAMPLES / "pan.mp4"))
     wait_for_upload(page, "#clip-upload", "pan.mp4")
+    assert page.input_value("#video-frames input") == "3"  # the preset's video.max_frames
+    page.fill("#video-frames input", "2")
     page.click("#flow-only")
     wait_for_new_src(page, "#frame-panel", None, 60_000)
-    assert "3 frames" in status(page, "#video-status")
+    assert "2 frames" in status(page, "#video-status")
     shot(page, "jobs-5-video-region-flow-only")
     (manifest,) = root.glob("session-*/video/manifest.json")
     align = read_json(manifest)["config"]["align"]
     assert align["region"] == region and align["temporal"] == "ema" and align["temporal_amount"] == 0.5
+    assert read_json(manifest)["config"]["video"]["max_frames"] == 2
 
     # An interrupted run folder is listed; Resume finishes it: result, side by side, report.
     folder = interrupted_run(root / "session-interrupted" / "video")

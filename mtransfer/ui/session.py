@@ -168,7 +168,7 @@ def legend(elem_id: str) -> gr.Image:
     with gr.Column(scale=0, min_width=FLOW_PX):
         shown = gr.Image(to_uint8(color_wheel(FLOW_PX)), label="Flow colours", interactive=False, height=FLOW_PX,
                          elem_id=elem_id, format="png", show_label=True)
-        gr.Markdown("hue: the direction of motion; strength: its speed; white: still")
+        gr.Markdown("hue: the direction of motion; strength: its speed; white: still", elem_id=f"{elem_id}-words")
     return shown
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from mtransfer.errors import InputError, MtransferError
-from mtransfer.files import load_image, save_image
+from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows import read_mask
 from mtransfer.video import probe_video
 
@@ -132,5 +132,6 @@ def accept_video(upload: str | Path, folder: Path, limits: UploadLimits = Upload
                          f"{limits.video_frames}; cut the clip first")
     suffix = path.suffix.lower() if path.suffix.lower() in VIDEO_SUFFIXES else ".mp4"
     target = folder / f"{stem}{suffix}"
-    shutil.copyfile(path, target)
+    with atomic_path(target) as partial:  # a second check of the same upload may copy it at the same time
+        shutil.copyfile(path, partial)
     return target

@@ -182,20 +182,27 @@ def build(shared: Shared) -> None:
             return None, ""
         try:
             folder = clips_folder(session) if session is not None else new_run_folder(shared.root, "clip")
-            clip = accept_video(clip_upload, folder, shared.limits, safe_stem(Path(clip_upload).name, "driving"))
+            state = accepted_clip(clip_upload, folder)
         except MtransferError as exc:
             log_problem(exc)
             return None, problem_html(exc)
-        info = probe_video(clip)
-        return ({"upload": clip_upload, "clip": str(clip), "name": Path(clip_upload).name},
-                html.escape(f"clip {Path(clip_upload).name}: {info.frame_count} frames, {info.width}x{info.height}"))
+        info = probe_video(Path(state["clip"]))
+        return state, html.escape(f"clip {state['name']}: {info.frame_count} frames, {info.width}x{info.height}")
+
+    def accepted_clip(clip_upload: str, folder: Path) -> dict:
+        """The checked copy of an uploaded clip in ``folder``, as the tab keeps it."""
+        name = Path(clip_upload).name
+        clip = accept_video(clip_upload, folder, shared.limits, safe_stem(name, "driving"))
+        return {"upload": clip_upload, "clip": str(clip), "name": name}
 
     @shows_problems
     def on_video(session, video_state, clip_upload, preset, frames, fit, strength, region, mask_region,
                  spatial_sigma, temporal, temporal_amount, flow_only):
         session = session_of(session)
-        if clip_upload is None or video_state is None or video_state.get("upload") != clip_upload:
-            raise UsageError("upload a usable clip first (Driving clip)")
+        if clip_upload is None:
+            raise UsageError("upload a clip first (Driving clip)")
+        if video_state is None or video_state.get("upload") != clip_upload:  # pressed before its check came back
+            video_state = accepted_clip(clip_upload, clips_folder(session))
         clip = Path(video_state["clip"])
         if clip.parent != clips_folder(session):  # uploaded before the image
             clip = accept_video(clip, clips_folder(session), shared.limits, clip.stem)
