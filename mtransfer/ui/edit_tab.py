@@ -105,7 +105,7 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         folder = session.folder / f"edit-{session.edits:02d}"
         job = shared.queue.submit("edit", lambda job: edit_work(
             job, session, settings, spec, prompt, folder, shared.models, bool(use_mask)),
-            title=f"edit of {session.name} ({spec})", folder=folder)
+            title=f"edit of {session.name} ({spec if len(spec) <= 60 else spec[:57] + '...'})", folder=folder)
         yield {**{box: None for box in results}, edit_zip: None, edit_links: ""}  # the last edit's results go
         shown = None
         while not job.finished.wait(POLL_S):  # a closed page stops following; the job goes on (Jobs tab)

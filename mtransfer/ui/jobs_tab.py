@@ -77,8 +77,11 @@ def build(shared: Shared) -> tuple[gr.HTML, gr.HTML]:
     finished = gr.HTML(finished_html(shared.queue), elem_id="jobs-finished")
 
     def refresh():
-        return running_html(shared.queue), finished_html(shared.queue)
+        job = shared.queue.current
+        note = gr.skip() if job is not None and job.running else ""  # "cancelling ..." goes with its job
+        return running_html(shared.queue), finished_html(shared.queue), note
 
-    gr.Timer(REFRESH_S).tick(refresh, None, [running, finished], show_progress="hidden", queue=False)
-    cancel.click(lambda: shared.queue.cancel(), None, cancel_note)
+    gr.Timer(REFRESH_S).tick(refresh, None, [running, finished, cancel_note], show_progress="hidden", queue=False)
+    cancel.click(lambda: (shared.queue.cancel(), running_html(shared.queue)), None, [cancel_note, running],
+                 show_progress="hidden")
     return running, finished
