@@ -262,6 +262,8 @@ def test_specs_built_on_the_canvas_of_a_large_image_are_in_the_images_pixels(bro
     picture = page.locator("#canvas img")
     assert picture.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 320]
     assert page.locator("#slider-0 input[type=number]").get_attribute("max") == "512"  # dx: up to half the width
+    label = page.inner_text("#slider-0")  # in words, the spec's name under it
+    assert label.startswith("shift to the right (px of the image)") and "\ndx\n" in label
 
     # A centre placed by a click at the canvas's middle: the image's middle.
     choose_motion(page, "rotate")

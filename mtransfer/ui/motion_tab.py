@@ -91,6 +91,22 @@ def render(session: Session, spec: str, note: str = "") -> tuple:
     return picture(arrows), picture(color), picture(moved), status
 
 
+WORDS = {
+    "dx": "shift to the right (px of the image)", "dy": "shift down (px of the image)",
+    "degrees": "angle (degrees, counter-clockwise)", "factor": "factor (1 = unchanged)",
+    "angle": "direction of the stretch (degrees)", "shx": "horizontal shear", "shy": "vertical shear",
+    "radius": "radius (px of the image)", "strength": "strength (below 0 pinches, above 0 bulges)",
+    "amplitude": "amplitude (px of the image)", "wavelength": "wavelength (px of the image)", "seed": "random seed",
+}
+"""The sliders' labels in words; the spec language's name of each is written under it."""
+
+
+def slider_words(name: str) -> str:
+    """``dx`` → "shift to the right (px of the image)"; a homography's ``top-left dx`` → "top-left corner: ..."."""
+    corner, _, axis = name.rpartition(" ")
+    return f"{corner} corner: {WORDS[axis]}" if corner else WORDS.get(name, name)
+
+
 def slider_updates(kind: str, size: tuple[int, int], values: list[float] | None = None) -> list:
     """Updates of the ``SLIDER_COUNT`` sliders for ``kind`` (its start values unless ``values``)."""
     specs = motion.sliders(kind, *size)
@@ -99,8 +115,8 @@ def slider_updates(kind: str, size: tuple[int, int], values: list[float] | None 
         if i < len(specs):
             s = specs[i]
             value = s.value if values is None else values[i]
-            updates.append(gr.update(label=s.name, minimum=s.minimum, maximum=s.maximum, step=s.step,
-                                     value=value, visible=True))
+            updates.append(gr.update(label=slider_words(s.name), info=s.name, minimum=s.minimum,
+                                     maximum=s.maximum, step=s.step, value=value, visible=True))
         else:
             updates.append(gr.update(visible=False))
     return updates

@@ -105,7 +105,7 @@ def corners_region(first: tuple[float, float], second: tuple[float, float], size
 
 def region_picture(session: Session, region: str, corner: tuple[float, float] | None = None) -> np.ndarray:
     """The image with the region (fractions or working-size pixels, drawn as fractions when all lie in
-    [0, 1]) outlined, and a first clicked corner marked."""
+    [0, 1]) outlined, the whole image when there is none (it all moves), and a first clicked corner marked."""
     picture = Image.fromarray(to_uint8(session.image))
     draw = ImageDraw.Draw(picture)
     height, width = session.size
@@ -113,6 +113,8 @@ def region_picture(session: Session, region: str, corner: tuple[float, float] | 
         box = parse_region(region)
     except MtransferError:
         box = None
+    if box is None and not region.strip():
+        box = (0.0, 0.0, 1.0, 1.0)
     if box is not None and all(0 <= v <= 1 for v in box):
         x0, y0, x1, y1 = box
         draw.rectangle((x0 * width, y0 * height, x1 * width - 1, y1 * height - 1), outline=(255, 64, 32), width=2)
