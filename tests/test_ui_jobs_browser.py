@@ -52,6 +52,7 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     open_with_motion(page, url)
     page.get_by_role("tab", name="Edit").click()
 
+    assert "tiny random SD" in page.inner_text("#edit-preset")  # the chosen preset's description
     # A tiny edit: the progress bar and the one-step estimate appear while it runs, then the results.
     set_steps(page, 12)
     page.click("#run-edit")
@@ -99,6 +100,7 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     # An SD preset without weights here: a clear message in the page, and the app keeps working.
     page.locator("#edit-preset input").fill("paper")
     page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#edit-preset').innerText.includes('Motion Guidance paper')")
     page.click("#run-edit")
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('cannot start')",
                            timeout=30_000)

@@ -48,7 +48,9 @@ def ui(
                              "other machines (there is no login)."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
     pipeline: str = typer.Option(
-        "tiny", "--pipeline", "-p", help=f"Preset selected at start ({', '.join(available_pipelines())}) or a .toml path."
+        "offline-demo", "--pipeline", "-p",
+        help=f"Preset selected at start ({', '.join(available_pipelines())}) or a .toml path; the default needs no "
+        "weights and moves pictures."
     ),
 ) -> None:
     """Start the web app: build a motion on an image, edit the image, transfer a clip's motion (outputs/ui/)."""

@@ -26,7 +26,7 @@ CSS = """
 """Results and flows fill their frame whatever their working size (a 48x32 result is readable too)."""
 
 
-def build_app(pipeline: str = "tiny", root: Path = Path("outputs/ui"), limits: UploadLimits = UploadLimits(),
+def build_app(pipeline: str = "offline-demo", root: Path = Path("outputs/ui"), limits: UploadLimits = UploadLimits(),
               queue: JobQueue | None = None) -> gr.Blocks:
     """The page; ``pipeline`` is the preset (name or .toml) selected at start, ``root`` the outputs folder,
     ``queue`` the server's jobs (its owner stops them at shutdown)."""

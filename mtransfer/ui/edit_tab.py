@@ -24,7 +24,7 @@ from mtransfer.layouts import EditFolder
 from mtransfer.ui.jobs import Job, Outputs
 from mtransfer.ui.session import (
     QUIET, FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, page_error, picture,
-    session_of, shows_problems,
+    preset_choice, session_of, shows_problems,
 )
 
 PREVIEWS = 10
@@ -134,8 +134,7 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
         }
 
     with gr.Row():
-        preset = gr.Dropdown(shared.presets, value=shared.pipeline, label="Preset", allow_custom_value=True,
-                             elem_id="edit-preset")
+        preset = preset_choice(shared, "edit-preset")
         prompt = gr.Textbox(label="Prompt (optional)", info="model.prompt")
         steps = gr.Number(0, label="Guidance steps (0 = the preset's)", info="guidance.steps", precision=0,
                           minimum=0, maximum=500, elem_id="edit-steps")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mtransfer.app.editor import EditorCache
+from mtransfer.app.preset_list import describe_preset
 from mtransfer.errors import MtransferError, UsageError
 from mtransfer.files import load_image, to_uint8
 from mtransfer.flows import color_wheel, read_mask, resize_flow
@@ -106,6 +107,22 @@ class Shared:
     presets: list[str]
     session: gr.State
     models: EditorCache = field(default_factory=EditorCache)
+
+
+def preset_choice(shared: Shared, elem_id: str) -> gr.Dropdown:
+    """The preset dropdown (a name, or a typed .toml path) with the chosen preset's description under it."""
+    dropdown = gr.Dropdown(shared.presets, value=shared.pipeline, label="Preset", allow_custom_value=True,
+                           info=preset_words(shared.pipeline), elem_id=elem_id)
+    dropdown.change(lambda name: gr.update(info=preset_words(name)), dropdown, dropdown, **QUIET)
+    return dropdown
+
+
+def preset_words(name: str) -> str:
+    """A preset's description (its file's ``description``), or why there is none."""
+    try:
+        return describe_preset(name).description or "(no description)"
+    except MtransferError as exc:
+        return str(exc)
 
 
 def log_problem(exc: BaseException) -> None:

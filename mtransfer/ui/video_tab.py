@@ -26,7 +26,7 @@ from mtransfer.ui.jobs import Job, JobProgress, Outputs
 from mtransfer.ui.runs import resume_request, unfinished_runs
 from mtransfer.ui.session import (
     QUIET, FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, log_problem, page_error,
-    problem_html, session_of, shows_problems,
+    preset_choice, problem_html, session_of, shows_problems,
 )
 from mtransfer.ui.uploads import accept_video, new_run_folder, safe_stem
 from mtransfer.video import probe_video
@@ -266,7 +266,7 @@ def build(shared: Shared) -> None:
         with gr.Column():
             clip_upload = gr.File(label="Driving clip (mp4, gif, ...)", elem_id="clip-upload")
             clip_status = gr.HTML(elem_id="clip-status")
-        video_preset = gr.Dropdown(shared.presets, value=shared.pipeline, label="Preset", allow_custom_value=True)
+        video_preset = preset_choice(shared, "video-preset")
         frames = gr.Number(load_settings(shared.pipeline).video.max_frames, label="Frames of the clip to use "
                            "(0 = all; follows the preset)", info="video.max_frames", minimum=0, precision=0,
                            elem_id="video-frames")
