@@ -12,7 +12,9 @@ import gradio as gr
 from mtransfer.errors import MtransferError
 from mtransfer.flows import spec_terms, write_flow
 from mtransfer.ui import motion
-from mtransfer.ui.session import QUIET, Session, Shared, log_problem, picture, problem_html, session_of, shows_problems
+from mtransfer.ui.session import (
+    QUIET, Session, Shared, legend, log_problem, picture, problem_html, session_of, shows_problems,
+)
 from mtransfer.ui.uploads import accept_image, accept_mask, accept_painted_mask, new_run_folder
 
 
@@ -298,6 +300,7 @@ def build(shared: Shared) -> MotionTab:
         color = gr.Image(label="Flow colours", interactive=False, elem_id="flow-color", format="png")
         moved = gr.Image(label="Image moved by the flow (cheap forward warp)", interactive=False,
                          elem_id="flow-warp", format="png")
+        legend(elem_id="motion-legend")
     with gr.Row():
         save_flo = gr.Button("Download .flo", elem_id="save-flo")
         save_npy = gr.Button("Download .npy", elem_id="save-npy")
