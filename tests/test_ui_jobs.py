@@ -344,3 +344,36 @@ def test_an_edit_job_leaves_its_outputs_for_any_page_and_its_report_is_titled_fr
     assert outputs.picture == folder / "edited.png" and outputs.picture.is_file() and outputs.folder == folder
     assert read_json(folder / "run.json")["image"] == "my cat.png"
     assert "<title>mtransfer edit: my cat.png</title>" in outputs.report.read_text()
+
+
+def test_the_jobs_tab_shows_what_came_of_each_job_and_the_server_logs_each_start_and_end(tmp_path, capsys):
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.files import save_image
+    from mtransfer.ui.jobs import JobQueue, Outputs
+    from mtransfer.ui.jobs_tab import finished_html, running_html
+
+    picture = save_image(tmp_path / "edited.png", torch.rand(3, 8, 8))
+    queue = JobQueue()
+    assert "No job is running" in running_html(queue) and "No finished job" in finished_html(queue)
+
+    def made(job):
+        job.outputs = Outputs("reached: 0.1 px off", tmp_path, picture=picture, report=tmp_path / "gone.html")
+
+    def refused(job):
+        raise InputError("clip.mp4: not a readable video")
+
+    def bug(job):
+        raise ZeroDivisionError("division by zero")
+
+    for work, title in ((made, "edit of <cat>.png"), (refused, "clip"), (bug, "another clip")):
+        assert queue.submit("edit", work, title=title, folder=tmp_path).finished.wait(5)
+    shown = finished_html(queue)
+    assert shown.index("#3 another clip") < shown.index("#2 clip") < shown.index("#1 edit of &lt;cat&gt;.png")
+    assert "failed: clip.mp4: not a readable video" in shown
+    assert "failed: unexpected ZeroDivisionError: division by zero" in shown
+    assert f'src="/gradio_api/file={picture.resolve()}"' in shown and "reached: 0.1 px off" in shown
+    assert "report.html" not in shown  # a report that is not there is not linked
+    logged = capsys.readouterr().err.splitlines()
+    assert len(logged) == 6 and logged[0].endswith(f"web app: job #1 edit of <cat>.png started in {tmp_path}")
+    assert logged[1].endswith("web app: job #1 finished after 0 s: reached: 0.1 px off")
+    assert logged[3].endswith("web app: job #2 failed after 0 s: clip.mp4: not a readable video")

@@ -14,6 +14,7 @@ running job and waits for it, for the server's Ctrl-C and SIGTERM.
 from __future__ import annotations
 
 import io
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,11 @@ SUB_TASKS = {"passes": "pass", "source": "preparing the image, step"}
 
 PHASES = {"loading models": "loading the models", "guide": "guiding", "writing": "writing the results"}
 """An edit's phases in words; any other phase prepares the source (its noise's name)."""
+
+
+def say(text: str) -> None:
+    """One timestamped line on the server's terminal: what the web app's jobs and problems leave there."""
+    print(f"{time.strftime('%H:%M:%S')} web app: {text}", file=sys.stderr, flush=True)
 
 
 class Busy(DeviceError):
@@ -155,6 +161,7 @@ class JobQueue:
             self.history = [*self.history, job][-HISTORY:]
 
         def run() -> None:
+            say(f"job #{job.number} {job.title} started" + (f" in {folder}" if folder else ""))
             try:
                 job.result = work(job)
             except KeyboardInterrupt:  # the work stopped as the CLI stops on Ctrl-C, without saying more
@@ -164,6 +171,8 @@ class JobQueue:
             finally:
                 job.ended = time.perf_counter()
                 job.finished.set()
+            words = job.outputs.summary if job.outputs else str(job.error) if job.error else "done"
+            say(f"job #{job.number} {job.state()} after {job.seconds:.0f} s: {words}")
 
         threading.Thread(target=run, name=f"mtransfer-ui-{name}", daemon=True).start()
         return job

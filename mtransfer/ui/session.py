@@ -9,8 +9,6 @@ from __future__ import annotations
 import functools
 import html
 import inspect
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +23,7 @@ from mtransfer.errors import MtransferError, UsageError
 from mtransfer.files import load_image, to_uint8
 from mtransfer.flows import color_wheel, read_mask, resize_flow
 from mtransfer.ui import motion
-from mtransfer.ui.jobs import Job, JobQueue
+from mtransfer.ui.jobs import Job, JobQueue, say
 from mtransfer.ui.uploads import UploadLimits
 
 CANVAS_LONGEST = 512  # the motion is drawn on the image fitted into this many pixels
@@ -127,9 +125,7 @@ def preset_words(name: str) -> str:
 
 def log_problem(exc: BaseException) -> None:
     """One line on the server's terminal for a problem the page shows (no traceback: the user can fix it)."""
-    stamp = time.strftime("%H:%M:%S")
-    print(f"{stamp} web app: {exc}" if isinstance(exc, MtransferError) else f"{stamp} web app: unexpected "
-          f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    say(str(exc) if isinstance(exc, MtransferError) else f"unexpected {type(exc).__name__}: {exc}")
 
 
 def problem_html(exc: BaseException) -> str:

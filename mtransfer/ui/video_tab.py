@@ -226,7 +226,7 @@ def build(shared: Shared) -> None:
         if Path(folder).resolve() not in [f.resolve() for f in unfinished_runs(shared.root)]:
             raise UsageError(f"{folder}: not an unfinished run folder under {shared.root}")
         request = resume_request(Path(folder))
-        job = shared.queue.submit("video", lambda job: video_work(job, request), title=f"resumed clip {folder}",
+        job = shared.queue.submit("video", lambda job: video_work(job, request), title=f"resumed clip {Path(folder).parent.name}/{Path(folder).name}",
                                   folder=request.out)
         yield from follow(job, request.out, False, {})
 
