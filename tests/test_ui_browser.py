@@ -127,6 +127,21 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     assert wait_for_new_src(page, "#frame-panel", first) != first
     shot(page, "5-video-frame-2")
     # Labels in words; the settings key is the line under each.
+    # Other alignment settings: a run folder of their own (the runner refuses to mix settings in one).
+    page.locator("#align-temporal-amount input").fill("0.3")
+    page.click("#flow-only")
+    page.wait_for_function("() => document.querySelector('#video-links').innerText.includes('/video-02')",
+                           timeout=60_000)
+    assert "done in" in page.inner_text("#video-status")
+    manifest = Path(page.inner_text("#video-links").split("run folder ")[1].strip()) / "manifest.json"
+    first_run = manifest.read_text()
+    page.click("#flow-only")  # the same settings again: the same folder (it resumes: nothing to recompute)
+    for _ in range(300):
+        if manifest.read_text() != first_run:
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_function("() => document.querySelector('#video-links').innerText.includes('/video-02')")
+    assert manifest.read_text() != first_run and "done in" in page.inner_text("#video-status")
     smoothing = page.inner_text("#align-temporal-amount")
     assert smoothing.startswith("Smoothing amount") and "align.temporal_amount" in smoothing
     assert "video.max_frames" in page.inner_text("#video-frames")

@@ -63,6 +63,7 @@ class Session:
         self.mask_painted = False
         self.arrow_start: tuple[float, float] | None = None
         self.edits = 0
+        self.clip_runs: dict[tuple, Path] = {}  # (clip, preset, overrides) → its run folder
 
     @property
     def scale(self) -> float:

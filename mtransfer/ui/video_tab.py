@@ -213,8 +213,11 @@ def build(shared: Shared) -> None:
             shutil.copyfile(session.folder / "source.png", image)
         overrides = (*align_overrides(fit, strength, region, mask_region, session, spatial_sigma, temporal,
                                       temporal_amount), f"video.max_frames={int(frames or 0)}")
-        request = RunRequest(video=clip, image=image, pipeline=preset, overrides=overrides,
-                             out=session.folder / "video", flow_only=flow_only)
+        runs = session.clip_runs  # one run folder per clip and settings: the same again resumes it, other
+        key = (str(clip), preset, overrides)  # settings get their own (the runner refuses to mix them)
+        out = runs.setdefault(key, session.folder / ("video" if not runs else f"video-{len(runs) + 1:02d}"))
+        request = RunRequest(video=clip, image=image, pipeline=preset, overrides=overrides, out=out,
+                             flow_only=flow_only)
         title = f"{'flow-only preview' if flow_only else 'clip'} {video_state['name']} onto {session.name}"
         job = shared.queue.submit("video", lambda job: video_work(job, request), title=title, folder=request.out)
         yield from follow(job, request.out, flow_only, {video_state_box: video_state})
