@@ -13,7 +13,7 @@ from mtransfer.errors import MtransferError
 from mtransfer.flows import spec_terms, write_flow
 from mtransfer.ui import motion
 from mtransfer.ui.session import (
-    QUIET, Session, Shared, legend, log_problem, picture, problem_html, session_of, shows_problems,
+    CANVAS_LONGEST, QUIET, Session, Shared, legend, log_problem, picture, problem_html, session_of, shows_problems,
 )
 from mtransfer.ui.uploads import accept_image, accept_mask, accept_painted_mask, new_run_folder
 
@@ -284,7 +284,11 @@ def build(shared: Shared) -> MotionTab:
                 mask_note = gr.HTML(elem_id="mask-note")
         with gr.Column(scale=2):
             kind = gr.Dropdown(list(motion.CONTROL_KINDS), value="translate", label="Motion", elem_id="motion-kind")
-            sliders = [gr.Slider(label=f"p{i}", elem_id=f"slider-{i}") for i in range(motion.SLIDER_COUNT)]
+            start = motion.sliders("translate", CANVAS_LONGEST, CANVAS_LONGEST)  # until an image sets the ranges
+            sliders = [gr.Slider(s.minimum, s.maximum, value=s.value, step=s.step, label=slider_words(s.name),
+                                 info=s.name, elem_id=f"slider-{i}") for i, s in enumerate(start)]
+            sliders += [gr.Slider(label=f"p{i}", elem_id=f"slider-{i}", visible=False)
+                        for i in range(len(start), motion.SLIDER_COUNT)]
             with gr.Row():
                 cx = gr.Number(label="centre x (px of the image)", info="cx", elem_id="cx")
                 cy = gr.Number(label="centre y (px of the image)", info="cy", elem_id="cy")
