@@ -212,15 +212,17 @@ def test_uploads_are_checked_and_stored_under_generated_names(tmp_path):
 
 def test_job_queue_runs_one_job_and_cancels_at_the_next_step():
     queue = JobQueue()
-    release = threading.Event()
+    release, begun = threading.Event(), threading.Event()
 
     def work(job):
         job.begin("steps", 1000)
+        begun.set()
         for _ in range(1000):
             release.wait(5)
             job.tick()
 
     job = queue.submit("long", work)
+    assert begun.wait(5)
     with pytest.raises(Busy, match="still running"):
         queue.submit("second", lambda job: None)
     assert queue.cancel().startswith("cancelling")
