@@ -337,8 +337,13 @@ def test_an_edit_job_leaves_its_outputs_for_any_page_and_its_report_is_titled_fr
         job = queue.submit("edit", lambda job: edit_work(job, session, load_settings(TEST_PRESET), "translate(2, 0)",
                                                          "", folder, models, use_mask=False), folder=folder)
         assert job.finished.wait(120) and job.error is None
+        # Beyond what the test preset's toy world holds (shifts of up to 1 px at 32x48): said, as `edit` says it.
+        far = queue.submit("edit", lambda job: edit_work(job, session, load_settings(TEST_PRESET), "translate(20, 0)",
+                                                         "", tmp_path / "edit-02", models, use_mask=False))
+        assert far.finished.wait(120) and far.error is None
     finally:
         models.close_models()
+    assert job.warning is None and far.warning is not None and "outside" in far.warning, far.warning
     outputs = job.outputs
     assert outputs.summary.split(":")[0] in ("reached", "partial", "missed") and "finished in" in outputs.summary
     assert outputs.picture == folder / "edited.png" and outputs.picture.is_file() and outputs.folder == folder

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings
+from mtransfer.app import EditorCache, check_models, cpu_warning, load_settings, world_warning
 from mtransfer.errors import DeviceError, MtransferError, UsageError
 from mtransfer.evaluation.verdict import Verdict
 from mtransfer.files import load_image, read_json_object
@@ -24,7 +24,7 @@ from mtransfer.layouts import EditFolder
 from mtransfer.ui.jobs import Job, Outputs
 from mtransfer.ui.session import (
     QUIET, FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, page_error, picture,
-    preset_choice, session_of, shows_problems,
+    preset_choice, session_of, shows_problems, warning_html,
 )
 
 PREVIEWS = 10
@@ -56,6 +56,7 @@ def edit_work(job: Job, session: Session, settings, spec: str, prompt: str, fold
     source = load_image(source_path, size=working)
     target = resize_flow(session.flow(spec), working)
     mask = read_mask(Path(session.mask), size=working) if use_mask and session.mask else None
+    job.warning = world_warning(settings.model, [target], [mask])  # said before the work, as `edit` says it
     job.begin("loading models", 0)
     warnings: list[str] = []
     loads = models.loads
@@ -123,7 +124,7 @@ def build(shared: Shared, spec: gr.Textbox) -> None:
             raise page_error(job.error)
         _, archive, _, _ = job.result
         yield {
-            edit_status: html.escape(job.outputs.summary),
+            edit_status: html.escape(job.outputs.summary) + warning_html(job),
             edit_result: str(folder / EditFolder.EDITED),
             edit_target: str(folder / EditFolder.TARGET_PICTURE),
             edit_achieved: str(folder / EditFolder.ACHIEVED_PICTURE),

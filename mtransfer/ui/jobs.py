@@ -70,7 +70,8 @@ class Outputs:
 class Job:
     """A running or finished job: ``phase`` with ``done``/``total`` steps, then ``result`` or ``error``
     (and ``outputs``, set by the work, for the page); ``picture`` is the latest ``(step, image)`` the work
-    showed; ``detail`` replaces the phase's words; ``title`` names it in words, ``folder`` is where it writes."""
+    showed; ``detail`` replaces the phase's words; ``title`` names it in words, ``folder`` is where it writes;
+    ``warning`` is said beside its progress and its result (a target the model cannot reach)."""
 
     name: str
     title: str = ""
@@ -89,6 +90,7 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
     picture: tuple[int, Any] | None = None
     detail: Callable[[], str] | None = None
+    warning: str | None = None
 
     def begin(self, phase: str, total: int) -> None:
         self.phase, self.done, self.total, self.phase_started = phase, 0, total, time.perf_counter()

@@ -11,7 +11,7 @@ import gradio as gr
 
 from mtransfer.errors import MtransferError
 from mtransfer.ui.jobs import Job, JobQueue
-from mtransfer.ui.session import RESULT_PX, Shared, job_html
+from mtransfer.ui.session import RESULT_PX, Shared, job_html, warning_html
 
 REFRESH_S = 1.0
 RESULT_STYLE = f"height: {RESULT_PX}px; max-width: 100%; object-fit: contain; image-rendering: pixelated"
@@ -43,7 +43,7 @@ def _ended(job: Job) -> str:
         words = f"{job.state()}: " + (str(job.error) if isinstance(job.error, MtransferError)
                                       else f"unexpected {type(job.error).__name__}: {job.error}")
     parts = [f"<strong>#{job.number} {html.escape(job.title)}</strong> — {job.state()} after {job.seconds:.0f} s",
-             f"<br>{html.escape(words)}"]
+             f"<br>{html.escape(words)}{warning_html(job)}"]
     outputs = job.outputs
     if outputs is not None and outputs.picture is not None and outputs.picture.exists():
         parts.append(f'<br><img src="{file_url(outputs.picture)}" alt="result of job {job.number}" '

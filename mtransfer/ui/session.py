@@ -197,4 +197,9 @@ def file_link(path: Path, label: str) -> str:
 def job_html(job: Job) -> str:
     """A running job as the page shows it: a progress bar over its current phase and its progress in words."""
     bar = f'<progress value="{job.done}" max="{job.total}"></progress>' if job.total else "<progress></progress>"
-    return f"{bar} {html.escape(job.status())}"
+    return f"{bar} {html.escape(job.status())}" + warning_html(job)
+
+
+def warning_html(job: Job) -> str:
+    """The job's warning, if any, on a line of its own."""
+    return f'<br><strong style="color: #b45309">warning:</strong> {html.escape(job.warning)}' if job.warning else ""
