@@ -1,4 +1,4 @@
-"""The Gradio page of ``mtransfer ui``: the Motion, Edit and Video tabs (one module each) over one state.
+"""The Gradio page of ``mtransfer ui``: the Motion, Edit, Video and Jobs tabs (one module each) over one state.
 
 Only layout and wiring live in the tab modules; the pieces with logic are plain functions in
 ``mtransfer.ui.motion``, ``mtransfer.ui.uploads`` and ``mtransfer.ui.jobs`` (tested without a browser).
