@@ -120,7 +120,8 @@ def test_sigterm_during_a_run_is_an_interrupt_that_cleans_up(tmp_path) -> None:
     assert not (out / "run.lock").exists()
     assert [path for path in out.rglob(".*") if is_temporary(path)] == []
     record = json.loads((out / "manifest.json").read_text())
-    assert record["stages"]["guide"]["status"] != "done"  # stopped mid-run, not after it
+    assert record["stages"]["guide"]["status"] == "interrupted"  # stopped mid-run, and the manifest says so
+    assert "guide" in record["interrupted"]["kept"]
 
 
 def test_sigterm_stops_a_command_without_a_run_folder(tmp_path) -> None:
