@@ -96,6 +96,13 @@ def test_ctrl_c_during_guide_exits_130_and_says_what_is_kept(tmp_path, monkeypat
     assert code == 130
     assert line.startswith("interrupted:") and "align done" in line and "run the same command again" in line
     assert not (tmp_path / "run" / ".lock").exists() and not list((tmp_path / "run").glob("*.lock"))
+    record = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert "align done" in record["interrupted"]["kept"]  # the manifest says the run stopped, not "running"
+    monkeypatch.undo()
+    code, err = cli(monkeypatch, capsys, *run_args(tmp_path / "run"))
+    record = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert code == 0, err
+    assert "interrupted" not in record and record["stages"]["guide"]["status"] == "done"
 
 
 def _ctrl_c(*args, **kwargs):

@@ -94,7 +94,8 @@ def test_ui_stops_promptly_on_ctrl_c_and_sigterm(tmp_path, signum, status) -> No
 
     _wait_for(serving, server, 120, "page served")
     server.send_signal(signum)
-    code, err = _stopped_within(server, 6)
+    # A bound for "it stops at all", not a speed figure: 6 s failed once with four CPU-bound jobs on 2 cores.
+    code, err = _stopped_within(server, 30)
     assert code == status and "the web app stopped" in one_plain_line(err)
 
 
@@ -120,7 +121,8 @@ def test_sigterm_during_a_run_is_an_interrupt_that_cleans_up(tmp_path) -> None:
     assert not (out / "run.lock").exists()
     assert [path for path in out.rglob(".*") if is_temporary(path)] == []
     record = json.loads((out / "manifest.json").read_text())
-    assert record["stages"]["guide"]["status"] != "done"  # stopped mid-run, not after it
+    assert record["stages"]["guide"]["status"] == "interrupted"  # stopped mid-run, and the manifest says so
+    assert "guide" in record["interrupted"]["kept"]
 
 
 def test_sigterm_stops_a_command_without_a_run_folder(tmp_path) -> None:

@@ -62,6 +62,12 @@ def wait_for_upload(page, selector: str, name: str) -> None:
     )
 
 
+def gradio_error_badges(page) -> int:
+    """How many of Gradio's red "Error" badges (one per output of a failed event) the page shows."""
+    return page.locator(".error", has_text="Error").filter(visible=True).count() + page.get_by_text(
+        "Error", exact=True).filter(visible=True).count()
+
+
 def choose_motion(page, kind: str) -> None:
     page.click("#motion-kind input")
     page.get_by_role("option", name=kind, exact=True).click()
@@ -85,11 +91,10 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     assert page.input_value("#spec textarea") == "translate(10, dy=0)"
     shot(page, "1-motion-translate")
 
-    # A control moved: the last term is edited and the preview changes.
+    # A control's number typed and Enter pressed: the last term is edited and the preview changes.
     number = page.locator("#slider-0 input[type=number]")
     number.fill("40")
     number.press("Enter")
-    page.locator("#slider-0 input[type=range]").dispatch_event("pointerup")
     page.wait_for_function("() => document.querySelector('#spec textarea').value.startsWith('translate(40')")
     # (the colour of a uniform translation does not depend on its length: the warp preview does)
     changed = wait_for_new_src(page, "#flow-warp", warped)
@@ -102,6 +107,10 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     page.wait_for_selector("#edit-result img", timeout=90_000)
     assert "finished in" in page.inner_text("#edit-status")
     assert "px target motion" in page.inner_text("#edit-status")
+    # Source and result side by side at a readable size (the test preset edits at 48x32), and the legend.
+    source, result = (page.locator(f"{box} img").bounding_box() for box in ("#edit-source", "#edit-result"))
+    assert result["height"] >= 250 and abs(source["y"] - result["y"]) < 5 and source["x"] < result["x"]
+    assert image_src(page, "#edit-legend") and "direction of motion" in page.inner_text("#edit-legend-words")
     shot(page, "3-edit-done")
 
     # Video: flow-only on a sample clip, per-frame previews with a frame slider.
@@ -111,12 +120,40 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     page.click("#flow-only")
     first = wait_for_new_src(page, "#frame-panel", None, 60_000)
     assert "4 frames" in page.inner_text("#video-status")
+    assert page.input_value("#frame-slider input[type=number]") == "3"  # it opens on the last frame
     shot(page, "4-video-flow-only")
     page.locator("#frame-slider input[type=number]").fill("2")
     page.locator("#frame-slider input[type=number]").press("Enter")
-    page.locator("#frame-slider input[type=range]").dispatch_event("pointerup")
     assert wait_for_new_src(page, "#frame-panel", first) != first
     shot(page, "5-video-frame-2")
+    # Labels in words; the settings key is the line under each.
+    # Other alignment settings: a run folder of their own (the runner refuses to mix settings in one).
+    page.locator("#align-temporal-amount input").fill("0.3")
+    page.click("#flow-only")
+    page.wait_for_function("() => document.querySelector('#video-links').innerText.includes('/video-02')",
+                           timeout=60_000)
+    assert "done in" in page.inner_text("#video-status")
+    manifest = Path(page.inner_text("#video-links").split("run folder ")[1].strip()) / "manifest.json"
+    first_run = manifest.read_text()
+    page.click("#flow-only")  # the same settings again: the same folder (it resumes: nothing to recompute)
+    for _ in range(300):
+        if manifest.read_text() != first_run:
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_function("() => document.querySelector('#video-links').innerText.includes('/video-02')")
+    assert manifest.read_text() != first_run and "done in" in page.inner_text("#video-status")
+    smoothing = page.inner_text("#align-temporal-amount")
+    assert smoothing.startswith("Smoothing amount") and "align.temporal_amount" in smoothing
+    assert "video.max_frames" in page.inner_text("#video-frames")
+
+    # A bad clip is refused when it is uploaded, with one message under the upload.
+    page.locator("#clip-upload button[aria-label='Clear']").click()
+    fake = tmp_path / "clip.mp4"
+    fake.write_bytes(b"not a video")
+    page.set_input_files("#clip-upload input[type=file]", str(fake))
+    page.wait_for_function("() => document.querySelector('#clip-status').innerText.includes('clip.mp4')")
+    assert "not a readable video" in page.inner_text("#clip-status")
+    assert gradio_error_badges(page) == 0
 
     # A text file as the image: a visible message, and the page keeps working afterwards.
     page.get_by_role("tab", name="Motion").click()
@@ -127,6 +164,8 @@ def test_web_app_motion_edit_video_and_bad_upload(browser_page, app_url, tmp_pat
     message = page.get_by_text("upload 'notes.txt'", exact=False)
     message.first.wait_for(timeout=20_000)
     assert "not a readable image" in message.first.inner_text()
+    assert message.count() == 1 and "notes.txt" in page.inner_text("#image-note")  # one message, by the upload
+    assert gradio_error_badges(page) == 0
     shot(page, "6-bad-upload")
     page.fill("#spec textarea", "rotate(20)")
     page.click("#apply-spec")
@@ -218,4 +257,53 @@ def test_motion_tab_drag_arrow_painted_mask_and_flow_download(browser_page, app_
         flow = read_flow(tmp_path / f"motion{suffix}")
         assert flow.shape == expected.shape and float((flow - expected).abs().max()) < 1e-3
     shot(page, "12-download")
+    assert browser_page.blocked == [] and browser_page.errors == []
+
+
+def test_specs_built_on_the_canvas_of_a_large_image_are_in_the_images_pixels(browser_page, app_url, tmp_path):
+    """A 1024x640 image is drawn on a 512x320 canvas: the sliders' ranges, a placed centre and a dragged
+    arrow are written in the image's pixels (as `motion --onto`, `edit` and `run` read a spec)."""
+    import torch
+
+    from mtransfer.files import save_image
+    from mtransfer.flows import spec_terms
+
+    large = save_image(tmp_path / "large.png", torch.rand(3, 640, 1024, generator=torch.Generator().manual_seed(3)))
+    page = browser_page.page
+    page.set_default_timeout(30_000)
+    page.goto(app_url)
+    page.set_input_files("#image-upload input[type=file]", str(large))
+    wait_for_new_src(page, "#canvas", None)
+    picture = page.locator("#canvas img")
+    assert picture.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [512, 320]
+    assert page.locator("#slider-0 input[type=number]").get_attribute("max") == "512"  # dx: up to half the width
+    label = page.inner_text("#slider-0")  # in words, the spec's name under it
+    assert label.startswith("shift to the right (px of the image)") and "\ndx\n" in label
+
+    # A centre placed by a click at the canvas's middle: the image's middle.
+    choose_motion(page, "rotate")
+    box = picture.bounding_box()
+    shown = min(box["width"] / 512, box["height"] / 320)
+    before = image_src(page, "#canvas")
+    picture.click(position={"x": box["width"] / 2, "y": box["height"] / 2})
+    page.wait_for_function("() => document.querySelector('#spec textarea').value.startsWith('rotate(')")
+    wait_for_new_src(page, "#canvas", before)  # the canvas redrawn: the drag below starts on the new picture
+    (term,) = spec_terms(page.input_value("#spec textarea"), 640, 1024)
+    assert term.values["cx"] == pytest.approx(512, abs=3) and term.values["cy"] == pytest.approx(320, abs=3)
+    assert "px of the 1024x640 image" in page.inner_text("#motion-status")
+
+    # An arrow dragged 40 screen px right: 40 / shown canvas px, twice that in the image's pixels.
+    box = picture.bounding_box()  # where the picture is now (the page around it may have moved)
+    shown = min(box["width"] / 512, box["height"] / 320)
+    x0, y0 = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.5
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for k in range(1, 9):
+        page.mouse.move(x0 + 5 * k, y0)
+    page.mouse.up()
+    page.wait_for_function("() => document.querySelector('#spec textarea').value.includes('| translate(')")
+    terms = spec_terms(page.input_value("#spec textarea"), 640, 1024)
+    assert terms[-1].values["dx"] == pytest.approx(2 * 40 / shown, abs=1.5)
+    assert "motion up to" in page.inner_text("#motion-status")
+    shot(page, "13-large-image")
     assert browser_page.blocked == [] and browser_page.errors == []

@@ -95,7 +95,7 @@ def test_a_kept_editor_edits_exactly_like_a_fresh_one_and_hands_out_each_preview
     assert seen[0][1].shape == (3, 32, 48)
 
 
-def test_job_progress_counts_stages_and_a_cancel_stops_the_work_at_the_next_advance():
+def test_job_progress_says_the_stage_frame_and_pass_in_words_and_a_cancel_stops_as_ctrl_c_does():
     job = Job("video")
     progress = JobProgress(job)
     with progress:
@@ -104,10 +104,81 @@ def test_job_progress_counts_stages_and_a_cancel_stops_the_work_at_the_next_adva
         progress.advance(stage)
         progress.advance(passes)
         assert (job.phase, job.done, job.total) == ("guide", 2, 4)  # the sub-task does not move the bar
-        assert job.status().startswith("video: guide 2/4") and "passes 1/12" in job.status()
+        assert job.status().startswith("editing the frames: frame 2 of 4, pass 1 of 12")
+        progress.update(stage, description="guide 1/1 busy")  # the executor's counters stay out of the words
+        assert job.status().startswith("editing the frames: frame 2 of 4, pass 1 of 12")
         job.cancel_requested.set()
-        with pytest.raises(Interrupted, match="video cancelled"):
+        with pytest.raises(KeyboardInterrupt):  # the runner's interrupt note turns it into what is kept
             progress.advance(passes)
+
+
+def test_an_edit_job_says_its_phase_in_words():
+    job = Job("edit")
+    job.begin("ddim", 10)
+    assert job.status().startswith("preparing the image (ddim): step 0 of 10")
+    job.begin("guide", 40)
+    for _ in range(3):
+        job.tick()
+    assert job.status().startswith("guiding: pass 3 of 40 · ") and "left in this phase" in job.status()
+
+
+def test_the_queue_keeps_a_history_of_jobs_newest_first_with_their_outputs(tmp_path):
+    import threading
+
+    from mtransfer.ui import jobs as jobs_module
+    from mtransfer.ui.jobs import Busy, JobQueue, Outputs
+
+    queue = JobQueue()
+
+    def finishes(job):
+        job.outputs = Outputs(f"made {job.title}", tmp_path)
+        return job.title
+
+    def fails(job):
+        raise InputError("clip.mp4: not a readable video")
+
+    first = queue.submit("edit", finishes, title="edit of cat.png", folder=tmp_path)
+    assert first.finished.wait(5)
+    second = queue.submit("video", fails, title="clip pan.mp4 onto cat.png")
+    assert second.finished.wait(5)
+    assert [job.number for job in queue.jobs()] == [2, 1]
+    assert [job.state() for job in queue.jobs()] == ["failed", "finished"]
+    assert first.outputs.summary == "made edit of cat.png" and first.folder == tmp_path
+    ended = first.seconds
+    threading.Event().wait(0.05)
+    assert first.seconds == ended  # a finished job's time stopped when it ended
+    for _ in range(jobs_module.HISTORY + 3):
+        assert queue.submit("edit", lambda job: None).finished.wait(5)
+    assert len(queue.jobs()) == jobs_module.HISTORY and queue.jobs()[0].number == jobs_module.HISTORY + 5
+
+    assert queue.shutdown(1) is None  # nothing ran: nothing to wait for
+    with pytest.raises(Busy, match="stopping"):
+        queue.submit("edit", finishes)
+
+
+def test_shutdown_stops_the_running_job_at_its_next_step_and_waits_for_it():
+    import threading
+
+    from mtransfer.ui.jobs import JobQueue
+
+    queue = JobQueue()
+    started, stopped_at = threading.Event(), []
+
+    def work(job):
+        job.begin("guide", 1000)
+        started.set()
+        try:
+            for _ in range(1000):
+                threading.Event().wait(0.01)
+                job.tick()
+        finally:
+            stopped_at.append(job.done)
+
+    job = queue.submit("edit", work, title="edit of cat.png")
+    assert started.wait(5)
+    assert queue.shutdown(10) is job
+    assert not job.running and job.cancelled and stopped_at == [job.done] and job.done < 1000
+    assert job.state() == "cancelled"
 
 
 def interrupted_run(folder: Path, overrides: tuple[str, ...] = ()) -> Path:
@@ -202,3 +273,112 @@ def test_an_sd_preset_is_refused_before_any_work_without_weights_or_without_a_gp
     quiet = edit_tab.edit_settings("offline-demo", 0)  # 50 steps and no previews of its own: the page takes some
     shown = len(range(0, quiet.guidance.steps, quiet.guidance.preview_every))
     assert edit_tab.PREVIEWS <= shown <= 2 * edit_tab.PREVIEWS
+
+
+def test_server_shutdown_stops_a_running_clip_as_ctrl_c_stops_the_cli(tmp_path, capsys):
+    """The web app's Ctrl-C or SIGTERM (``stop_jobs``): the running clip stops at its next step and the
+    runner's interrupt note records what is kept, as for the CLI's Ctrl-C: finished frames in the
+    manifest, the lock released; the server's last line says which job stopped and how to go on."""
+    import threading
+
+    from mtransfer.cli.ui import stop_jobs
+    from mtransfer.files import read_json
+    from mtransfer.pipeline.manifest import LOCK
+    from mtransfer.pipeline.runner import RunRequest, run_pipeline
+    from mtransfer.ui.jobs import JobQueue
+
+    folder = tmp_path / "session-1" / "video"
+    reached = threading.Event()
+
+    class HoldInGuide(JobProgress):
+        def advance(self, task_id, advance=1):
+            super().advance(task_id, advance)
+            task = self._tasks[task_id]
+            if task.description.startswith("guide") and task.completed >= 2 and not reached.is_set():
+                reached.set()
+                self.job.cancel_requested.wait(30)  # the server stops while this clip is in its guide stage
+
+    def work(job):
+        request = RunRequest(SAMPLES / "pan.mp4", SAMPLES / "cat.png", TEST_PRESET, (), folder)
+        return run_pipeline(request, Console(quiet=True), HoldInGuide(job))
+
+    jobs = JobQueue()
+    job = jobs.submit("video", work, title="clip pan.mp4 onto cat.png", folder=folder)
+    assert reached.wait(120)
+    said = stop_jobs(jobs)
+    assert not job.running and job.cancelled
+    assert str(job.error).startswith(f"{folder}: kept decode done, flow done, align done, "
+                                     "guide 2 of 4 frames")
+    assert said.startswith("; 'clip pan.mp4 onto cat.png' stopped: ") and said.endswith(
+        "guide 2 of 4 frames; Resume in the Video tab continues it")
+    assert "stopping: 'clip pan.mp4 onto cat.png' stops at its next step" in capsys.readouterr().err
+    manifest = read_json(folder / "manifest.json")
+    assert manifest["stages"]["guide"]["status"] == "running" and len(manifest["stages"]["guide"]["frames"]) == 2
+    assert not (folder / LOCK).exists()
+    with pytest.raises(MtransferError, match="stopping"):
+        jobs.submit("video", work)
+
+
+def test_an_edit_job_leaves_its_outputs_for_any_page_and_its_report_is_titled_from_the_upload(tmp_path):
+    """The outputs a page opened later shows (summary with the verdict first, picture, report), and the
+    report's title names the uploaded file, not the app's copy (source.png)."""
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.files import read_json, save_image
+    from mtransfer.ui.edit_tab import edit_work
+    from mtransfer.ui.jobs import JobQueue
+    from mtransfer.ui.session import Session
+
+    save_image(tmp_path / "source.png", torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(0)))
+    session = Session(tmp_path, "my cat.png")
+    models = EditorCache()
+    queue = JobQueue()
+    folder = tmp_path / "edit-01"
+    try:
+        job = queue.submit("edit", lambda job: edit_work(job, session, load_settings(TEST_PRESET), "translate(2, 0)",
+                                                         "", folder, models, use_mask=False), folder=folder)
+        assert job.finished.wait(120) and job.error is None
+        # Beyond what the test preset's toy world holds (shifts of up to 1 px at 32x48): said, as `edit` says it.
+        far = queue.submit("edit", lambda job: edit_work(job, session, load_settings(TEST_PRESET), "translate(20, 0)",
+                                                         "", tmp_path / "edit-02", models, use_mask=False))
+        assert far.finished.wait(120) and far.error is None
+    finally:
+        models.close_models()
+    assert job.warning is None and far.warning is not None and "outside" in far.warning, far.warning
+    outputs = job.outputs
+    assert outputs.summary.split(":")[0] in ("reached", "partial", "missed") and "finished in" in outputs.summary
+    assert outputs.picture == folder / "edited.png" and outputs.picture.is_file() and outputs.folder == folder
+    assert read_json(folder / "run.json")["image"] == "my cat.png"
+    assert "<title>mtransfer edit: my cat.png</title>" in outputs.report.read_text()
+
+
+def test_the_jobs_tab_shows_what_came_of_each_job_and_the_server_logs_each_start_and_end(tmp_path, capsys):
+    pytest.importorskip("gradio", reason="web app test skipped: gradio not installed (pip install '.[ui]')")
+    from mtransfer.files import save_image
+    from mtransfer.ui.jobs import JobQueue, Outputs
+    from mtransfer.ui.jobs_tab import finished_html, running_html
+
+    picture = save_image(tmp_path / "edited.png", torch.rand(3, 8, 8))
+    queue = JobQueue()
+    assert "No job is running" in running_html(queue) and "No finished job" in finished_html(queue)
+
+    def made(job):
+        job.outputs = Outputs("reached: 0.1 px off", tmp_path, picture=picture, report=tmp_path / "gone.html")
+
+    def refused(job):
+        raise InputError("clip.mp4: not a readable video")
+
+    def bug(job):
+        raise ZeroDivisionError("division by zero")
+
+    for work, title in ((made, "edit of <cat>.png"), (refused, "clip"), (bug, "another clip")):
+        assert queue.submit("edit", work, title=title, folder=tmp_path).finished.wait(5)
+    shown = finished_html(queue)
+    assert shown.index("#3 another clip") < shown.index("#2 clip") < shown.index("#1 edit of &lt;cat&gt;.png")
+    assert "failed: clip.mp4: not a readable video" in shown
+    assert "failed: unexpected ZeroDivisionError: division by zero" in shown
+    assert f'src="/gradio_api/file={picture.resolve()}"' in shown and "reached: 0.1 px off" in shown
+    assert "report.html" not in shown  # a report that is not there is not linked
+    logged = capsys.readouterr().err.splitlines()
+    assert len(logged) == 6 and logged[0].endswith(f"web app: job #1 edit of <cat>.png started in {tmp_path}")
+    assert logged[1].endswith("web app: job #1 finished after 0 s: reached: 0.1 px off")
+    assert logged[3].endswith("web app: job #2 failed after 0 s: clip.mp4: not a readable video")

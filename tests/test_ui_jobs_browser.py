@@ -52,6 +52,7 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     open_with_motion(page, url)
     page.get_by_role("tab", name="Edit").click()
 
+    assert "tiny random SD" in page.inner_text("#edit-preset")  # the chosen preset's description
     # A tiny edit: the progress bar and the one-step estimate appear while it runs, then the results.
     set_steps(page, 12)
     page.click("#run-edit")
@@ -78,8 +79,10 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     # The same preset again: the models stay loaded. Cancel it while it guides: it stops and says so.
     set_steps(page, 400)
     page.click("#run-edit")
+    page.wait_for_selector("#edit-result img", state="detached")  # the last edit's results go when one starts
+    assert page.locator("#edit-zip a").count() == 0 and image_src(page, "#edit-loss") is None
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('models kept loaded')"
-                           " || document.querySelector('#edit-status').innerText.includes('edit: guide')",
+                           " || document.querySelector('#edit-status').innerText.includes('guiding: pass')",
                            timeout=60_000)
     page.click("#cancel-edit")
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('cancelled')",
@@ -97,6 +100,7 @@ def test_edit_previews_result_zip_kept_models_cancel_and_missing_weights(browser
     # An SD preset without weights here: a clear message in the page, and the app keeps working.
     page.locator("#edit-preset input").fill("paper")
     page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelector('#edit-preset').innerText.includes('Motion Guidance paper')")
     page.click("#run-edit")
     page.wait_for_function("() => document.querySelector('#edit-status').innerText.includes('cannot start')",
                            timeout=30_000)
@@ -128,6 +132,7 @@ def test_video_region_flow_only_and_resume_an_interrupted_run(browser_page, jobs
     picture = page.locator("#region-image img")
     box = picture.bounding_box()
     picture.click(position={"x": box["width"] * 0.2, "y": box["height"] * 0.25})
+    page.wait_for_function("() => document.querySelector('#region-image').innerText.includes('First corner')")
     marked = wait_for_new_src(page, "#region-image", before)  # the first corner is marked
     page.locator("#region-image img").click(position={"x": box["width"] * 0.7, "y": box["height"] * 0.8})
     page.wait_for_function("() => document.querySelector('#align-region textarea').value.split(',').length == 4")
@@ -142,13 +147,16 @@ def test_video_region_flow_only_and_resume_an_interrupted_run(browser_page, jobs
     # Flow-only with those settings: per-frame previews, and the run records them as [align].
     page.set_input_files("#clip-upload input[type=file]", str(SAMPLES / "pan.mp4"))
     wait_for_upload(page, "#clip-upload", "pan.mp4")
+    assert page.input_value("#video-frames input") == "3"  # the preset's video.max_frames
+    page.fill("#video-frames input", "2")
     page.click("#flow-only")
     wait_for_new_src(page, "#frame-panel", None, 60_000)
-    assert "3 frames" in status(page, "#video-status")
+    assert "2 frames" in status(page, "#video-status")
     shot(page, "jobs-5-video-region-flow-only")
     (manifest,) = root.glob("session-*/video/manifest.json")
     align = read_json(manifest)["config"]["align"]
     assert align["region"] == region and align["temporal"] == "ema" and align["temporal_amount"] == 0.5
+    assert read_json(manifest)["config"]["video"]["max_frames"] == 2
 
     # An interrupted run folder is listed; Resume finishes it: result, side by side, report.
     folder = interrupted_run(root / "session-interrupted" / "video")

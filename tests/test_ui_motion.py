@@ -212,15 +212,17 @@ def test_uploads_are_checked_and_stored_under_generated_names(tmp_path):
 
 def test_job_queue_runs_one_job_and_cancels_at_the_next_step():
     queue = JobQueue()
-    release = threading.Event()
+    release, begun = threading.Event(), threading.Event()
 
     def work(job):
         job.begin("steps", 1000)
+        begun.set()
         for _ in range(1000):
             release.wait(5)
             job.tick()
 
     job = queue.submit("long", work)
+    assert begun.wait(5)
     with pytest.raises(Busy, match="still running"):
         queue.submit("second", lambda job: None)
     assert queue.cancel().startswith("cancelling")
@@ -229,3 +231,27 @@ def test_job_queue_runs_one_job_and_cancels_at_the_next_step():
     assert isinstance(job.error, Interrupted) and job.done == 1
     assert queue.submit("next", lambda job: 42).finished.wait(5)
     assert queue.current.result == 42
+
+
+def test_an_uploaded_name_reaches_the_file_system_only_as_a_safe_stem(tmp_path):
+    from mtransfer.ui.uploads import safe_stem
+
+    assert safe_stem("my cat (1).PNG", "image") == "my-cat-1"
+    assert safe_stem("../../etc/passwd", "image") == "passwd"
+    assert safe_stem("...", "image") == "image" and safe_stem("日本.mp4", "driving") == "driving"
+    assert len(safe_stem("a" * 300 + ".mp4", "driving")) == 40
+    assert accept_video("sample_videos/pan.mp4", tmp_path, stem="pan") == tmp_path / "pan.mp4"
+
+
+def test_a_large_images_canvas_points_and_flows_are_in_the_images_pixels(tmp_path):
+    """On an image larger than the canvas a click lands in the image's pixels, and the canvas shows the
+    spec's flow scaled down to it."""
+    from mtransfer.files import save_image
+    from mtransfer.ui.session import CANVAS_LONGEST, Session
+
+    save_image(tmp_path / "source.png", torch.rand(3, 600, 1000, generator=torch.Generator().manual_seed(0)))
+    session = Session(tmp_path, "wide.png")
+    assert session.size == (307, CANVAS_LONGEST) and session.original_size == (600, 1000)
+    assert session.to_image(256, 153.5) == pytest.approx((500, 300), abs=0.5)
+    assert float(session.image_flow("translate(40, 0)")[0].mean()) == pytest.approx(40)
+    assert float(session.flow("translate(40, 0)")[0].mean()) == pytest.approx(40 * CANVAS_LONGEST / 1000, rel=1e-3)

@@ -54,3 +54,17 @@ def test_event_data_before_the_sliders_varargs_is_injected():
     inputs, _, event_index, _ = special_args(on_click, inputs=["rotate(5)", 1.0, 2.0, 3.0], event_data=event)
     assert event_index == 1
     assert on_click(*inputs) == ("rotate(5)", [7, 8], (1.0, 2.0, 3.0))
+
+
+def test_a_user_error_is_one_line_on_the_server_and_a_bug_keeps_its_traceback(capsys):
+    """What the user can fix prints one line on the server's terminal and no traceback (Gradio prints one
+    unless told not to); an unexpected error still prints its traceback."""
+    from mtransfer.errors import InputError
+    from mtransfer.ui.session import page_error
+
+    shown = page_error(InputError("upload 'notes.txt': not a readable image"))
+    assert shown.message == "upload 'notes.txt': not a readable image" and not shown.print_exception
+    logged = capsys.readouterr().err.splitlines()
+    assert len(logged) == 1 and logged[0].endswith("web app: upload 'notes.txt': not a readable image")
+    bug = page_error(ZeroDivisionError("division by zero"))
+    assert bug.message == "unexpected ZeroDivisionError: division by zero" and bug.print_exception

@@ -92,8 +92,6 @@ def test_the_web_app_reads_the_spec_in_image_pixels_for_a_small_image(tmp_path, 
     assert torch.allclose(_web_app_flow(tmp_path, SPEC), _motion_flow(monkeypatch, tmp_path, photo), atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="the web app writes and reads specs in pixels of its 512 px canvas, not of "
-                   "the image, for images larger than the canvas (issue #25, point 4)")
 def test_the_web_app_reads_the_spec_in_image_pixels_for_a_large_image(tmp_path, monkeypatch):
     photo = _photo(tmp_path, 600, 800)
     photo.rename(tmp_path / "source.png")

@@ -48,7 +48,9 @@ def ui(
                              "other machines (there is no login)."),
     port: int = typer.Option(7860, min=1, max=65535, help="Port to listen on."),
     pipeline: str = typer.Option(
-        "tiny", "--pipeline", "-p", help=f"Preset selected at start ({', '.join(available_pipelines())}) or a .toml path."
+        "offline-demo", "--pipeline", "-p",
+        help=f"Preset selected at start ({', '.join(available_pipelines())}) or a .toml path; the default needs no "
+        "weights and moves pictures."
     ),
 ) -> None:
     """Start the web app: build a motion on an image, edit the image, transfer a clip's motion (outputs/ui/)."""
@@ -59,9 +61,11 @@ def ui(
         if exc.name != "gradio" and not (exc.name or "").startswith("gradio."):
             raise
         raise UsageError(f"the web app needs Gradio, which is not installed: {INSTALL}") from None
-    demo = None
+    from mtransfer.ui.jobs import JobQueue
+
+    demo, jobs = None, JobQueue()
     try:
-        demo, _ = launch(pipeline, host, port, quiet=True, prevent_thread_lock=True)
+        demo, _ = launch(pipeline, host, port, queue=jobs, quiet=True, prevent_thread_lock=True)
         console.print(f"mtransfer ui on http://{host}:{port} (Ctrl-C stops it); results go to outputs/ui/",
                       highlight=False)
         while demo.is_running:
@@ -73,7 +77,34 @@ def ui(
                          "choose another --port") from None
     except KeyboardInterrupt:
         # Gradio's own wait swallows Ctrl-C (exit 0); this one stops now, also while starting (its server
-        # thread is a daemon: nothing outlives the process).
+        # thread is a daemon: nothing outlives the process), but lets the running job stop first.
+        stopped = stop_jobs(jobs)
         if demo is not None:
             demo.close(verbose=False)
-        raise Interrupted("the web app stopped; results already written are kept in outputs/ui/") from None
+        raise Interrupted(f"the web app stopped{stopped}; results already written are kept in outputs/ui/") from None
+
+
+STOP_WAIT_S = 120.0
+"""How long shutdown waits for the running job to reach its next step (a second Ctrl-C stops at once)."""
+
+
+def stop_jobs(jobs) -> str:
+    """Stop the web app's running job at its next step and wait for it, so that its run folder is left as
+    Ctrl-C leaves the CLI's (finished frames recorded, lock released); says which job stopped and how."""
+    if jobs.current is not None and jobs.current.running:
+        console.print(f"stopping: '{jobs.current.title}' stops at its next step (Ctrl-C again stops at once)",
+                      highlight=False)
+    try:
+        job = jobs.shutdown(STOP_WAIT_S)
+    except KeyboardInterrupt:
+        return " without waiting for the running job"
+    if job is None:
+        return ""
+    if job.running:
+        return f" while '{job.title}' still ran (it did not stop within {STOP_WAIT_S:.0f} s)"
+    if job.error is None:
+        return f"; '{job.title}' had just finished"
+    if job.name != "video":
+        return f"; '{job.title}' stopped: {job.error}"
+    kept = str(job.error).split("; run the same command again")[0]  # the runner's words are for the CLI
+    return f"; '{job.title}' stopped: {kept}; Resume in the Video tab continues it"

@@ -42,6 +42,17 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def mark_interrupted(record: dict[str, Any], kept: str) -> dict[str, Any]:
+    """A manifest ``record`` after a stop (Ctrl-C, SIGTERM, the web app's shutdown): the stages that were
+    running say ``interrupted`` and the run says when and what was kept, rather than "running" for ever.
+    The next run of the same command sets them running again and resumes."""
+    for stage in record.get("stages", {}).values():
+        if isinstance(stage, dict) and stage.get("status") == "running":
+            stage["status"] = "interrupted"
+    record["interrupted"] = {"at": _now(), "kept": kept}
+    return record
+
+
 def content_id(record: dict[str, Any]) -> str:
     """The part of a fingerprint that identifies content, as one short string for stage settings."""
     return f"{record['bytes']} bytes, sha256 {record['sha256_first_mib'][:16]}"
@@ -123,7 +134,9 @@ class Manifest:
         return cls(folder, {"format": FORMAT, "created": _now(), "stages": {}})
 
     def update_header(self, header: dict[str, Any]) -> None:
-        """Record what this run is made from (config, inputs, versions, ...) and write the manifest."""
+        """Record what this run is made from (config, inputs, versions, ...) and write the manifest; a
+        stop of an earlier run (``mark_interrupted``) is history once this run has started."""
+        self.record.pop("interrupted", None)
         self.record.update(header)
         self.save()
 

@@ -48,7 +48,7 @@ from mtransfer.files import ensure_writable, load_image, read_json_object, remov
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.flows.align import mask_box, pixel_box, source_box
-from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint
+from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint, mark_interrupted
 from mtransfer.layouts import STAGE_OUTPUTS, SUMMARY
 from mtransfer.pipeline.stages import (
     RunContext,
@@ -219,7 +219,8 @@ def _readable_manifest(path: Path) -> dict[str, Any] | None:
 
 @contextmanager
 def interrupt_note(folder: Path) -> Iterator[None]:
-    """Ctrl-C during a run becomes ``Interrupted``: which frames of which stage are kept, and how to resume."""
+    """Ctrl-C during a run becomes ``Interrupted``: which frames of which stage are kept, and how to resume,
+    said on the terminal and recorded in the manifest (``mark_interrupted``)."""
     try:
         yield
     except KeyboardInterrupt:
@@ -232,6 +233,10 @@ def interrupt_note(folder: Path) -> Iterator[None]:
                      if record.get("status") != "done" else f"{name} done"
                      for name, record in stages.items() if isinstance(record, dict)]
             kept = ", ".join(parts) or kept
+            try:
+                write_json(manifest_path, mark_interrupted(record, kept))
+            except OSError:
+                pass  # the stop itself must still be reported; the frames are kept either way
         raise Interrupted(f"{folder}: kept {kept}; run the same command again to resume from there") from None
 
 

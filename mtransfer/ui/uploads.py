@@ -1,8 +1,9 @@
 """Uploads from the page, checked and copied into a run folder under generated names.
 
-A browser's file name never reaches the file system: the app reads the upload where Gradio stored it,
-checks it (size, readable image or video, frame count) and writes its own copy (``source.png``,
-``mask-01.png``, ``driving.mp4``) into the session's folder under ``outputs/ui/``. Masks painted in the
+A browser's file name reaches the file system only as ``safe_stem`` (letters, digits, ``-``, ``_``: what
+titles a clip's report): the app reads the upload where Gradio stored it, checks it (size, readable
+image or video, frame count) and writes its own copy (``source.png``, ``mask-01.png``, ``driving.mp4``
+or ``<safe stem>.mp4``) into the session's folder under ``outputs/ui/``. Masks painted in the
 page are stored the same way. Each mask gets a new number, so a spec term naming an earlier mask keeps
 its meaning when another one is set.
 """
@@ -10,6 +11,7 @@ its meaning when another one is set.
 from __future__ import annotations
 
 import datetime
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from mtransfer.errors import InputError, MtransferError
-from mtransfer.files import load_image, save_image
+from mtransfer.files import atomic_path, load_image, save_image
 from mtransfer.flows import read_mask
 from mtransfer.video import probe_video
 
@@ -107,9 +109,17 @@ def _keep_mask(folder: Path, mask: torch.Tensor) -> Path:
 VIDEO_SUFFIXES = (".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi")
 
 
-def accept_video(upload: str | Path, folder: Path, limits: UploadLimits = UploadLimits()) -> Path:
+def safe_stem(name: str, fallback: str) -> str:
+    """The stem of an uploaded file's name kept to letters, digits, ``-`` and ``_`` (at most 40), or
+    ``fallback`` when nothing is left: a file name of the app's own that still reads as the user's."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem).strip("-_")[:40]
+    return stem or fallback
+
+
+def accept_video(upload: str | Path, folder: Path, limits: UploadLimits = UploadLimits(),
+                 stem: str = "driving") -> Path:
     """Check an uploaded clip (size, a readable video, at most ``limits.video_frames`` frames) and copy it
-    to ``folder/driving<suffix>`` (the suffix kept only when it is a known video suffix)."""
+    to ``folder/<stem><suffix>`` (the suffix kept only when it is a known video suffix)."""
     path = _check_size(upload, limits.video_bytes, "video")
     try:
         info = probe_video(path)
@@ -121,6 +131,7 @@ def accept_video(upload: str | Path, folder: Path, limits: UploadLimits = Upload
         raise InputError(f"upload '{path.name}': {info.frame_count} frames is over the limit of "
                          f"{limits.video_frames}; cut the clip first")
     suffix = path.suffix.lower() if path.suffix.lower() in VIDEO_SUFFIXES else ".mp4"
-    target = folder / f"driving{suffix}"
-    shutil.copyfile(path, target)
+    target = folder / f"{stem}{suffix}"
+    with atomic_path(target) as partial:  # a second check of the same upload may copy it at the same time
+        shutil.copyfile(path, partial)
     return target

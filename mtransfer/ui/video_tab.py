@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import io
-import time
+import shutil
 from pathlib import Path
 
 import gradio as gr
@@ -17,26 +17,49 @@ from PIL import Image, ImageDraw
 from rich.console import Console
 
 from mtransfer.app import load_settings
-from mtransfer.errors import Interrupted, MtransferError, UsageError
+from mtransfer.errors import MtransferError, UsageError
 from mtransfer.files import load_image, to_uint8
 from mtransfer.flows import read_mask
 from mtransfer.pipeline.runner import RunRequest, run_pipeline
 from mtransfer.layouts import REPORT, RESULT_MP4, SIDE_BY_SIDE
-from mtransfer.ui.jobs import Job, JobProgress
+from mtransfer.ui.jobs import Job, JobProgress, Outputs
 from mtransfer.ui.runs import resume_request, unfinished_runs
-from mtransfer.ui.session import POLL_S, Session, Shared, file_link, job_html, page_error, session_of, shows_problems
-from mtransfer.ui.uploads import accept_video
+from mtransfer.ui.session import (
+    QUIET, FLOW_PX, POLL_S, RESULT_PX, SHOWN, Session, Shared, file_link, job_html, legend, log_problem, page_error,
+    preset_choice, problem_html, session_of, shows_problems,
+)
+from mtransfer.ui.uploads import accept_video, new_run_folder, safe_stem
+from mtransfer.video import probe_video
 
 
 def video_work(job: Job, request: RunRequest):
     """The job: the staged pipeline on the clip, its console output kept off the server's terminal and
-    its progress (a cancel point at every frame and pass) shown in the page."""
+    its progress (a cancel point at every frame and pass) shown in the page; leaves the job's ``outputs``
+    for any page (the one that started it may have been closed meanwhile)."""
     job.begin("flow-only preview" if request.flow_only else "running the clip", 0)
     log = io.StringIO()
-    try:
-        return run_pipeline(request, Console(file=log, width=120, force_terminal=False), JobProgress(job))
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted") from None
+    folder = run_pipeline(request, Console(file=log, width=120, force_terminal=False), JobProgress(job))
+    count = len(list((folder / "flow_color").glob("*.png")))
+    side = folder / SIDE_BY_SIDE
+    finished = not request.flow_only and side.exists()
+    last = folder / "flow_color" / f"{count - 1:04d}.png"
+    summary = f"done in {job.seconds:.1f} s: " + (f"{count} frames edited; source | result side by side"
+                                                   if finished else f"the motion of {count} frames (flow only)")
+    job.outputs = Outputs(summary, folder, picture=None if finished or not last.exists() else last,
+                          video=side if finished else None, report=folder / REPORT)
+    return folder
+
+
+PICK_REGION = "Region of the image that moves: click two opposite corners"
+FIRST_CORNER = "First corner placed: now click the opposite corner"
+
+
+def clips_folder(session: Session) -> Path:
+    """Where a session's clip and a copy of its image go, named after the uploads (so that the clip's report
+    is titled "pan onto cat", from ``run``'s file names)."""
+    folder = session.folder / "clips"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def frame_panel(folder: Path, index: int) -> np.ndarray | None:
@@ -82,7 +105,7 @@ def corners_region(first: tuple[float, float], second: tuple[float, float], size
 
 def region_picture(session: Session, region: str, corner: tuple[float, float] | None = None) -> np.ndarray:
     """The image with the region (fractions or working-size pixels, drawn as fractions when all lie in
-    [0, 1]) outlined, and a first clicked corner marked."""
+    [0, 1]) outlined, the whole image when there is none (it all moves), and a first clicked corner marked."""
     picture = Image.fromarray(to_uint8(session.image))
     draw = ImageDraw.Draw(picture)
     height, width = session.size
@@ -90,6 +113,8 @@ def region_picture(session: Session, region: str, corner: tuple[float, float] | 
         box = parse_region(region)
     except MtransferError:
         box = None
+    if box is None and not region.strip():
+        box = (0.0, 0.0, 1.0, 1.0)
     if box is not None and all(0 <= v <= 1 for v in box):
         x0, y0, x1, y1 = box
         draw.rectangle((x0 * width, y0 * height, x1 * width - 1, y1 * height - 1), outline=(255, 64, 32), width=2)
@@ -118,15 +143,14 @@ def build(shared: Shared) -> None:
     align = load_settings(shared.pipeline).align  # the controls start at the preset's alignment
 
     def follow(job: Job, out: Path, flow_only: bool, extra: dict):
-        """Stream the job's status while it runs, then the results of ``out`` (or why there are none)."""
-        try:
-            while not job.finished.wait(POLL_S):
-                yield {video_status: job_html(job), **extra}
-        finally:
-            if not job.finished.is_set():  # the page went away: stop the work too
-                job.cancel_requested.set()
+        """Clear the last results, stream the job's status while the page is open (closing it leaves the
+        job running: the Jobs tab shows it), then the results of ``out`` (or why there are none)."""
+        yield {video_status: job_html(job), frame_slider: gr.update(visible=False), frame_panel_image: None,
+               video_result: None, video_side: None, video_links: "", **extra}
+        while not job.finished.wait(POLL_S):
+            yield {video_status: job_html(job)}
         if job.cancelled:
-            yield {video_status: html.escape(f"cancelled during {job.phase} {job.done}/{job.total}: the worker "
+            yield {video_status: html.escape(f"cancelled while {job.status().split(' · ')[0]}: the worker "
                                              f"stopped; finished frames are kept in {out} and Resume continues "
                                              "from them"),
                    resume_choice: gr.update(choices=choices())}
@@ -135,12 +159,11 @@ def build(shared: Shared) -> None:
             raise page_error(job.error)
         count = len(list((out / "flow_color").glob("*.png")))
         result, side = out / RESULT_MP4, out / SIDE_BY_SIDE
+        last = max(count - 1, 0)  # the flow preview opens on the last frame: the first one has no motion yet
         yield {
-            **extra,
-            video_status: html.escape(f"done in {time.perf_counter() - job.started:.1f} s: {count} frames"
-                                      + ("" if flow_only else ", result below")),
-            frame_slider: gr.update(maximum=max(count - 1, 0), value=0, visible=True),
-            frame_panel_image: frame_panel(out, 0),
+            video_status: html.escape(job.outputs.summary),
+            frame_slider: gr.update(maximum=last, value=last, visible=True),
+            frame_panel_image: frame_panel(out, last),
             shown_folder: str(out),
             video_result: str(result) if result.exists() and not flow_only else None,
             video_side: str(side) if side.exists() and not flow_only else None,
@@ -148,22 +171,55 @@ def build(shared: Shared) -> None:
             resume_choice: gr.update(choices=choices()),
         }
 
+    def on_preset(preset):
+        """Another preset chosen: the frame count shows its ``video.max_frames``."""
+        try:
+            return load_settings(preset).video.max_frames
+        except MtransferError:  # a preset name being typed: its problem is said when a job starts
+            return gr.skip()
+
+    def on_clip(session, clip_upload):
+        """A clip uploaded: checked now (one message when it is not a usable clip), copied to the session."""
+        if clip_upload is None:
+            return None, ""
+        try:
+            folder = clips_folder(session) if session is not None else new_run_folder(shared.root, "clip")
+            state = accepted_clip(clip_upload, folder)
+        except MtransferError as exc:
+            log_problem(exc)
+            return None, problem_html(exc)
+        info = probe_video(Path(state["clip"]))
+        return state, html.escape(f"clip {state['name']}: {info.frame_count} frames, {info.width}x{info.height}")
+
+    def accepted_clip(clip_upload: str, folder: Path) -> dict:
+        """The checked copy of an uploaded clip in ``folder``, as the tab keeps it."""
+        name = Path(clip_upload).name
+        clip = accept_video(clip_upload, folder, shared.limits, safe_stem(name, "driving"))
+        return {"upload": clip_upload, "clip": str(clip), "name": name}
+
     @shows_problems
-    def on_video(session, video_state, clip_upload, preset, fit, strength, region, mask_region, spatial_sigma,
-                 temporal, temporal_amount, flow_only):
+    def on_video(session, video_state, clip_upload, preset, frames, fit, strength, region, mask_region,
+                 spatial_sigma, temporal, temporal_amount, flow_only):
         session = session_of(session)
-        if clip_upload is None and video_state is None:
-            raise UsageError("upload a clip first")
-        if video_state is None or video_state.get("upload") != clip_upload:
-            clip = accept_video(clip_upload, session.folder, shared.limits)
-            video_state = {"upload": clip_upload, "clip": str(clip)}
-        overrides = align_overrides(fit, strength, region, mask_region, session, spatial_sigma, temporal,
-                                    temporal_amount)
-        request = RunRequest(
-            video=Path(video_state["clip"]), image=session.folder / "source.png", pipeline=preset,
-            overrides=overrides, out=session.folder / "video", flow_only=flow_only,
-        )
-        job = shared.queue.submit("video", lambda job: video_work(job, request))
+        if clip_upload is None:
+            raise UsageError("upload a clip first (Driving clip)")
+        if video_state is None or video_state.get("upload") != clip_upload:  # pressed before its check came back
+            video_state = accepted_clip(clip_upload, clips_folder(session))
+        clip = Path(video_state["clip"])
+        if clip.parent != clips_folder(session):  # uploaded before the image
+            clip = accept_video(clip, clips_folder(session), shared.limits, clip.stem)
+        image = clips_folder(session) / f"{safe_stem(session.name, 'image')}.png"
+        if not image.exists():
+            shutil.copyfile(session.folder / "source.png", image)
+        overrides = (*align_overrides(fit, strength, region, mask_region, session, spatial_sigma, temporal,
+                                      temporal_amount), f"video.max_frames={int(frames or 0)}")
+        runs = session.clip_runs  # one run folder per clip and settings: the same again resumes it, other
+        key = (str(clip), preset, overrides)  # settings get their own (the runner refuses to mix them)
+        out = runs.setdefault(key, session.folder / ("video" if not runs else f"video-{len(runs) + 1:02d}"))
+        request = RunRequest(video=clip, image=image, pipeline=preset, overrides=overrides, out=out,
+                             flow_only=flow_only)
+        title = f"{'flow-only preview' if flow_only else 'clip'} {video_state['name']} onto {session.name}"
+        job = shared.queue.submit("video", lambda job: video_work(job, request), title=title, folder=request.out)
         yield from follow(job, request.out, flow_only, {video_state_box: video_state})
 
     @shows_problems
@@ -173,7 +229,8 @@ def build(shared: Shared) -> None:
         if Path(folder).resolve() not in [f.resolve() for f in unfinished_runs(shared.root)]:
             raise UsageError(f"{folder}: not an unfinished run folder under {shared.root}")
         request = resume_request(Path(folder))
-        job = shared.queue.submit("video", lambda job: video_work(job, request))
+        job = shared.queue.submit("video", lambda job: video_work(job, request), title=f"resumed clip {Path(folder).parent.name}/{Path(folder).name}",
+                                  folder=request.out)
         yield from follow(job, request.out, False, {})
 
     def on_frame(folder, index):
@@ -192,9 +249,9 @@ def build(shared: Shared) -> None:
         session = session_of(session)
         x, y = (float(v) for v in evt.index)
         if corner is None:
-            return region, region_picture(session, region, (x, y)), (x, y)
+            return region, gr.update(value=region_picture(session, region, (x, y)), label=FIRST_CORNER), (x, y)
         region = corners_region(tuple(corner), (x, y), session.size)
-        return region, region_picture(session, region), None
+        return region, gr.update(value=region_picture(session, region), label=PICK_REGION), None
 
     def on_session(session):
         return None if session is None else region_picture(session, "")
@@ -209,30 +266,41 @@ def build(shared: Shared) -> None:
     corner = gr.State(None)
     shown_folder = gr.State(None)
     with gr.Row():
-        clip_upload = gr.File(label="Driving clip (mp4, gif, ...)", elem_id="clip-upload")
-        video_preset = gr.Dropdown(shared.presets, value=shared.pipeline, label="Preset", allow_custom_value=True)
-    gr.Markdown("The clip's motion is laid onto the Motion tab's image. **Alignment** (`[align]`): where on the "
-                "image the motion goes (click two opposite corners on the image, or type the box), how the clip "
-                "is fitted into it, how strong, and how much it is smoothed.")
+        with gr.Column():
+            clip_upload = gr.File(label="Driving clip (mp4, gif, ...)", elem_id="clip-upload")
+            clip_status = gr.HTML(elem_id="clip-status")
+        video_preset = preset_choice(shared, "video-preset")
+        frames = gr.Number(load_settings(shared.pipeline).video.max_frames, label="Frames of the clip to use "
+                           "(0 = all; follows the preset)", info="video.max_frames", minimum=0, precision=0,
+                           elem_id="video-frames")
+    gr.Markdown("The clip's motion is laid onto the Motion tab's image. **Alignment**: where on the image the "
+                "motion goes (click two opposite corners on the image, or type the box), how the clip is fitted "
+                "into it, how strong, and how much it is smoothed. Each control's settings key (`[align]`) is "
+                "written under it.")
     with gr.Row():
         with gr.Column(scale=2):
-            region_image = gr.Image(label="Region of the image that moves: click two opposite corners",
+            region_image = gr.Image(label=PICK_REGION,
                                     interactive=False, height=260, elem_id="region-image", format="png")
         with gr.Column(scale=3):
-            region = gr.Textbox(label="align.region: x0, y0, x1, y1 (fractions of width/height; empty = whole image)",
+            region = gr.Textbox(label="Region that moves: x0, y0, x1, y1 (fractions of width and height; "
+                                      "empty = the whole image)", info="align.region",
                                 value=", ".join(f"{v:g}" for v in align.region) if isinstance(align.region, tuple)
                                 else "", elem_id="align-region")
             mask_region = gr.Checkbox(False, label="Use the Motion tab's mask as the region instead")
             with gr.Row():
-                fit = gr.Dropdown(["cover", "contain", "stretch"], value=align.fit, label="align.fit")
-                strength = gr.Slider(0, 3, value=align.strength, step=0.05, label="align.strength (1 = as filmed)")
+                fit = gr.Dropdown(["cover", "contain", "stretch"], value=align.fit,
+                                  label="How the clip fits the region",
+                                  info="align.fit")
+                strength = gr.Slider(0, 3, value=align.strength, step=0.05, label="Strength (1 = as filmed)",
+                                     info="align.strength")
             with gr.Row():
                 spatial_sigma = gr.Slider(0, 10, value=align.spatial_sigma, step=0.5,
-                                          label="align.spatial_sigma (px blur of each flow)")
+                                          label="Blur of each frame's motion (px)", info="align.spatial_sigma")
                 temporal = gr.Dropdown(["none", "ema", "gaussian"], value=align.temporal,
-                                       label="align.temporal (smoothing over frames)", elem_id="align-temporal")
+                                       label="Smoothing over frames", info="align.temporal", elem_id="align-temporal")
                 temporal_amount = gr.Number(align.temporal_amount, minimum=0, step=0.1,
-                                            label="align.temporal_amount (ema: kept share < 1; gaussian: sigma)",
+                                            label="Smoothing amount (ema: share kept, below 1; gaussian: sigma in "
+                                                  "frames)", info="align.temporal_amount",
                                             elem_id="align-temporal-amount")
     with gr.Row():
         flow_only = gr.Button("Flow-only preview", elem_id="flow-only")
@@ -245,23 +313,30 @@ def build(shared: Shared) -> None:
         resume = gr.Button("Resume", scale=1, elem_id="resume")
     video_status = gr.HTML(elem_id="video-status")
     frame_slider = gr.Slider(0, 1, value=0, step=1, label="Frame", visible=False, elem_id="frame-slider")
-    frame_panel_image = gr.Image(label="driving | target flow on the image | edit mask", interactive=False,
-                                 height=260, elem_id="frame-panel")
+    with gr.Row(equal_height=True):
+        frame_panel_image = gr.Image(label="driving frame | its motion on the image (flow colours) | edit mask",
+                                     interactive=False, height=FLOW_PX, elem_id="frame-panel", scale=4,
+                                     elem_classes=SHOWN)
+        legend(elem_id="video-legend")
     with gr.Row():
-        video_result = gr.Video(label="Result", interactive=False, height=300, elem_id="video-result")
-        video_side = gr.Video(label="Side by side", interactive=False, height=300, elem_id="video-side")
+        shown = {"interactive": False, "height": RESULT_PX, "elem_classes": SHOWN}
+        video_result = gr.Video(label="Result", elem_id="video-result", **shown)
+        video_side = gr.Video(label="Source | result, side by side", elem_id="video-side", **shown)
     video_links = gr.Markdown(elem_id="video-links")
 
     outputs = [video_status, video_state_box, frame_slider, frame_panel_image, shown_folder, video_result, video_side,
                video_links, resume_choice]
-    video_in = [shared.session, video_state_box, clip_upload, video_preset, fit, strength, region, mask_region,
-                spatial_sigma, temporal, temporal_amount]
-    flow_only.click(lambda *a: (yield from on_video(*a, True)), video_in, outputs, concurrency_limit=1)
-    run_clip.click(lambda *a: (yield from on_video(*a, False)), video_in, outputs, concurrency_limit=1)
-    resume.click(on_resume, [resume_choice], outputs, concurrency_limit=1)
-    refresh.click(on_refresh, None, resume_choice)
-    cancel_video.click(lambda: shared.queue.cancel("video"), None, video_status)
-    frame_slider.release(on_frame, [shown_folder, frame_slider], frame_panel_image)
-    shared.session.change(on_session, [shared.session], region_image)
-    region_image.select(on_pick, [shared.session, region, corner], [region, region_image, corner])
-    region.submit(on_region_text, [shared.session, region], [region_image, corner])
+    video_in = [shared.session, video_state_box, clip_upload, video_preset, frames, fit, strength, region,
+                mask_region, spatial_sigma, temporal, temporal_amount]
+    video_preset.change(on_preset, video_preset, frames, **QUIET)
+    clip_upload.change(on_clip, [shared.session, clip_upload], [video_state_box, clip_status], **QUIET)
+    flow_only.click(lambda *a: (yield from on_video(*a, True)), video_in, outputs, concurrency_limit=1, **QUIET)
+    run_clip.click(lambda *a: (yield from on_video(*a, False)), video_in, outputs, concurrency_limit=1, **QUIET)
+    resume.click(on_resume, [resume_choice], outputs, concurrency_limit=1, **QUIET)
+    refresh.click(on_refresh, None, resume_choice, **QUIET)
+    cancel_video.click(lambda: shared.queue.cancel("video"), None, video_status, **QUIET)
+    frame_slider.change(on_frame, [shown_folder, frame_slider], frame_panel_image, trigger_mode="always_last",
+                        **QUIET)
+    shared.session.change(on_session, [shared.session], region_image, **QUIET)
+    region_image.select(on_pick, [shared.session, region, corner], [region, region_image, corner], **QUIET)
+    region.submit(on_region_text, [shared.session, region], [region_image, corner], **QUIET)
