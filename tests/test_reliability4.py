@@ -25,8 +25,11 @@ from in_process import run_main as cli
 def _mtransfer(*arguments: object, cwd: Path) -> subprocess.Popen:
     """``mtransfer ARGUMENTS`` as its own process (a signal must reach a real main thread)."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # SIGINT as a terminal delivers it: a suite started in the background (`pytest &`) passes SIGINT on as
+    # ignored, and Python then installs no Ctrl-C handler in the child.
     return subprocess.Popen([sys.executable, "-m", "mtransfer", *map(str, arguments)], cwd=cwd, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(condition, process: subprocess.Popen, seconds: float, what: str) -> None:

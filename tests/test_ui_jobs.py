@@ -313,7 +313,8 @@ def test_server_shutdown_stops_a_running_clip_as_ctrl_c_stops_the_cli(tmp_path, 
         "guide 2 of 4 frames; Resume in the Video tab continues it")
     assert "stopping: 'clip pan.mp4 onto cat.png' stops at its next step" in capsys.readouterr().err
     manifest = read_json(folder / "manifest.json")
-    assert manifest["stages"]["guide"]["status"] == "running" and len(manifest["stages"]["guide"]["frames"]) == 2
+    assert manifest["stages"]["guide"]["status"] == "interrupted" and len(manifest["stages"]["guide"]["frames"]) == 2
+    assert manifest["interrupted"]["kept"] == "decode done, flow done, align done, guide 2 of 4 frames"
     assert not (folder / LOCK).exists()
     with pytest.raises(MtransferError, match="stopping"):
         jobs.submit("video", work)
