@@ -42,17 +42,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def mark_interrupted(record: dict[str, Any], kept: str) -> dict[str, Any]:
-    """A manifest ``record`` after a stop (Ctrl-C, SIGTERM, the web app's shutdown): the stages that were
-    running say ``interrupted`` and the run says when and what was kept, rather than "running" for ever.
-    The next run of the same command sets them running again and resumes."""
-    for stage in record.get("stages", {}).values():
-        if isinstance(stage, dict) and stage.get("status") == "running":
-            stage["status"] = "interrupted"
-    record["interrupted"] = {"at": _now(), "kept": kept}
-    return record
-
-
 def content_id(record: dict[str, Any]) -> str:
     """The part of a fingerprint that identifies content, as one short string for stage settings."""
     return f"{record['bytes']} bytes, sha256 {record['sha256_first_mib'][:16]}"
@@ -145,6 +134,16 @@ class Manifest:
         self.record["updated"] = _now()
         self.record["stages"] = self.record.pop("stages")
         write_json(self.path, self.record)
+
+    def mark_interrupted(self, kept: str) -> None:
+        """After a stop (Ctrl-C, SIGTERM, the web app's shutdown): the stages that were running say
+        ``interrupted`` and the run says when and what was kept, rather than "running" for ever. The next
+        run of the same command sets them running again and resumes (``update_header`` drops the note)."""
+        for stage in self.record["stages"].values():
+            if isinstance(stage, dict) and stage.get("status") == "running":
+                stage["status"] = "interrupted"
+        self.record["interrupted"] = {"at": _now(), "kept": kept}
+        self.save()
 
     # -- stages -------------------------------------------------------------------------------------
 

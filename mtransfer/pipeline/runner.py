@@ -48,7 +48,7 @@ from mtransfer.files import ensure_writable, load_image, read_json_object, remov
 from mtransfer.flows.io import read_mask
 from mtransfer.guidance.config import GuidanceSettings
 from mtransfer.flows.align import mask_box, pixel_box, source_box
-from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint, mark_interrupted
+from mtransfer.pipeline.manifest import MANIFEST, Manifest, RunLock, content_id, fingerprint
 from mtransfer.layouts import STAGE_OUTPUTS, SUMMARY
 from mtransfer.pipeline.stages import (
     RunContext,
@@ -229,14 +229,15 @@ def interrupt_note(folder: Path) -> Iterator[None]:
         record = _readable_manifest(manifest_path)
         if record is not None:
             stages = record.get("stages") if isinstance(record.get("stages"), dict) else {}
-            parts = [f"{name} {len(record.get('frames', {}))} of {record.get('total', '?')} frames"
-                     if record.get("status") != "done" else f"{name} done"
-                     for name, record in stages.items() if isinstance(record, dict)]
+            parts = [f"{name} {len(stage.get('frames', {}))} of {stage.get('total', '?')} frames"
+                     if stage.get("status") != "done" else f"{name} done"
+                     for name, stage in stages.items() if isinstance(stage, dict)]
             kept = ", ".join(parts) or kept
-            try:
-                write_json(manifest_path, mark_interrupted(record, kept))
-            except OSError:
-                pass  # the stop itself must still be reported; the frames are kept either way
+            if isinstance(record.get("stages"), dict):  # a damaged manifest is left as it is
+                try:
+                    Manifest(folder, record).mark_interrupted(kept)
+                except OSError:
+                    pass  # the stop itself must still be reported; the frames are kept either way
         raise Interrupted(f"{folder}: kept {kept}; run the same command again to resume from there") from None
 
 
